@@ -1,4 +1,15 @@
 """edge_ser.runtime: load an artifact, validate inputs against its manifest, run it.
 
-Installed as ``edge_ser.runtime``. Imports nothing from training.
+Installed as ``edge_ser.runtime`` (folder ``runtime/``). Imports nothing from
+training: an app prototype needs only this package, the audio helpers and the
+backend's runtime (executorch, onnxruntime or coremltools on macOS).
 """
+
+from edge_ser.runtime.artifact import ArtifactManifest, read_manifest
+from edge_ser.runtime.backends import BackendUnavailableError, get_runner
+from edge_ser.runtime.model import EmotionModel, Prediction, TimelinePoint, load
+
+__all__ = [
+    "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "Prediction", "TimelinePoint",
+    "get_runner", "load", "read_manifest",
+]

@@ -1,0 +1,112 @@
+"""Runners: execute an artifact's model file with its native runtime.
+
+Each runner takes a float32 array (1, window_samples) and returns the outputs in
+manifest order as a dict name -> np.ndarray. A registry maps the manifest's target
+to its runner; an unknown target lists the known ones.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from edge_ser.errors import EdgeSerError
+from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
+
+
+class BackendUnavailableError(EdgeSerError, RuntimeError):
+    """The artifact's runtime cannot run on this machine (e.g. Core ML off macOS)."""
+
+
+class Runner(Protocol):
+    threads: int
+
+    def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        """waveform: (1, window_samples) float32 -> {"probs", "avd", "embedding"}."""
+
+
+class ExecuTorchRunner:
+    """Runs a ``.pte`` through ``executorch.runtime`` (XNNPACK delegate built in)."""
+
+    def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
+        import torch
+        from executorch.runtime import Runtime
+
+        self.threads = int(threads or torch.get_num_threads())
+        try:  # XNNPACK's thread pool is process-wide; size it like the eager reference.
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            _unsafe_reset_threadpool(self.threads)
+        except ImportError:  # pragma: no cover - older executorch
+            pass
+        program = Runtime.get().load_program(Path(model_path))
+        self._method = program.load_method("forward")
+
+    def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        outputs = self._method.execute((torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)),))
+        return {name: np.asarray(out.detach().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+                for name, out in zip(OUTPUT_NAMES, outputs)}
+
+
+class OnnxRunner:
+    """Runs a ``.onnx`` with ONNX Runtime's CPU provider."""
+
+    def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        import torch
+
+        self.threads = int(threads or torch.get_num_threads())
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(model_path), sess_options=options,
+                                             providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
+        values = self._session.run(None, {self._input: np.ascontiguousarray(waveform, dtype=np.float32)})
+        named = dict(zip(self._outputs, values))
+        if all(name in named for name in OUTPUT_NAMES):
+            return {name: np.asarray(named[name], dtype=np.float32) for name in OUTPUT_NAMES}
+        return {name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUT_NAMES, values)}
+
+
+class CoreMLRunner:
+    """Runs a ``.mlpackage`` with Core ML. Prediction exists only on macOS."""
+
+    def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
+        if sys.platform != "darwin":
+            raise BackendUnavailableError(
+                f"Core ML prediction needs macOS; this is {sys.platform}. The artifact {model_path} was verified "
+                "structurally when it was converted (see its parity.json). Run it on a Mac (Python or Swift, "
+                "see examples/) or pick an ExecuTorch/ONNX artifact here."
+            )
+        import coremltools as ct  # pragma: no cover - macOS only
+
+        self.threads = int(threads or 0)  # pragma: no cover
+        self._model = ct.models.MLModel(str(model_path))  # pragma: no cover
+
+    def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - macOS only
+        out = self._model.predict({INPUT_NAME: np.ascontiguousarray(waveform, dtype=np.float32)})
+        return {name: np.asarray(out[name], dtype=np.float32) for name in OUTPUT_NAMES}
+
+
+RUNNERS: dict[str, Callable[..., Runner]] = {
+    "executorch": ExecuTorchRunner,
+    "onnx": OnnxRunner,
+    "coreml": CoreMLRunner,
+}
+
+
+def get_runner(target: str, model_path: Path, *, threads: int | None = None) -> Runner:
+    try:
+        factory = RUNNERS[target]
+    except KeyError:
+        raise ValueError(f"no runner for target {target!r}; known targets: {sorted(RUNNERS)}.") from None
+    return factory(model_path, threads=threads)

@@ -1,0 +1,75 @@
+"""Parity report arithmetic and the tolerance table (arrays only; artifacts in test_runtime.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from edge_ser.runtime.parity import ParityError, TOLERANCES, check, compare, output_error, tolerance_for
+
+
+def _outputs(rng, n=40):
+    logits = rng.standard_normal((n, 9)) * 2
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {"probs": probs, "avd": rng.uniform(0, 1, (n, 3)), "embedding": rng.standard_normal((n, 256))}
+
+
+def test_output_error_hand_example():
+    ref = np.array([[1.0, -2.0], [0.5, 0.0]])
+    cand = np.array([[1.0, -1.9], [0.5, 0.1]])
+    err = output_error("x", ref, cand)
+    assert err.max_abs == pytest.approx(0.1)
+    assert err.max_rel_of_scale == pytest.approx(0.1 / 2.0)
+    # MSE = (0.01 + 0.01) / 4 = 0.005; PSNR = 10 log10(2^2 / 0.005) = 29.03 dB
+    assert err.psnr_db == pytest.approx(10 * math.log10(4 / 0.005))
+    assert output_error("x", ref, ref).psnr_db == math.inf
+
+
+def test_identical_outputs_pass_fp32():
+    rng = np.random.default_rng(0)
+    ref = _outputs(rng)
+    report = check(compare(ref, {k: v.copy() for k, v in ref.items()}, target="executorch", precision="fp32"))
+    assert report.passed and report.task.top1_agreement == 1.0 and report.task.kl_mean == pytest.approx(0, abs=1e-9)
+
+
+def test_fp32_breach_raises_with_report():
+    rng = np.random.default_rng(1)
+    ref = _outputs(rng)
+    cand = {k: v + 1e-2 for k, v in ref.items()}
+    with pytest.raises(ParityError, match="of scale") as info:
+        check(compare(ref, cand, target="onnx", precision="fp32"))
+    assert not info.value.report.passed and info.value.report.failures
+
+
+def test_int8_task_level_rules():
+    rng = np.random.default_rng(2)
+    ref = _outputs(rng, n=100)
+    labels = ref["probs"].argmax(1)  # reference is perfect on these labels
+    cand = {k: v.copy() for k, v in ref.items()}
+    # flip 5 of 100 decisions: top-1 agreement 0.95 < 0.97 must fail
+    for i in range(5):
+        cand["probs"][i] = np.roll(cand["probs"][i], 1)
+    cand["probs"][:5, labels[:5]] = 0.0
+    report = compare(ref, cand, target="executorch", precision="int8", label_idx=labels)
+    assert report.task.top1_agreement == pytest.approx(0.95)
+    assert any("top-1" in f for f in report.failures)
+    assert report.task.uar_drop_points > 1.0
+
+
+def test_ccc_drop_detected():
+    rng = np.random.default_rng(3)
+    ref = _outputs(rng, n=200)
+    dims = ref["avd"] + 0.01 * rng.standard_normal(ref["avd"].shape)
+    cand = {k: v.copy() for k, v in ref.items()}
+    cand["avd"] = 0.5 + 0.5 * (cand["avd"] - 0.5)  # shrink: CCC drops clearly
+    report = compare(ref, cand, target="onnx", precision="int8", dims=dims)
+    assert report.task.ccc_max_drop > 0.02 and any("CCC" in f for f in report.failures)
+
+
+def test_tolerance_table_has_reasons_and_unknown_pair_lists_known():
+    for key, tol in TOLERANCES.items():
+        assert len(tol.reason) > 40, key
+    with pytest.raises(ValueError, match="executorch/fp32"):
+        tolerance_for("tflite", "int8")
