@@ -1,0 +1,86 @@
+"""`edge-ser predict`, `edge-ser verify`, `edge-ser bench`: the runtime side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def register(root: click.Group) -> None:
+    root.add_command(predict)
+    root.add_command(verify)
+    root.add_command(bench)
+
+
+@click.command()
+@click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--top", default=3, show_default=True, help="How many labels to print.")
+@click.option("--timeline", "hop_s", type=float, default=None, help="Print a timeline with windows every HOP_S s.")
+@click.option("--strict", is_flag=True, help="Refuse stereo or other-rate audio instead of converting it.")
+def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | None, strict: bool) -> None:
+    """Classify audio files with an artifact."""
+    from edge_ser.audio import load_audio
+    from edge_ser.runtime import load
+
+    model = load(artifact, strict=strict, resample=not strict)
+    for path in audio:
+        if hop_s:
+            clip = load_audio(path, target_sr=model.sample_rate, strict=strict)
+            for point in model.timeline(clip, model.sample_rate, hop_s=hop_s):
+                p = point.prediction
+                click.echo(f"{path.name} {point.start_s:6.2f}-{point.end_s:6.2f}s  {p.label:9s} "
+                           f"A {p.arousal:.2f} V {p.valence:.2f} D {p.dominance:.2f}")
+            continue
+        p = model.predict_file(path)
+        ranked = ", ".join(f"{name} {prob:.2f}" for name, prob in p.top_k(top))
+        click.echo(f"{path.name}: {ranked} | A {p.arousal:.2f} V {p.valence:.2f} D {p.dominance:.2f}")
+
+
+@click.command()
+@click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="The training run the artifact was converted from (the PyTorch reference).")
+@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="A prepared corpus folder; its test split is used (all rows if it has none).")
+@click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="An fp32 artifact: also report quantization error (this artifact vs the baseline).")
+@click.option("--max-utterances", default=200, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report JSON.")
+def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None, max_utterances: int,
+           out: Path | None) -> None:
+    """Run the artifact and the PyTorch reference on the same audio; exit 1 on a parity breach."""
+    from edge_ser.converters.verify import verify_artifact
+    from edge_ser.io import write_json_atomic
+    from edge_ser.runtime.parity import ParityError
+
+    result = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir, baseline=baseline,
+                             max_utterances=max_utterances)
+    for report in result.reports:
+        click.echo(report.to_text())
+    if out:
+        write_json_atomic(out, [r.to_dict() for r in result.reports])
+    failed = [r for r in result.reports if r.comparison.endswith("reference") and not r.passed]
+    if failed:
+        raise click.ClickException(str(ParityError(failed[0])))
+
+
+@click.command()
+@click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--runs", default=20, show_default=True)
+@click.option("--warmup", default=3, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
+def bench(artifact: Path, runs: int, warmup: int, threads: int, out: Path | None) -> None:
+    """Latency of one window through an artifact (p50/p90/p99, real-time factor)."""
+    from edge_ser.io import write_json_atomic
+    from edge_ser.runtime.latency import bench_artifact
+
+    report = bench_artifact(artifact, runs=runs, warmup=warmup, threads=threads)
+    click.echo(report.to_text())
+    if out:
+        write_json_atomic(out, report.to_dict())
+    else:
+        click.echo(json.dumps(report.to_dict(), indent=2))
