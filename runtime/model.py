@@ -29,8 +29,9 @@ from edge_ser.errors import AudioError
 from edge_ser.runtime.artifact import ArtifactManifest, read_manifest
 from edge_ser.runtime.backends import Runner, get_runner
 
+from edge_ser.audio import MIN_DURATION_S
+
 PadMode = Literal["repeat", "zeros"]
-MIN_DURATION_S = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,7 @@ class EmotionModel:
                 f"audio is at {sample_rate} Hz; this artifact expects {self.sample_rate} Hz and resampling is off. "
                 f"Resample to {self.sample_rate} Hz or load the model with resample=True."
             )
-        return validate_waveform(array, sample_rate=int(sample_rate), strict=self.strict,
+        return validate_waveform(array, sample_rate=int(sample_rate), target_sr=self.sample_rate, strict=self.strict,
                                  min_duration_s=self.min_duration_s, name="waveform")
 
     def _fit_window(self, clip: np.ndarray) -> np.ndarray:

@@ -50,4 +50,17 @@ _register_all()
 
 
 def main() -> None:  # console-script entry point
-    root()
+    """Run the CLI; edge-ser's own errors become one clean message and exit code 1."""
+    from edge_ser.errors import EdgeSerError
+
+    try:
+        root(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        raise SystemExit(1) from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
+    except EdgeSerError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(1) from None

@@ -7,6 +7,12 @@ from pathlib import Path
 import click
 
 
+def _corpus_names() -> list[str]:
+    from edge_ser.data.prepare import CORPUS_READERS
+
+    return sorted(CORPUS_READERS)
+
+
 def register(root: click.Group) -> None:
     root.add_command(data)
 
@@ -31,7 +37,7 @@ def synth(out: Path, speakers: int, per_speaker: int, seed: int) -> None:
 
 
 @data.command("prepare")
-@click.option("--corpus", "corpus_name", type=click.Choice(["ravdess", "msp-podcast", "manifest"]), required=True,
+@click.option("--corpus", "corpus_name", type=click.Choice(_corpus_names()), required=True,
               help="Which reader to use.")
 @click.option("--root", type=click.Path(exists=True, path_type=Path), required=True,
               help="Corpus root folder (or the manifest CSV/JSONL file for --corpus manifest).")
