@@ -468,6 +468,7 @@ class MFBF0Config:
     f_min: float = 50.0
     f_max: float = 500.0
     pitch_window: int = 400
+    pitch_decimation: int = 2
     lag_weight: float = 0.1
     voicing_threshold: float = 0.5
     log_floor: float = 1e-10
@@ -514,6 +515,7 @@ class MFBF0(nn.Module):
             f_min=cfg.f_min,
             f_max=cfg.f_max,
             lag_weight=cfg.lag_weight,
+            decimation=cfg.pitch_decimation,
         )
         self.min_samples = max(cfg.win_length, cfg.pitch_window, self.stft.min_samples)
         self.fallback_log_f0 = 0.5 * (math.log(cfg.f_min) + math.log(cfg.f_max))
