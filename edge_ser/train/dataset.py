@@ -1,0 +1,384 @@
+"""What the trainer reads: per-utterance frame features with their targets, and padded batches.
+
+A :class:`FeatureSource` gives, for utterance i of U:
+
+- ``frames(i)``: (T_i, F) float16/float32 features at the FM frame rate;
+- ``soft_targets`` (U, 9) float32, NaN rows where no categorical target exists;
+- ``dimensions`` (U, 3) float32 in [0, 1], NaN where missing;
+- ``labels`` (U,) int64 consensus category index, -1 where none;
+- ``splits``, ``speakers``, ``genders`` (U,) str; ``folds`` (U,) int64 (-1 if none);
+- ``info``: dict describing where the features came from (model, layer, manifest sha256).
+
+:class:`ArrayFeatureSource` keeps everything in memory (tests, small experiments);
+:class:`CacheFeatureSource` reads the feature cache folder of ``edge_ser.features.cache``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edge_ser.errors import CorpusError, ManifestError
+from edge_ser.labels import CATEGORIES, CATEGORY_INDEX, DIMENSIONS
+
+__all__ = [
+    "FeatureSource", "ArrayFeatureSource", "CacheFeatureSource", "PaddedBatch", "iterate_batches",
+    "feature_statistics", "with_splits", "split_indices", "fold_splits",
+]
+
+_STD_FLOOR = 1e-6
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """The trainer's view of a feature set (see the module docstring for shapes)."""
+
+    @property
+    def input_dim(self) -> int: ...
+    @property
+    def utt_ids(self) -> np.ndarray: ...
+    @property
+    def soft_targets(self) -> np.ndarray: ...
+    @property
+    def dimensions(self) -> np.ndarray: ...
+    @property
+    def labels(self) -> np.ndarray: ...
+    @property
+    def splits(self) -> np.ndarray: ...
+    @property
+    def speakers(self) -> np.ndarray: ...
+    @property
+    def genders(self) -> np.ndarray: ...
+    @property
+    def folds(self) -> np.ndarray: ...
+    @property
+    def info(self) -> dict[str, Any]: ...
+    def __len__(self) -> int: ...
+    def frames(self, index: int) -> np.ndarray: ...
+
+
+class _TargetsMixin:
+    """Shared checks and accessors for sources that hold their per-utterance arrays."""
+
+    _utt_ids: np.ndarray
+    _soft: np.ndarray
+    _dims: np.ndarray
+    _labels: np.ndarray
+    _splits: np.ndarray
+    _speakers: np.ndarray
+    _genders: np.ndarray
+    _folds: np.ndarray
+
+    def _check_arrays(self) -> None:
+        n = len(self._utt_ids)
+        expected = {"soft_targets": (n, len(CATEGORIES)), "dimensions": (n, len(DIMENSIONS)), "labels": (n,),
+                    "splits": (n,), "speakers": (n,), "genders": (n,), "folds": (n,)}
+        actual = {"soft_targets": self._soft.shape, "dimensions": self._dims.shape, "labels": self._labels.shape,
+                  "splits": self._splits.shape, "speakers": self._speakers.shape, "genders": self._genders.shape,
+                  "folds": self._folds.shape}
+        for name, shape in expected.items():
+            if actual[name] != shape:
+                raise ValueError(f"feature source {name} has shape {actual[name]}; expected {shape} for {n} utterances.")
+        bad = (self._labels < -1) | (self._labels >= len(CATEGORIES))
+        if bad.any():
+            raise ValueError(f"labels must be category indices 0..{len(CATEGORIES) - 1} or -1; got {self._labels[bad][:5]}.")
+
+    @property
+    def utt_ids(self) -> np.ndarray:
+        return self._utt_ids
+
+    @property
+    def soft_targets(self) -> np.ndarray:
+        return self._soft
+
+    @property
+    def dimensions(self) -> np.ndarray:
+        return self._dims
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    @property
+    def splits(self) -> np.ndarray:
+        return self._splits
+
+    @property
+    def speakers(self) -> np.ndarray:
+        return self._speakers
+
+    @property
+    def genders(self) -> np.ndarray:
+        return self._genders
+
+    @property
+    def folds(self) -> np.ndarray:
+        return self._folds
+
+    def __len__(self) -> int:
+        return len(self._utt_ids)
+
+
+class ArrayFeatureSource(_TargetsMixin):
+    """In-memory feature source.
+
+    frames: U arrays (T_i, F); soft_targets (U, 9) (NaN rows = absent); dimensions (U, 3) (NaN = absent);
+    labels (U,) consensus index or -1; splits (U,) of train/valid/test.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        *,
+        soft_targets: np.ndarray,
+        dimensions: np.ndarray,
+        labels: np.ndarray,
+        splits: Sequence[str],
+        speakers: Sequence[str] | None = None,
+        genders: Sequence[str] | None = None,
+        folds: Sequence[int] | None = None,
+        utt_ids: Sequence[str] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if len(frames) == 0:
+            raise ValueError("ArrayFeatureSource got no utterances; expected at least one (T, F) array.")
+        self._frames = [np.asarray(f) for f in frames]
+        widths = {f.shape[1] if f.ndim == 2 else None for f in self._frames}
+        if len(widths) != 1 or None in widths:
+            raise ValueError(f"every utterance must be a (frames, features) array of one width; got widths {widths}.")
+        if any(f.shape[0] < 1 for f in self._frames):
+            raise ValueError("an utterance has 0 frames; expected at least 1. Drop empty utterances first.")
+        n = len(self._frames)
+        self._input_dim = int(widths.pop())
+        self._soft = np.asarray(soft_targets, dtype=np.float32)
+        self._dims = np.asarray(dimensions, dtype=np.float32)
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._splits = np.asarray(list(splits), dtype=object)
+        self._speakers = np.asarray(list(speakers) if speakers is not None else ["unknown"] * n, dtype=object)
+        self._genders = np.asarray(list(genders) if genders is not None else ["unknown"] * n, dtype=object)
+        self._folds = np.asarray(list(folds) if folds is not None else [-1] * n, dtype=np.int64)
+        self._utt_ids = np.asarray(list(utt_ids) if utt_ids is not None else [f"utt{i:06d}" for i in range(n)],
+                                   dtype=object)
+        self._info = dict(info or {"feature_model": "arrays", "layer": None, "manifest_sha256": None})
+        self._check_arrays()
+
+    @property
+    def input_dim(self) -> int:
+        return self._input_dim
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def frames(self, index: int) -> np.ndarray:
+        return self._frames[index]
+
+
+class CacheFeatureSource(_TargetsMixin):
+    """Frames of one stored layer of a feature cache folder (``edge_ser.features.cache`` layout).
+
+    ``layer`` is the hidden_states index (0 = transformer input; MFBF0 stores only 0).
+    Targets come from the cache's copy of the utterance table (``edge_ser.data.table`` columns).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, layer: int) -> None:
+        try:
+            from edge_ser.features.cache import FeatureCache
+        except ImportError as exc:
+            raise ImportError(
+                f"reading a feature cache needs edge_ser.features.cache ({exc}); install the complete edge-ser package."
+            ) from exc
+        from edge_ser.data.table import PROB_COLUMNS
+
+        self.cache_dir = Path(cache_dir)
+        self._cache = FeatureCache.open(self.cache_dir)
+        stored = [int(k) for k in self._cache.layers_stored]
+        if int(layer) not in stored:
+            raise ManifestError(
+                f"layer {layer} is not stored in the feature cache {self.cache_dir}; it holds layers {stored}. "
+                "Pick one of those, or re-extract features with that layer (edge-ser features extract --layers ...)."
+            )
+        self.layer = int(layer)
+        table = self._cache.table
+        self._utt_ids = np.asarray(self._cache.utt_ids, dtype=object)
+        if len(table) != len(self._utt_ids):
+            raise ManifestError(f"feature cache {self.cache_dir} has {len(table)} table rows but "
+                                f"{len(self._utt_ids)} utterance ids; re-extract it.")
+        self._soft = table.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float32)
+        self._dims = table.loc[:, list(DIMENSIONS)].to_numpy(dtype=np.float32)
+        self._labels = np.asarray([CATEGORY_INDEX.get(str(v), -1) for v in table["label"]], dtype=np.int64)
+        self._splits = table["split"].astype(str).to_numpy(dtype=object)
+        self._speakers = table["speaker"].astype(str).to_numpy(dtype=object)
+        self._genders = table["gender"].astype(str).to_numpy(dtype=object)
+        self._folds = table["fold"].to_numpy(dtype=np.int64)
+        self._check_arrays()
+        manifest = self._cache.manifest
+        first = np.asarray(self._cache.frames(0, self.layer))
+        self._input_dim = int(first.shape[1])
+        manifest_path = self.cache_dir / "manifest.json"
+        from edge_ser.io import sha256_file
+
+        self._info = {
+            "feature_model": manifest.get("model"),
+            "layer": self.layer,
+            "feature_dir": str(self.cache_dir),
+            "manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
+            "frame_rate": manifest.get("frame_rate"),
+            "corpus": (manifest.get("corpus") or {}).get("name") if isinstance(manifest.get("corpus"), dict) else None,
+        }
+
+    @property
+    def input_dim(self) -> int:
+        return self._input_dim
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def frames(self, index: int) -> np.ndarray:
+        return np.asarray(self._cache.frames(int(index), self.layer))
+
+
+class _ResplitSource:
+    """A view of another source with a different ``splits`` column (used for k-fold training)."""
+
+    def __init__(self, base: FeatureSource, splits: np.ndarray, extra_info: dict[str, Any]) -> None:
+        self._base = base
+        self._splits = splits
+        self._extra = extra_info
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    @property
+    def splits(self) -> np.ndarray:
+        return self._splits
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {**self._base.info, **self._extra}
+
+    def frames(self, index: int) -> np.ndarray:
+        return self._base.frames(index)
+
+
+def with_splits(source: FeatureSource, splits: Sequence[str], **info: Any) -> FeatureSource:
+    """The same source with another train/valid/test assignment (U,); extra keyword args go into ``info``."""
+    arr = np.asarray(list(splits), dtype=object)
+    if arr.shape != (len(source),):
+        raise ValueError(f"splits has {arr.shape[0]} entries; expected one per utterance ({len(source)}).")
+    return _ResplitSource(source, arr, info)  # type: ignore[return-value]
+
+
+def fold_splits(folds: np.ndarray, *, fold: int) -> np.ndarray:
+    """Split of each utterance for k-fold run `fold`: test = fold f, valid = fold (f+1) % k, train = rest.
+
+    folds: (U,) speaker-fold indices 0..k-1 (from the table's ``fold`` column).
+    """
+    folds = np.asarray(folds, dtype=np.int64)
+    if (folds < 0).any():
+        raise CorpusError(
+            f"{int((folds < 0).sum())} utterances have fold -1; k-fold training needs every utterance in a fold. "
+            "Prepare the corpus with --folds K."
+        )
+    k = int(folds.max()) + 1
+    if k < 3:
+        raise CorpusError(f"the table has {k} folds; k-fold training needs at least 3 (test, valid and train).")
+    if not 0 <= fold < k:
+        raise CorpusError(f"fold {fold} does not exist; the table has folds 0..{k - 1}.")
+    out = np.full(folds.shape, "train", dtype=object)
+    out[folds == fold] = "test"
+    out[folds == (fold + 1) % k] = "valid"
+    return out
+
+
+def split_indices(source: FeatureSource, split: str) -> np.ndarray:
+    """Row indices of one split, ascending."""
+    return np.flatnonzero(np.asarray(source.splits) == split)
+
+
+def feature_statistics(source: FeatureSource, indices: np.ndarray, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std (each (F,) float32) over every frame of the given utterances.
+
+    Accumulated in float64. Dimensions with std below 1e-6 get std 1 so they pass through centred.
+    """
+    if len(indices) == 0:
+        raise ValueError("feature statistics need at least one utterance; the train split is empty.")
+    total = np.zeros(source.input_dim, dtype=np.float64)
+    total_sq = np.zeros(source.input_dim, dtype=np.float64)
+    count = 0
+    for i in tqdm(indices, desc="feature stats", unit="utt", disable=not progress, leave=False):
+        x = np.asarray(source.frames(int(i)), dtype=np.float64)
+        total += x.sum(axis=0)
+        total_sq += (x * x).sum(axis=0)
+        count += x.shape[0]
+    mean = total / count
+    var = np.maximum(total_sq / count - mean * mean, 0.0)
+    std = np.sqrt(var)
+    std[std < _STD_FLOOR] = 1.0
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        raise ValueError("features contain NaN/inf; re-extract the feature cache.")
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+class PaddedBatch(NamedTuple):
+    """A mini-batch. x (B, T_max, F) float32 zero-padded; lengths (B,) int64 frames; soft (B, 9);
+    dims (B, 3); labels (B,) int64; index (B,) int64 row indices into the source."""
+
+    x: torch.Tensor
+    lengths: torch.Tensor
+    soft: torch.Tensor
+    dims: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+
+
+def make_batch(source: FeatureSource, rows: np.ndarray) -> PaddedBatch:
+    feats = [np.asarray(source.frames(int(i))) for i in rows]
+    lengths = np.asarray([f.shape[0] for f in feats], dtype=np.int64)
+    x = np.zeros((len(feats), int(lengths.max()), source.input_dim), dtype=np.float32)
+    for b, f in enumerate(feats):
+        x[b, : f.shape[0]] = f
+    rows = np.asarray(rows, dtype=np.int64)
+    return PaddedBatch(
+        x=torch.from_numpy(x),
+        lengths=torch.from_numpy(lengths),
+        soft=torch.from_numpy(np.ascontiguousarray(source.soft_targets[rows], dtype=np.float32)),
+        dims=torch.from_numpy(np.ascontiguousarray(source.dimensions[rows], dtype=np.float32)),
+        labels=torch.from_numpy(np.ascontiguousarray(source.labels[rows], dtype=np.int64)),
+        index=torch.from_numpy(rows),
+    )
+
+
+def epoch_order(indices: np.ndarray, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """Row order of one epoch: a permutation that depends only on (seed, epoch), so resuming needs no RNG state."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if not shuffle:
+        return indices
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    return indices[rng.permutation(len(indices))]
+
+
+def iterate_batches(
+    source: FeatureSource,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+) -> Iterator[PaddedBatch]:
+    """Yield padded mini-batches over `indices`; the last batch may be smaller."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}; expected a positive integer.")
+    order = epoch_order(indices, seed=seed, epoch=epoch, shuffle=shuffle)
+    for start in range(0, len(order), batch_size):
+        yield make_batch(source, order[start:start + batch_size])

@@ -1,0 +1,306 @@
+"""The TC-GRU multitask head (SPEC.md section 2) and its export-ready twin.
+
+Training path (:class:`TCGRU`)::
+
+    x (B, T, F) -> z-score with feat_mean/feat_std -> zero padded frames
+      -> Conv1d(F -> 256, k=3, same) + ReLU -> GRU 2 x 256 (unidirectional)
+      -> masked mean over valid frames (B, 256)
+      -> Linear 256 -> 256 + ReLU = embedding
+      -> heads: Linear 256 -> 3 (arousal, valence, dominance), Linear 256 -> 9 (category logits)
+
+Export path (:meth:`TCGRU.to_export`): same weights, fixed window length, no padding, the GRU
+written out step by step with ``nn.Linear`` and elementwise ops only, because ``nn.GRU``
+does not delegate to XNNPACK and Core ML rejects ``aten.gru`` (see STACK.md).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_ser.labels import CATEGORIES, DIMENSIONS
+
+__all__ = ["TCGRU", "TCGRUOutput", "UnrolledGRU", "TCGRUExport", "model_hyperparameters"]
+
+
+class TCGRUOutput(NamedTuple):
+    """Outputs of the TC-GRU.
+
+    avd: (B, 3) arousal, valence, dominance (targets live in [0, 1], no activation applied).
+    logits: (B, 9) category logits in :data:`edge_ser.labels.CATEGORIES` order; softmax gives the distribution.
+    embedding: (B, embed_dim) the post-ReLU embedding layer.
+    """
+
+    avd: torch.Tensor
+    logits: torch.Tensor
+    embedding: torch.Tensor
+
+
+class TCGRU(nn.Module):
+    """Temporal convolution + GRU multitask network of SPEC.md section 2.
+
+    Parameter count (``count_parameters``; the normalisation buffers are not parameters):
+
+    - conv: ``3 * input_dim * conv_channels + conv_channels``
+    - GRU layer l: ``3 * (in_l * H + H * H + 2 * H)`` with ``in_1 = conv_channels``, ``in_2 = H``
+      (three gates, input and hidden weights, separate input and hidden biases as in ``nn.GRU``)
+    - embedding: ``H * embed_dim + embed_dim``
+    - heads: ``(embed_dim + 1) * (n_dims + n_classes)``
+
+    With ``input_dim=1024`` and the defaults: 786,688 + 2 x 394,752 + 65,792 + 3,084 = 1,645,068,
+    the paper's 1.6M. With 42-d MFBF0 input the conv shrinks to 32,512, giving 890,892 (about 0.89M).
+
+    Buffers ``feat_mean`` and ``feat_std`` (input_dim,) hold the train-split z-score statistics
+    (SPEC.md section 7 item 10); they are applied inside ``forward`` so an exported graph needs
+    nothing outside itself. They default to 0 and 1 (identity).
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        *,
+        conv_channels: int = 256,
+        gru_hidden: int = 256,
+        gru_layers: int = 2,
+        embed_dim: int = 256,
+        n_dims: int = len(DIMENSIONS),
+        n_classes: int = len(CATEGORIES),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for name, value in (("input_dim", input_dim), ("conv_channels", conv_channels), ("gru_hidden", gru_hidden),
+                            ("gru_layers", gru_layers), ("embed_dim", embed_dim), ("n_dims", n_dims),
+                            ("n_classes", n_classes)):
+            if int(value) != value or value < 1:
+                raise ValueError(f"TCGRU {name}={value!r}; expected a positive integer.")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"TCGRU dropout={dropout!r}; expected a probability in [0, 1).")
+        self.input_dim = int(input_dim)
+        self.conv_channels = int(conv_channels)
+        self.gru_hidden = int(gru_hidden)
+        self.gru_layers = int(gru_layers)
+        self.embed_dim = int(embed_dim)
+        self.n_dims = int(n_dims)
+        self.n_classes = int(n_classes)
+        self.dropout_p = float(dropout)
+
+        self.register_buffer("feat_mean", torch.zeros(self.input_dim))
+        self.register_buffer("feat_std", torch.ones(self.input_dim))
+        self.conv = nn.Conv1d(self.input_dim, self.conv_channels, kernel_size=3, stride=1, padding=1)
+        self.gru = nn.GRU(self.conv_channels, self.gru_hidden, num_layers=self.gru_layers, batch_first=True,
+                          dropout=self.dropout_p if self.gru_layers > 1 else 0.0)
+        self.embedding = nn.Linear(self.gru_hidden, self.embed_dim)
+        self.avd_head = nn.Linear(self.embed_dim, self.n_dims)
+        self.class_head = nn.Linear(self.embed_dim, self.n_classes)
+        self.dropout = nn.Dropout(self.dropout_p)
+
+    def hyperparameters(self) -> dict[str, int | float]:
+        """Constructor arguments, JSON-serialisable (written to a run's config.json)."""
+        return model_hyperparameters(self)
+
+    def set_feature_stats(self, mean: np.ndarray | torch.Tensor, std: np.ndarray | torch.Tensor) -> None:
+        """Store the per-dimension z-score statistics, each (input_dim,)."""
+        mean_t = torch.as_tensor(np.asarray(mean, dtype=np.float32))
+        std_t = torch.as_tensor(np.asarray(std, dtype=np.float32))
+        for name, value in (("mean", mean_t), ("std", std_t)):
+            if value.shape != (self.input_dim,):
+                raise ValueError(f"feature {name} has shape {tuple(value.shape)}; expected ({self.input_dim},).")
+            if not torch.isfinite(value).all():
+                raise ValueError(f"feature {name} contains NaN/inf; recompute the statistics on finite features.")
+        if (std_t <= 0).any():
+            raise ValueError("feature std has entries <= 0; replace constant dimensions' std by 1 before storing.")
+        with torch.no_grad():
+            self.feat_mean.copy_(mean_t)
+            self.feat_std.copy_(std_t)
+
+    def count_parameters(self) -> int:
+        """Number of trainable parameters (see the class docstring for the formula)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> TCGRUOutput:
+        """Run the network.
+
+        x: (B, T, F) float features at the FM frame rate; frames at or after ``lengths[b]`` are padding.
+        lengths: (B,) integer numbers of valid frames (1..T), or None when every frame is valid.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(
+                f"TCGRU input has shape {tuple(x.shape)}; expected (batch, frames, {self.input_dim}). "
+                "Pass features of the layer and model this network was built for."
+            )
+        batch, frames, _ = x.shape
+        x = (x.to(self.feat_mean.dtype) - self.feat_mean) / self.feat_std
+        if lengths is None:
+            mask = None
+        else:
+            lengths = lengths.to(device=x.device, dtype=torch.long)
+            if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > frames).any()):
+                raise ValueError(
+                    f"lengths {lengths.tolist()} must be (batch={batch},) integers in 1..{frames} (valid frames per row)."
+                )
+            mask = (torch.arange(frames, device=x.device)[None, :] < lengths[:, None]).to(x.dtype)  # (B, T)
+            # The conv sees one frame to each side: zeroing padding makes the last valid frame see
+            # exactly the zero "same" padding it would see without batching.
+            x = x * mask[:, :, None]
+        h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # (B, T, C)
+        h = self.dropout(h)
+        # Unidirectional, so padding after the last valid frame cannot reach the valid outputs.
+        out, _ = self.gru(h)  # (B, T, H)
+        if mask is None:
+            pooled = out.mean(dim=1)
+        else:
+            pooled = (out * mask[:, :, None]).sum(dim=1) / lengths[:, None].to(out.dtype)
+        embedding = self.dropout(torch.relu(self.embedding(pooled)))
+        return TCGRUOutput(avd=self.avd_head(embedding), logits=self.class_head(embedding), embedding=embedding)
+
+    def to_export(self, frames: int) -> "TCGRUExport":
+        """An export-ready copy for a fixed, unpadded window of `frames` frames (eval mode, no dropout)."""
+        return TCGRUExport(self, frames=frames)
+
+
+def model_hyperparameters(model: TCGRU) -> dict[str, int | float]:
+    return {
+        "input_dim": model.input_dim,
+        "conv_channels": model.conv_channels,
+        "gru_hidden": model.gru_hidden,
+        "gru_layers": model.gru_layers,
+        "embed_dim": model.embed_dim,
+        "n_dims": model.n_dims,
+        "n_classes": model.n_classes,
+        "dropout": model.dropout_p,
+    }
+
+
+class _UnrolledGRULayer(nn.Module):
+    """One GRU layer over a fixed number of frames, from the weights of one ``nn.GRU`` layer.
+
+    PyTorch's GRU: r = s(W_ir x + b_ir + W_hr h + b_hr), z = s(W_iz x + b_iz + W_hz h + b_hz),
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+    b_hr and b_hz can be folded into the input projections; b_hn cannot (it sits inside r * (...)).
+    """
+
+    def __init__(self, *, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor,
+                 frames: int) -> None:
+        super().__init__()
+        hidden = w_hh.shape[1]
+        in_dim = w_ih.shape[1]
+        self.frames = int(frames)
+        w_ir, w_iz, w_in = w_ih.detach().clone().reshape(3, hidden, in_dim)
+        w_hr, w_hz, w_hn = w_hh.detach().clone().reshape(3, hidden, hidden)
+        b_ir, b_iz, b_in = b_ih.detach().clone().reshape(3, hidden)
+        b_hr, b_hz, b_hn = b_hh.detach().clone().reshape(3, hidden)
+        self.in_r = _linear(w_ir, b_ir + b_hr)
+        self.in_z = _linear(w_iz, b_iz + b_hz)
+        self.in_n = _linear(w_in, b_in)
+        self.hid_r = _linear(w_hr, None)
+        self.hid_z = _linear(w_hz, None)
+        self.hid_n = _linear(w_hn, b_hn)
+        # Step 0 has h = 0, where W_hn h + b_hn is just b_hn; kept (1, 1, H) so no reshape is needed.
+        self.register_buffer("b_hn0", b_hn.reshape(1, 1, hidden).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, frames, in_dim) -> (B, frames, H)."""
+        xr = self.in_r(x)
+        xz = self.in_z(x)
+        xn = self.in_n(x)
+        r = torch.sigmoid(xr[:, 0:1])
+        z = torch.sigmoid(xz[:, 0:1])
+        n = torch.tanh(xn[:, 0:1] + r * self.b_hn0)
+        h = n - z * n  # (1 - z) * n with h0 = 0
+        steps = [h]
+        for t in range(1, self.frames):
+            r = torch.sigmoid(xr[:, t:t + 1] + self.hid_r(h))
+            z = torch.sigmoid(xz[:, t:t + 1] + self.hid_z(h))
+            n = torch.tanh(xn[:, t:t + 1] + r * self.hid_n(h))
+            h = n + z * (h - n)
+            steps.append(h)
+        return torch.cat(steps, dim=1) if len(steps) > 1 else steps[0]
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+class UnrolledGRU(nn.Module):
+    """A multi-layer unidirectional ``nn.GRU`` (batch_first) unrolled over `fixed_frames` steps.
+
+    Built from the state of an existing ``nn.GRU``; computes the same outputs with only
+    ``nn.Linear``, slicing, sigmoid/tanh, add/mul/sub and ``torch.cat`` so that XNNPACK and
+    Core ML take the whole recurrence. Input (B, fixed_frames, input_size) -> (B, fixed_frames, H).
+    """
+
+    def __init__(self, gru: nn.GRU, *, fixed_frames: int) -> None:
+        super().__init__()
+        if gru.bidirectional or not gru.batch_first or not gru.bias:
+            raise ValueError(
+                f"UnrolledGRU needs a unidirectional batch_first nn.GRU with biases; got bidirectional="
+                f"{gru.bidirectional}, batch_first={gru.batch_first}, bias={gru.bias}."
+            )
+        if int(fixed_frames) < 1:
+            raise ValueError(f"fixed_frames={fixed_frames!r}; expected a positive number of frames.")
+        self.fixed_frames = int(fixed_frames)
+        self.layers = nn.ModuleList(
+            _UnrolledGRULayer(
+                w_ih=getattr(gru, f"weight_ih_l{i}"), w_hh=getattr(gru, f"weight_hh_l{i}"),
+                b_ih=getattr(gru, f"bias_ih_l{i}"), b_hh=getattr(gru, f"bias_hh_l{i}"), frames=self.fixed_frames,
+            )
+            for i in range(gru.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class TCGRUExport(nn.Module):
+    """Export-ready TC-GRU for a fixed, unpadded window (eval-mode, weights copied from a :class:`TCGRU`).
+
+    forward(x (B, frames, F)) -> :class:`TCGRUOutput` with the same values as ``TCGRU(x, None)``.
+    The normalisation is applied as ``(x - mean) * (1 / std)`` and the time mean as ``sum * (1 / frames)``
+    (XNNPACK's mean wants 4-D input).
+    """
+
+    def __init__(self, model: TCGRU, *, frames: int) -> None:
+        super().__init__()
+        if int(frames) < 1:
+            raise ValueError(f"frames={frames!r}; expected the fixed window length in feature frames (>= 1).")
+        self.frames = int(frames)
+        self.input_dim = model.input_dim
+        self.register_buffer("feat_mean", model.feat_mean.detach().clone())
+        self.register_buffer("feat_inv_std", 1.0 / model.feat_std.detach().clone())
+        self.conv = _copy_module(model.conv)
+        self.gru = UnrolledGRU(model.gru, fixed_frames=self.frames)
+        self.embedding = _copy_module(model.embedding)
+        self.avd_head = _copy_module(model.avd_head)
+        self.class_head = _copy_module(model.class_head)
+        self.inv_frames = 1.0 / self.frames
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> TCGRUOutput:
+        """x: (B, frames, F) float32 -> TCGRUOutput(avd (B, 3), logits (B, 9), embedding (B, E))."""
+        x = (x - self.feat_mean) * self.feat_inv_std
+        h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        out = self.gru(h)
+        pooled = torch.sum(out, dim=1) * self.inv_frames
+        embedding = torch.relu(self.embedding(pooled))
+        return TCGRUOutput(avd=self.avd_head(embedding), logits=self.class_head(embedding), embedding=embedding)
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    import copy
+
+    clone = copy.deepcopy(module)
+    for p in clone.parameters():
+        p.requires_grad_(False)
+    return clone

@@ -1,0 +1,492 @@
+"""Training the TC-GRU: one run (:func:`train_run`) and k-fold x seeds (:func:`train_folds`).
+
+Defaults follow SPEC.md sections 4 and 7 items 6-7: Adam (0.9, 0.999), learning rate 5e-4,
+mini-batch 32, at most 50 epochs, patience 5, selection on the validation loss, the 12-output
+CCC loss, features z-scored with train-split statistics (item 10).
+
+Determinism on CPU: the model is initialised from ``config.seed`` inside a forked RNG (the
+caller's global RNG is left alone), the batch order of epoch e depends only on (seed, e), and
+the torch RNG state (dropout) is checkpointed. The CPU kernels used here (conv1d, GRU, linear,
+Adam) are deterministic, so ``torch.use_deterministic_algorithms`` is not switched on: it changes
+nothing for them and its first call imports torch._dynamo (2-4 s per process on this machine).
+A run resumed from ``last.safetensors`` ends with bit-identical weights to an uninterrupted one
+(tests/test_trainer.py checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edge_ser import __version__
+from edge_ser.errors import ManifestError
+from edge_ser.evaluation import metrics as eval_metrics
+from edge_ser.io import read_json, write_json_atomic, write_text_atomic
+from edge_ser.labels import CATEGORIES, DIMENSIONS, REPORTED_CATEGORIES, CATEGORY_INDEX
+from edge_ser.train import runs
+from edge_ser.train.dataset import (
+    FeatureSource, feature_statistics, fold_splits, iterate_batches, split_indices, with_splits,
+)
+from edge_ser.train.losses import DEFAULT_LOSS, LOSSES, multitask_loss
+from edge_ser.train.model import TCGRU
+
+__all__ = ["TrainConfig", "RunResult", "FoldSummary", "train_run", "train_folds", "train_folds_on_source",
+           "predict", "validation_metrics", "SELECTION_METRICS"]
+
+SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_corpus": "max", "ccc_mean": "max"}
+"""What early stopping / model selection can watch, and in which direction."""
+
+# Fields that may change between a run and its resumption without changing what was trained so far.
+_RESUMABLE_CHANGES = ("max_epochs", "patience")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters (SPEC.md defaults) plus the TC-GRU sizes (SPEC.md section 2)."""
+
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 32
+    max_epochs: int = 50
+    patience: int = 5
+    select_on: str = "valid_loss"
+    loss: str = DEFAULT_LOSS
+    seed: int = 0
+    dropout: float = 0.0
+    task_weights: tuple[float, float] = (1.0, 1.0)
+    """(dimensional, categorical) weights of the loss terms."""
+    conv_channels: int = 256
+    gru_hidden: int = 256
+    gru_layers: int = 2
+    embed_dim: int = 256
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"TrainConfig loss={self.loss!r}; expected one of {sorted(LOSSES)}.")
+        if self.select_on not in SELECTION_METRICS:
+            raise ValueError(f"TrainConfig select_on={self.select_on!r}; expected one of {sorted(SELECTION_METRICS)}.")
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}; expected a positive integer.")
+        if not self.lr > 0:
+            raise ValueError(f"TrainConfig lr={self.lr!r}; expected a positive learning rate such as 5e-4.")
+        # Tuples survive a JSON round trip as lists; normalise so equality and hashing work.
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; expected a subset of {sorted(known)}.")
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    """What one training run produced (also written to run.json)."""
+
+    run_dir: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    best_valid_loss: float
+    valid_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] | None
+    wall_time_s: float
+    train_utterances_per_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldSummary:
+    """k-fold x seeds results: one entry per run plus mean and std of every numeric metric."""
+
+    out: str
+    runs: list[dict[str, Any]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- metrics
+# Validation monitoring with edge_ser.evaluation.metrics; the full report (k-best, paUAR, gender) is edge_ser.evaluation.
+
+_REPORTED_INDEX = np.asarray([CATEGORY_INDEX[c] for c in REPORTED_CATEGORIES], dtype=np.int64)
+
+
+def _uar(refs: np.ndarray, preds: np.ndarray, classes: np.ndarray) -> float | None:
+    if len(refs) == 0:
+        return None
+    return float(eval_metrics.uar(refs, preds, classes=[CATEGORIES[c] for c in classes]))
+
+
+def _ccc_or_none(pred: np.ndarray, ref: np.ndarray) -> float | None:
+    value = eval_metrics.ccc(pred, ref)
+    return None if math.isnan(value) else float(value)
+
+
+def validation_metrics(*, avd: np.ndarray, probs: np.ndarray, labels: np.ndarray, dimensions: np.ndarray,
+                       corpus_classes: Sequence[int]) -> dict[str, Any]:
+    """UAR over the 6 reported classes, UAR over the corpus's own classes, CCC per dimension.
+
+    avd (N, 3), probs (N, 9), labels (N,) consensus index or -1, dimensions (N, 3) with NaN = missing,
+    corpus_classes: category indices the corpus actually uses. UAR-6 ranks only the 6 reported
+    class scores (SPEC.md section 7 item 4); UAR-corpus ranks only the corpus's classes.
+    Metrics without references are None.
+    """
+    out: dict[str, Any] = {"n": int(len(labels))}
+    reported = np.isin(labels, _REPORTED_INDEX)
+    pred6 = _REPORTED_INDEX[np.argmax(probs[:, _REPORTED_INDEX], axis=1)]
+    out["uar6"] = _uar(labels[reported], pred6[reported], _REPORTED_INDEX)
+    classes = np.asarray(sorted(int(c) for c in corpus_classes), dtype=np.int64)
+    out["corpus_classes"] = [CATEGORIES[c] for c in classes]
+    if len(classes):
+        in_corpus = np.isin(labels, classes)
+        pred_c = classes[np.argmax(probs[:, classes], axis=1)]
+        out["uar_corpus"] = _uar(labels[in_corpus], pred_c[in_corpus], classes)
+    else:
+        out["uar_corpus"] = None
+    values = []
+    for d, name in enumerate(DIMENSIONS):
+        value = _ccc_or_none(avd[:, d], dimensions[:, d])
+        out[f"ccc_{name}"] = value
+        if value is not None:
+            values.append(value)
+    out["ccc_mean"] = float(np.mean(values)) if values else None
+    return out
+
+
+# ----------------------------------------------------------------------------------------- training
+
+@torch.no_grad()
+def predict(model: TCGRU, source: FeatureSource, rows: np.ndarray, *,
+            batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(avd (N, 3), logits (N, 9)) for the given rows in their order, model in eval mode."""
+    was_training = model.training
+    model.eval()
+    avd, logits = [], []
+    for batch in iterate_batches(source, rows, batch_size=batch_size, shuffle=False):
+        out = model(batch.x, batch.lengths)
+        avd.append(out.avd)
+        logits.append(out.logits)
+    model.train(was_training)
+    return torch.cat(avd), torch.cat(logits)
+
+
+def _evaluate(model: TCGRU, source: FeatureSource, rows: np.ndarray, *, config: TrainConfig,
+              corpus_classes: np.ndarray) -> tuple[float, dict[str, Any]]:
+    avd, logits = predict(model, source, rows, batch_size=config.eval_batch_size)
+    # The validation loss is the training loss over the whole set at once (CCC over all rows, not per batch).
+    loss = multitask_loss(
+        avd=avd, logits=logits, soft_targets=torch.from_numpy(source.soft_targets[rows]),
+        dimensions=torch.from_numpy(source.dimensions[rows]), labels=torch.from_numpy(source.labels[rows]),
+        kind=config.loss, task_weights=config.task_weights,
+    ).total
+    metrics = validation_metrics(avd=avd.numpy(), probs=torch.softmax(logits, dim=-1).numpy(),
+                                 labels=source.labels[rows], dimensions=source.dimensions[rows],
+                                 corpus_classes=corpus_classes)
+    return float(loss), metrics
+
+
+def _selection_score(config: TrainConfig, valid_loss: float, metrics: dict[str, Any]) -> float:
+    if config.select_on == "valid_loss":
+        return valid_loss
+    value = metrics.get(config.select_on)
+    # Lower is better internally; a metric that cannot be computed never counts as an improvement.
+    return math.inf if value is None else -float(value)
+
+
+def _model_config(source: FeatureSource, config: TrainConfig) -> dict[str, Any]:
+    return {"input_dim": int(source.input_dim), "conv_channels": config.conv_channels,
+            "gru_hidden": config.gru_hidden, "gru_layers": config.gru_layers, "embed_dim": config.embed_dim,
+            "n_dims": len(DIMENSIONS), "n_classes": len(CATEGORIES), "dropout": config.dropout}
+
+
+def _check_resumable(out: Path, config: TrainConfig, model_config: dict[str, Any]) -> None:
+    saved = runs.read_run_config(out)
+    old = TrainConfig.from_dict(saved["train"]).to_dict()
+    new = config.to_dict()
+    changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
+    if changed or saved["model"] != model_config:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed) or "model/feature width"
+        raise ManifestError(
+            f"cannot resume {out}: the configuration differs from the saved run ({detail}). Only "
+            f"{list(_RESUMABLE_CHANGES)} may change on --resume; use a new --out folder for a different run."
+        )
+
+
+def train_run(
+    *,
+    source: FeatureSource,
+    out: str | os.PathLike,
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train one TC-GRU on the source's train split, select on its valid split, write a run folder.
+
+    source: a :class:`~edge_ser.train.dataset.FeatureSource` with ``splits`` train/valid(/test).
+    out: the run folder (see :mod:`edge_ser.train.runs`). resume: continue from ``last.safetensors``
+    and ``trainer_state.json`` (only ``max_epochs`` and ``patience`` may change).
+    Returns a :class:`RunResult`; test-split metrics are included when the source has a test split.
+    """
+    out = Path(out)
+    train_rows = split_indices(source, "train")
+    valid_rows = split_indices(source, "valid")
+    test_rows = split_indices(source, "test")
+    if len(train_rows) == 0 or len(valid_rows) == 0:
+        raise ValueError(
+            f"training needs train and valid utterances; the source has {len(train_rows)} train and "
+            f"{len(valid_rows)} valid. Assign splits in the corpus table (edge-ser data prepare) or train with folds."
+        )
+    model_config = _model_config(source, config)
+    corpus_classes = np.unique(source.labels[source.labels >= 0])
+    state_path = out / runs.STATE_FILE
+    if resume and not state_path.is_file():
+        raise ManifestError(f"cannot resume: {state_path} does not exist. Train without --resume first.")
+    if not resume and (state_path.is_file() or (out / runs.RUN_FILE).is_file()):
+        raise ManifestError(
+            f"{out} already holds a training run; pass resume=True (--resume) to continue it, or choose another --out."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = TCGRU(model_config["input_dim"], conv_channels=config.conv_channels, gru_hidden=config.gru_hidden,
+                      gru_layers=config.gru_layers, embed_dim=config.embed_dim, dropout=config.dropout)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
+        if resume:
+            _check_resumable(out, config, model_config)
+            state = read_json(state_path)
+            runs.load_weights(model, out / runs.LAST_WEIGHTS, epoch=int(state["epoch"]))
+            rng = runs.load_optimizer(optimizer, out / runs.OPTIMIZER_FILE, param_groups=state["param_groups"],
+                                      epoch=int(state["epoch"]))
+            torch.set_rng_state(rng)
+            history: list[dict[str, Any]] = state["history"]
+            start_epoch = int(state["epoch"]) + 1
+            best = {"score": float(state["best_score"]), "epoch": int(state["best_epoch"])}
+            bad_epochs = int(state["bad_epochs"])
+            wall_before = float(state["wall_time_s"])
+            stopped_early = bool(state["stopped_early"])
+        else:
+            mean, std = feature_statistics(source, train_rows, progress=progress)
+            model.set_feature_stats(mean, std)
+            runs.write_run_config(out, train=config.to_dict(), model=model_config)
+            history, start_epoch, bad_epochs, wall_before, stopped_early = [], 1, 0, 0.0, False
+            best = {"score": math.inf, "epoch": 0}
+
+        started = time.perf_counter()
+        epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
+                      disable=not progress, initial=start_epoch - 1, total=config.max_epochs)
+        for epoch in epochs:
+            if stopped_early and bad_epochs >= config.patience:
+                break
+            stopped_early = False
+            train_loss, seen, seconds = _train_epoch(model, optimizer, source, train_rows, config=config, epoch=epoch,
+                                                     progress=progress)
+            valid_loss, metrics = _evaluate(model, source, valid_rows, config=config, corpus_classes=corpus_classes)
+            score = _selection_score(config, valid_loss, metrics)
+            improved = score < best["score"]
+            if improved:
+                best = {"score": score, "epoch": epoch}
+                bad_epochs = 0
+                runs.save_weights(model, out / runs.BEST_WEIGHTS)
+            else:
+                bad_epochs += 1
+            history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid": metrics,
+                            "train_seconds": seconds, "train_utterances": seen, "improved": improved})
+            stopped_early = bad_epochs >= config.patience
+            _save_state(out, model, optimizer, epoch=epoch, best=best, bad_epochs=bad_epochs, history=history,
+                        wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
+            epochs.set_postfix(train=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}",
+                               uar6=_fmt(metrics["uar6"]), ccc=_fmt(metrics["ccc_mean"]), best=best["epoch"])
+            if stopped_early:
+                break
+        epochs.close()
+        wall_time = wall_before + time.perf_counter() - started
+
+        if not history:
+            raise ManifestError(f"{out} has no finished epoch; max_epochs={config.max_epochs} allows none after resume.")
+        runs.load_weights(model, out / runs.BEST_WEIGHTS)
+        best_entry = next(h for h in history if h["epoch"] == best["epoch"])
+        test_metrics = None
+        if len(test_rows):
+            test_loss, test_metrics = _evaluate(model, source, test_rows, config=config, corpus_classes=corpus_classes)
+            test_metrics = {"loss": test_loss, **test_metrics}
+
+    seen_total = sum(h["train_utterances"] for h in history)
+    seconds_total = sum(h["train_seconds"] for h in history)
+    result = RunResult(
+        run_dir=str(out), best_epoch=int(best["epoch"]), epochs_run=len(history), stopped_early=stopped_early,
+        best_valid_loss=float(best_entry["valid_loss"]), valid_metrics=best_entry["valid"], test_metrics=test_metrics,
+        wall_time_s=float(wall_time), train_utterances_per_s=float(seen_total / seconds_total) if seconds_total else 0.0,
+    )
+    info = source.info
+    write_json_atomic(out / runs.HISTORY_FILE, history)
+    runs.plot_history(history, out / runs.CURVES_FILE, title=f"{info.get('feature_model')} layer {info.get('layer')}")
+    write_json_atomic(out / runs.RUN_FILE, {
+        "format": runs.RUN_FORMAT, "format_version": runs.RUN_FORMAT_VERSION, "edge_ser_version": __version__,
+        "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "finished": True,
+        "config": config.to_dict(), "model": model_config, "n_parameters": model.count_parameters(),
+        "features": info, "feature_manifest_sha256": info.get("manifest_sha256"),
+        "feature_model": info.get("feature_model"), "feature_layer": info.get("layer"),
+        "splits": {"train": int(len(train_rows)), "valid": int(len(valid_rows)), "test": int(len(test_rows))},
+        **result.to_dict(),
+    })
+    return result
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: FeatureSource, rows: np.ndarray, *,
+                 config: TrainConfig, epoch: int, progress: bool) -> tuple[float, int, float]:
+    """One pass over the train rows; returns (mean batch loss weighted by batch size, utterances, seconds)."""
+    model.train()
+    total, seen = 0.0, 0
+    started = time.perf_counter()
+    batches = tqdm(iterate_batches(source, rows, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                                   epoch=epoch),
+                   total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
+                   leave=False, disable=not progress)
+    for batch in batches:
+        out = model(batch.x, batch.lengths)
+        loss = multitask_loss(avd=out.avd, logits=out.logits, soft_targets=batch.soft, dimensions=batch.dims,
+                              labels=batch.labels, kind=config.loss, task_weights=config.task_weights).total
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        n = int(batch.x.shape[0])
+        total += float(loss.detach()) * n
+        seen += n
+        batches.set_postfix(loss=f"{total / seen:.4f}")
+    return total / max(seen, 1), seen, time.perf_counter() - started
+
+
+def _save_state(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, epoch: int, best: dict[str, Any],
+                bad_epochs: int, history: list[dict[str, Any]], wall_time_s: float, stopped_early: bool) -> None:
+    # The state JSON is written last and names its epoch; both tensor files carry the epoch in their
+    # metadata so a crash between the writes is detected on resume instead of mixing epochs.
+    runs.save_weights(model, out / runs.LAST_WEIGHTS, epoch=epoch)
+    groups = runs.save_optimizer(optimizer, out / runs.OPTIMIZER_FILE, rng_state=torch.get_rng_state(), epoch=epoch)
+    write_json_atomic(out / runs.STATE_FILE, {
+        "epoch": epoch, "best_epoch": best["epoch"], "best_score": best["score"], "bad_epochs": bad_epochs,
+        "stopped_early": stopped_early, "wall_time_s": wall_time_s, "param_groups": groups, "history": history,
+    })
+    write_json_atomic(out / runs.HISTORY_FILE, history)
+
+
+# ----------------------------------------------------------------------------------------- k-fold
+
+def train_folds(
+    *,
+    cache_dir: str | os.PathLike,
+    layer: int,
+    out: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    seeds: Sequence[int] = (0,),
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> FoldSummary:
+    """k-fold x seeds training on a feature cache whose table has a ``fold`` column.
+
+    For fold f: test = fold f, valid = fold (f+1) % k, train = the rest. One run folder per
+    (fold, seed) under `out` (``fold{f}_seed{s}``), plus ``summary.json`` and ``summary.md``.
+    """
+    from edge_ser.train.dataset import CacheFeatureSource
+
+    source = CacheFeatureSource(cache_dir, layer=layer)
+    return train_folds_on_source(source=source, out=out, folds=folds, seeds=seeds, config=config, resume=resume,
+                                 progress=progress)
+
+
+def train_folds_on_source(
+    *,
+    source: FeatureSource,
+    out: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    seeds: Sequence[int] = (0,),
+    config: TrainConfig = TrainConfig(),
+    resume: bool = False,
+    progress: bool = True,
+) -> FoldSummary:
+    """:func:`train_folds` on any feature source (the folds come from ``source.folds``)."""
+    out = Path(out)
+    all_folds = np.asarray(source.folds)
+    fold_splits(all_folds, fold=0)  # validates the fold column before any training starts
+    k = int(all_folds.max()) + 1
+    chosen = list(range(k)) if folds is None else [int(f) for f in folds]
+    bad = [f for f in chosen if not 0 <= f < k]
+    if bad:
+        raise ValueError(f"folds {bad} do not exist; the table has folds 0..{k - 1}.")
+    if not seeds:
+        raise ValueError("seeds is empty; give at least one seed, e.g. (0,).")
+    records = []
+    for fold in chosen:
+        for seed in seeds:
+            run_dir = out / f"fold{fold}_seed{seed}"
+            run_config = dataclasses.replace(config, seed=int(seed))
+            result = train_run(source=with_splits(source, fold_splits(all_folds, fold=fold), fold=fold, k=k),
+                               out=run_dir, config=run_config, resume=resume and (run_dir / runs.STATE_FILE).is_file(),
+                               progress=progress)
+            records.append({"fold": fold, "seed": int(seed), **result.to_dict()})
+    summary = _summarise(out, records)
+    write_json_atomic(out / "summary.json", summary.to_dict())
+    write_text_atomic(out / "summary.md", _summary_markdown(summary, source.info, config))
+    return summary
+
+
+def _flat_metrics(record: dict[str, Any]) -> dict[str, float]:
+    flat = {"best_epoch": float(record["best_epoch"]), "valid_loss": float(record["best_valid_loss"])}
+    for prefix, metrics in (("valid", record["valid_metrics"]), ("test", record.get("test_metrics"))):
+        for key, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "n":
+                flat[f"{prefix}_{key}"] = float(value)
+    return flat
+
+
+def _summarise(out: Path, records: list[dict[str, Any]]) -> FoldSummary:
+    flats = [_flat_metrics(r) for r in records]
+    keys = sorted({k for f in flats for k in f})
+    mean, std = {}, {}
+    for key in keys:
+        values = np.asarray([f[key] for f in flats if key in f], dtype=np.float64)
+        mean[key] = float(values.mean())
+        std[key] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return FoldSummary(out=str(out), runs=records, mean=mean, std=std)
+
+
+def _summary_markdown(summary: FoldSummary, info: dict[str, Any], config: TrainConfig) -> str:
+    lines = [f"# TC-GRU k-fold summary: {info.get('feature_model')} layer {info.get('layer')}", "",
+             f"{len(summary.runs)} runs (fold x seed), loss `{config.loss}`, batch {config.batch_size}, "
+             f"lr {config.lr}, max {config.max_epochs} epochs, patience {config.patience}. "
+             "Mean ± sample std over runs.", "", "| metric | mean ± std |", "|---|---|"]
+    for key in summary.mean:
+        lines.append(f"| {key} | {summary.mean[key]:.4f} ± {summary.std[key]:.4f} |")
+    lines += ["", "| fold | seed | best epoch | valid UAR6 | test UAR6 | test UAR corpus | test CCC mean |",
+              "|---|---|---|---|---|---|---|"]
+    for r in summary.runs:
+        test = r.get("test_metrics") or {}
+        lines.append(f"| {r['fold']} | {r['seed']} | {r['best_epoch']} | {_fmt(r['valid_metrics'].get('uar6'))} | "
+                     f"{_fmt(test.get('uar6'))} | {_fmt(test.get('uar_corpus'))} | {_fmt(test.get('ccc_mean'))} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,222 @@
+"""Trainer: learning on synthetic frames, determinism, resume, run folder, k-fold, feature cache, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from edge_ser.data.table import normalise_table
+from edge_ser.errors import ManifestError
+from edge_ser.labels import CATEGORY_INDEX
+from edge_ser.train import ArrayFeatureSource, TrainConfig, load_run, train_run
+from edge_ser.train.dataset import CacheFeatureSource, feature_statistics, iterate_batches, split_indices
+from edge_ser.train.trainer import predict, train_folds_on_source
+
+WIDTH = 10
+CLASSES = ("neutral", "happy", "sad", "angry")
+AROUSAL = (0.35, 0.7, 0.2, 0.85)
+TINY = TrainConfig(batch_size=16, lr=3e-3, conv_channels=24, gru_hidden=24, embed_dim=24, max_epochs=4)
+
+
+def synthetic_table_and_frames(n: int = 120, *, seed: int = 0, noise: float = 2.0):
+    """Class-dependent frames: a class prototype plus an arousal-scaled direction plus noise.
+
+    Splits cycle train x3 / valid / test; folds = speaker index % 4; a few rows lack targets.
+    """
+    rng = np.random.default_rng(seed)
+    protos = rng.normal(size=(len(CLASSES), WIDTH))
+    arousal_dir = rng.normal(size=WIDTH)
+    rows, frames = [], []
+    for i in range(n):
+        c = i % len(CLASSES)
+        arousal = float(np.clip(AROUSAL[c] + rng.normal(0, 0.05), 0, 1))
+        t = int(rng.integers(12, 30))
+        x = protos[c] + 2.0 * arousal * arousal_dir + noise * rng.normal(size=(t, WIDTH))
+        frames.append((x * 4.0 + 7.0).astype(np.float16))  # off-centre scale: the z-score has work to do
+        probs = np.zeros(9)
+        probs[CATEGORY_INDEX[CLASSES[c]]] = 0.75
+        probs[CATEGORY_INDEX[CLASSES[(c + 1) % 4]]] = 0.25
+        speaker = i // 6
+        row = {"utt_id": f"u{i:04d}", "path": f"u{i}.wav", "speaker": f"spk{speaker}",
+               "gender": "female" if speaker % 2 else "male", "duration_s": t / 50,
+               "split": ("train", "train", "train", "valid", "test")[i % 5] if i % 5 < 3 else
+                        ("valid", "test")[(i // 5) % 2],
+               "fold": speaker % 4, "label": CLASSES[c], "arousal": arousal,
+               "valence": float(np.clip(1 - arousal + rng.normal(0, 0.05), 0, 1))}
+        if i % 17 != 5:  # some utterances have no categorical target
+            row.update({f"p_{name}": p for name, p in zip(
+                ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt", "other"), probs)})
+        rows.append(row)
+    return normalise_table(rows), frames
+
+
+def source_from(table: pd.DataFrame, frames) -> ArrayFeatureSource:  # type: ignore[no-untyped-def]
+    return ArrayFeatureSource(
+        frames, soft_targets=table.loc[:, [c for c in table.columns if c.startswith("p_")]].to_numpy(np.float32),
+        dimensions=table.loc[:, ["arousal", "valence", "dominance"]].to_numpy(np.float32),
+        labels=np.asarray([CATEGORY_INDEX.get(v, -1) for v in table["label"]]), splits=table["split"].tolist(),
+        speakers=table["speaker"].tolist(), folds=table["fold"].tolist(), utt_ids=table["utt_id"].tolist(),
+        info={"feature_model": "synthetic", "layer": 0, "manifest_sha256": None},
+    )
+
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models gain nothing from 2 intra-op threads, and on the shared 2-core machine the
+    # threads' synchronisation made these tests ~10x slower (measured: 4 s vs 48 s).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+@pytest.fixture(scope="module")
+def source() -> ArrayFeatureSource:
+    return source_from(*synthetic_table_and_frames())
+
+
+def test_model_learns_class_and_dimensions(source, tmp_path):
+    result = train_run(source=source, out=tmp_path / "run", config=dataclasses.replace(TINY, max_epochs=10),
+                       progress=False)
+    # Chance UAR over the 4 classes present is 0.25.
+    assert result.valid_metrics["uar6"] > 0.6, result.valid_metrics
+    assert result.valid_metrics["ccc_arousal"] > 0.4, result.valid_metrics
+    assert result.valid_metrics["ccc_dominance"] is None  # no dominance targets at all
+    assert result.test_metrics is not None and result.test_metrics["uar6"] > 0.5
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["valid_loss"]) for h in history)
+
+
+def test_run_folder_contents_and_load_run(source, tmp_path):
+    out = tmp_path / "run"
+    result = train_run(source=source, out=out, config=dataclasses.replace(TINY, max_epochs=2), progress=False)
+    for name in ("config.json", "model.safetensors", "last.safetensors", "optimizer.safetensors",
+                 "trainer_state.json", "history.json", "loss_curves.png", "run.json"):
+        assert (out / name).is_file(), name
+    assert (out / "loss_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, info = load_run(out)
+    assert info["best_epoch"] == result.best_epoch and info["feature_model"] == "synthetic"
+    assert info["splits"] == {"train": 72, "valid": 24, "test": 24}
+    # Normalisation statistics are the train split's, stored in the weights.
+    mean, std = feature_statistics(source, split_indices(source, "train"))
+    assert np.allclose(model.feat_mean.numpy(), mean) and np.allclose(model.feat_std.numpy(), std)
+    all_mean, _ = feature_statistics(source, np.arange(len(source)))
+    assert not np.allclose(mean, all_mean)
+    avd, _ = predict(model, source, split_indices(source, "valid"))
+    assert avd.shape == (24, 3)
+    with pytest.raises(ManifestError, match="already holds a training run"):
+        train_run(source=source, out=out, config=TINY, progress=False)
+
+
+def test_resume_gives_the_same_weights_as_straight_training(source, tmp_path):
+    config = dataclasses.replace(TINY, dropout=0.2, patience=10)  # dropout: the torch RNG state must survive resume
+    train_run(source=source, out=tmp_path / "straight", config=config, progress=False)
+    train_run(source=source, out=tmp_path / "split", config=dataclasses.replace(config, max_epochs=2), progress=False)
+    assert json.loads((tmp_path / "split" / "trainer_state.json").read_text())["epoch"] == 2
+    train_run(source=source, out=tmp_path / "split", config=config, resume=True, progress=False)
+    for name in ("last.safetensors", "model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "split" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
+    ha = json.loads((tmp_path / "straight" / "history.json").read_text())
+    hb = json.loads((tmp_path / "split" / "history.json").read_text())
+    assert [h["valid_loss"] for h in ha] == [h["valid_loss"] for h in hb] and len(ha) == 4
+    # A different seed trains a different model.
+    train_run(source=source, out=tmp_path / "seed1", config=dataclasses.replace(config, seed=1, max_epochs=1),
+              progress=False)
+    assert not torch.equal(load_file(str(tmp_path / "seed1" / "last.safetensors"))["conv.weight"],
+                           load_file(str(tmp_path / "split" / "last.safetensors"))["conv.weight"])
+    with pytest.raises(ManifestError, match="lr"):
+        train_run(source=source, out=tmp_path / "split", config=dataclasses.replace(config, lr=1e-4), resume=True,
+                  progress=False)
+
+
+def test_early_stopping_on_a_flat_metric(source, tmp_path):
+    # With a vanishing learning rate UAR never improves after epoch 1: stop after 1 + patience epochs.
+    config = dataclasses.replace(TINY, lr=1e-12, select_on="uar6", patience=2, max_epochs=10)
+    result = train_run(source=source, out=tmp_path / "run", config=config, progress=False)
+    assert result.stopped_early and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_batches_are_padded_and_deterministic(source):
+    rows = split_indices(source, "train")
+    first = [b.index.tolist() for b in iterate_batches(source, rows, batch_size=16, shuffle=True, seed=3, epoch=1)]
+    again = [b.index.tolist() for b in iterate_batches(source, rows, batch_size=16, shuffle=True, seed=3, epoch=1)]
+    other = [b.index.tolist() for b in iterate_batches(source, rows, batch_size=16, shuffle=True, seed=3, epoch=2)]
+    assert first == again and first != other
+    assert sorted(sum(first, [])) == rows.tolist()
+    batch = next(iterate_batches(source, rows, batch_size=5, shuffle=False))
+    assert batch.x.shape == (5, int(batch.lengths.max()), WIDTH)
+    for b, i in enumerate(batch.index.tolist()):
+        n = int(batch.lengths[b])
+        assert np.array_equal(batch.x[b, :n].numpy(), source.frames(i).astype(np.float32))
+        assert bool((batch.x[b, n:] == 0).all())
+
+
+def test_k_fold_runs_and_summary(source, tmp_path):
+    summary = train_folds_on_source(source=source, out=tmp_path / "cv", folds=[0, 2], seeds=(0, 1),
+                                    config=dataclasses.replace(TINY, max_epochs=2), progress=False)
+    assert [(r["fold"], r["seed"]) for r in summary.runs] == [(0, 0), (0, 1), (2, 0), (2, 1)]
+    run = json.loads((tmp_path / "cv" / "fold2_seed1" / "run.json").read_text())
+    folds = np.asarray(source.folds)
+    assert run["splits"] == {"test": int((folds == 2).sum()), "valid": int((folds == 3).sum()),
+                             "train": int(np.isin(folds, [0, 1]).sum())}
+    assert run["config"]["seed"] == 1 and run["features"]["fold"] == 2
+    assert "test_uar6" in summary.mean and summary.std["test_uar6"] >= 0
+    assert (tmp_path / "cv" / "summary.md").read_text().count("| 2 |") >= 2
+    assert json.loads((tmp_path / "cv" / "summary.json").read_text())["mean"] == summary.mean
+
+
+def _write_cache(path, table, frames):  # type: ignore[no-untyped-def]
+    from edge_ser.features.cache import FeatureCacheWriter
+
+    writer = FeatureCacheWriter(path, plan={"model": "synthetic"}, layers_stored=(3,))
+    pooled = np.stack([np.repeat(f.astype(np.float32).mean(0)[None], 5, axis=0) for f in frames])
+    writer.write_shard(shard=0, utt_ids=table["utt_id"].tolist(), frames={3: frames}, pooled=pooled)
+    return writer.finalize(table=table, manifest={"model": "synthetic", "n_layers": 4, "hidden_size": WIDTH,
+                                                  "frame_rate": 50.0})
+
+
+def test_cache_source_and_cli(tmp_path):
+    table, frames = synthetic_table_and_frames(48, seed=1)
+    _write_cache(tmp_path / "feats", table, frames)
+    cached = CacheFeatureSource(tmp_path / "feats", layer=3)
+    assert cached.input_dim == WIDTH and len(cached) == 48 and cached.info["layer"] == 3
+    assert len(cached.info["manifest_sha256"]) == 64
+    assert np.array_equal(cached.frames(7), frames[7])
+    assert cached.labels[0] == CATEGORY_INDEX["neutral"] and np.isnan(cached.soft_targets[5]).all()
+    with pytest.raises(ManifestError, match="stored"):
+        CacheFeatureSource(tmp_path / "feats", layer=2)
+    (tmp_path / "sal").mkdir()
+    (tmp_path / "sal" / "saliency.json").write_text(json.dumps({"chosen_layer": 3}))
+
+    from edge_ser.cli import root
+
+    runner = CliRunner()
+    result = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
+                                  "--saliency", str(tmp_path / "sal"), "--epochs", "1", "--loss", "ccc+kl",
+                                  "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["feature_layer"] == 3 and run["config"]["loss"] == "ccc+kl" and run["epochs_run"] == 1
+    assert run["feature_manifest_sha256"] == cached.info["manifest_sha256"]
+    again = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
+                                 "--layer", "3", "--epochs", "2", "--loss", "ccc+kl", "--resume", "--no-progress"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_run"] == 2
+    folds = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "cv"),
+                                 "--folds", "1", "--seeds", "0", "--epochs", "1", "--no-progress"])
+    assert folds.exit_code == 0, folds.output
+    assert (tmp_path / "cv" / "fold1_seed0" / "model.safetensors").is_file()
+    bad = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "x"),
+                               "--layer", "7", "--no-progress"])
+    assert bad.exit_code != 0 and "layer 7 is not stored" in bad.output, bad.output
