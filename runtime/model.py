@@ -171,8 +171,13 @@ class EmotionModel:
         """An emotion timeline: one prediction per window, windows every `hop_s` seconds."""
         if hop_s <= 0:
             raise ValueError(f"hop_s={hop_s}; expected a positive number of seconds.")
-        clip = self.prepare(waveform, sample_rate)
         hop = max(1, int(round(hop_s * self.sample_rate)))
+        if hop > self.window_samples:
+            raise ValueError(
+                f"hop_s={hop_s} is longer than the {self.manifest.window_s:g} s window, so audio between windows "
+                f"would be skipped; use hop_s <= {self.manifest.window_s:g}."
+            )
+        clip = self.prepare(waveform, sample_rate)
         points = []
         for start, end in self.windows(clip, hop=hop):
             out = self.run_window(self._fit_window(clip[start:end]))
