@@ -1,0 +1,115 @@
+"""`edge-ser features extract` and `edge-ser saliency`: FM hidden states -> cache -> CCS layer choice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def register(root: click.Group) -> None:
+    root.add_command(features)
+    root.add_command(saliency)
+
+
+def _model_choices() -> list[str]:
+    from edge_ser.features.extract import available_models
+
+    try:
+        return available_models()
+    except ImportError:  # the fm registry is not importable: only the hand-crafted front end works
+        from edge_ser.features.extract import MFBF0_MODEL
+
+        return [MFBF0_MODEL]
+
+
+def _parse_layers(value: str | None) -> str | list[int] | None:
+    if value is None or value == "all":
+        return value
+    try:
+        return [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}; expected 'all' or comma-separated layer numbers like 1,6,12.") from None
+
+
+@click.group()
+def features() -> None:
+    """Feature caches: foundation-model hidden states or MFBF0 frames of a corpus."""
+
+
+@features.command("extract")
+@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Prepared corpus folder (edge-ser data prepare/synth).")
+@click.option("--model", type=click.Choice(_model_choices()), required=True,
+              help="Foundation model from the registry, or mfbf0.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Cache folder.")
+@click.option("--layers", default=None,
+              help="Layers stored frame by frame: 'all' or e.g. '6' or '1,6,12'. Default: none "
+                   "(only the pooled means of every layer, enough for saliency).")
+@click.option("--weights", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Weights folder/file of the foundation model (default: the registry's source).")
+@click.option("--random-init", is_flag=True, help="Random weights (tests, size and latency studies).")
+@click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
+@click.option("--shard-utterances", default=256, show_default=True, help="Utterances per shard file.")
+@click.option("--batch-seconds", default=60.0, show_default=True,
+              help="Most audio per batch of equal-length utterances.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue an interrupted extraction with the same settings, or start over.")
+def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,
+            seed: int, shard_utterances: int, batch_seconds: float, resume: bool) -> None:
+    """Extract hidden states of every utterance into a feature cache folder."""
+    from edge_ser.features.extract import extract_features
+
+    cache = extract_features(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers),
+                             weights=weights, random_init=random_init, seed=seed, batch_seconds=batch_seconds,
+                             shard_utterances=shard_utterances, resume=resume)
+    speed = cache.manifest["throughput"]
+    click.echo(f"{cache.root}: {len(cache)} utterances, {cache.model}, {cache.n_layers + 1} pooled layers of "
+               f"width {cache.hidden_size}, frame-level layers {list(cache.layers_stored)}")
+    if speed.get("wall_s"):
+        click.echo(f"throughput: {speed['utterances_per_s']:.2f} utterances/s, "
+                   f"{speed['realtime_factor']:.1f}x real time ({speed['threads']} threads)")
+
+
+@click.command("saliency")
+@click.option("--features", "features_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              required=True, help="Feature cache folder (edge-ser features extract).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for saliency.json and saliency.png.")
+@click.option("--rule", type=click.Choice(["argmax", "earliest-within"]), default="argmax", show_default=True,
+              help="argmax of the layer score, or the earliest layer within --tolerance of the best.")
+@click.option("--tolerance", default=0.01, show_default=True, help="Relative tolerance of earliest-within.")
+@click.option("--max-utterances", default=30_000, show_default=True, help="Random sample size (paper: 30K).")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option("--split", default="train", show_default=True, help="Split to sample ('all' for every row).")
+@click.option("--targets", type=click.Choice(["all", "avd"]), default="all", show_default=True,
+              help="all = A/V/D + 9 category probabilities; avd = the 3 dimensions.")
+@click.option("--savings", is_flag=True, help="Also measure params/FLOPs/CPU time saved by cutting at k*.")
+@click.option("--savings-model", default=None,
+              help="Registry model to measure savings on (default: the cache's model), e.g. wavlm-large.")
+def saliency(features_dir: Path, out: Path, rule: str, tolerance: float, max_utterances: int, seed: int,
+             split: str, targets: str, savings: bool, savings_model: str | None) -> None:
+    """CCS layer saliency of a feature cache: score every layer, pick k*."""
+    from edge_ser.features.cache import FeatureCache
+    from edge_ser.saliency import layer_saliency, save_saliency
+
+    cache = FeatureCache.open(features_dir)
+    result = layer_saliency(cache, split=split, max_utterances=max_utterances, seed=seed, targets=targets,
+                            rule=rule, tolerance=tolerance)
+    save_saliency(result, out)
+    click.echo(result.to_text())
+    click.echo(f"wrote {out / 'saliency.json'} and {out / 'saliency.png'}")
+    if savings:
+        from edge_ser.fm.savings import truncation_savings
+
+        from edge_ser.fm import get_spec
+
+        name = savings_model or cache.model
+        k = result.chosen_layer
+        if get_spec(name).n_layers != cache.n_layers:
+            raise click.UsageError(
+                f"--savings-model {name} has {get_spec(name).n_layers} blocks but the cache's model {cache.model} "
+                f"has {cache.n_layers}; layer {k} does not carry over. Pick a model with {cache.n_layers} blocks."
+            )
+        report = truncation_savings(name, k=k, random_init=True)
+        click.echo(report.to_text())

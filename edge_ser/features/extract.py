@@ -1,0 +1,311 @@
+"""Run a frozen foundation model (or the MFBF0 front end) over a corpus into a feature cache.
+
+Utterances are sorted by duration and cut into shards of `shard_utterances`; each shard
+is computed, written (crash-safe, see :mod:`edge_ser.features.cache`) and recorded as
+done, so an interrupted run resumes at the first unfinished shard.
+
+Batching and exactness: the FM families here either have no attention mask (Whisper)
+or normalise over time in the conv front end (WavLM/HuBERT base group norm), so
+zero-padding a short utterance to a longer one changes its hidden states. We therefore
+only batch utterances of *exactly* the same length (in samples); every other utterance
+runs alone. The result equals a one-by-one computation up to float32 rounding of the
+batched kernels (tests/test_features_extract.py checks it). Batching is faster when it
+applies: benchmarks/bench_features.py measured 8 equal-length 3 s clips through
+Whisper-base at 15.0 s as one batch vs 79.3 s one by one (5.3x, 2 threads, on a
+heavily shared 2-core machine, load average ~10; per-op thread-sync overhead dominates
+there, so expect a smaller gain on an idle machine). Real corpora rarely have equal
+lengths, so most utterances still run alone; exactness is not traded for that speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge_ser.errors import CorpusError
+from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWriter
+from edge_ser.io import read_json
+from edge_ser.labels import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+MFBF0_MODEL = "mfbf0"
+"""Name of the hand-crafted baseline front end in place of an FM name."""
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+DEFAULT_BATCH_SECONDS = 60.0
+DEFAULT_SHARD_UTTERANCES = 256
+
+
+def available_models() -> list[str]:
+    """Names accepted by :func:`extract_features`: the FM registry plus ``"mfbf0"``."""
+    from edge_ser.fm import list_models
+
+    return list(list_models()) + [MFBF0_MODEL]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractionThroughput:
+    """Speed of the shards computed in this run (resumed shards excluded)."""
+
+    utterances: int
+    audio_s: float
+    wall_s: float
+    utterances_per_s: float | None
+    realtime_factor: float | None  # audio seconds per wall second (30 = 30x faster than real time)
+    threads: int
+    shards_computed: int
+    shards_resumed: int
+
+
+class _Extractor:
+    """Uniform view of an FM or MFBF0: waveforms -> list of (B, T, N) states + valid frames."""
+
+    def __init__(self, model: str, *, weights: str | os.PathLike | None, random_init: bool, seed: int) -> None:
+        self.name = model
+        if model == MFBF0_MODEL:
+            from edge_ser.frontend import MFBF0, MFBF0_DIM, MFBF0_FRAME_RATE, MFBF0Config
+
+            if weights is not None:
+                raise ValueError(f"model {MFBF0_MODEL!r} has no weights; got weights={weights!s}. Drop --weights.")
+            self._module = MFBF0().eval()
+            self.n_layers = 0
+            self.hidden_size = int(MFBF0_DIM)
+            self.frame_rate = float(MFBF0_FRAME_RATE)
+            self.family = MFBF0_MODEL
+            self.spec: dict[str, Any] = {"name": MFBF0_MODEL, "family": MFBF0_MODEL, "n_layers": 0,
+                                         "hidden_size": self.hidden_size, "frame_rate": self.frame_rate,
+                                         "config": MFBF0Config().to_dict()}
+            self.weights_source: dict[str, Any] = {"kind": "none", "path": None, "sha256": None}
+            self._loaded = None
+        else:
+            from edge_ser.fm import load_foundation_model
+
+            known = available_models()
+            if model not in known:
+                raise ValueError(f"unknown model {model!r}; expected one of {known}.")
+            loaded = load_foundation_model(model, weights=weights, random_init=random_init, seed=seed)
+            self._loaded = loaded
+            spec = loaded.spec
+            self.n_layers = int(spec.n_layers)
+            self.hidden_size = int(spec.hidden_size)
+            self.frame_rate = float(spec.frame_rate)
+            self.family = str(spec.family)
+            self.spec = spec.to_dict() if hasattr(spec, "to_dict") else dataclasses.asdict(spec)
+            source = loaded.weights_source
+            self.weights_source = source.to_dict() if hasattr(source, "to_dict") else dataclasses.asdict(source)
+
+    def __call__(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
+        if self._loaded is None:
+            feats = self._module(waves)
+            return [feats], torch.full((waves.shape[0],), feats.shape[1], dtype=torch.long)
+        states, frame_lengths = self._loaded.hidden_states(waves, lengths)
+        return states, torch.as_tensor(frame_lengths, dtype=torch.long)
+
+
+def _resolve_layers(layers: str | Sequence[int] | None, *, n_layers: int, model: str) -> tuple[int, ...]:
+    if n_layers == 0:  # MFBF0: its single "layer" 0 is what training reads
+        if layers not in (None, "all") and [int(k) for k in layers] != [0]:  # type: ignore[union-attr]
+            raise ValueError(f"{model!r} has one feature 'layer' 0; got layers={layers!r}. Omit --layers.")
+        return (0,)
+    if layers is None:
+        return ()
+    if isinstance(layers, str):
+        if layers == "all":
+            return tuple(range(n_layers + 1))
+        try:
+            layers = [int(part) for part in layers.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(f"layers={layers!r}; expected 'all' or a comma-separated list like '1,6,12'.") from None
+    chosen = sorted({int(k) for k in layers})
+    bad = [k for k in chosen if not 0 <= k <= n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} are out of range for {model!r}; expected integers in 0..{n_layers} "
+                         "(0 = transformer input, k = output of block k).")
+    return tuple(chosen)
+
+
+def _equal_length_batches(lengths: Sequence[int], *, max_samples: int) -> list[list[int]]:
+    """Consecutive positions with identical length, each group at most `max_samples` in total."""
+    batches: list[list[int]] = []
+    for pos, n in enumerate(lengths):
+        if batches and lengths[batches[-1][0]] == n and (len(batches[-1]) + 1) * n <= max_samples:
+            batches[-1].append(pos)
+        else:
+            batches.append([pos])
+    return batches
+
+
+def extract_features(
+    *,
+    corpus_dir: str | os.PathLike,
+    model: str,
+    out: str | os.PathLike,
+    layers: str | Sequence[int] | None = None,
+    weights: str | os.PathLike | None = None,
+    random_init: bool = False,
+    seed: int = 0,
+    batch_seconds: float = DEFAULT_BATCH_SECONDS,
+    shard_utterances: int = DEFAULT_SHARD_UTTERANCES,
+    resume: bool = True,
+    on_shard: Callable[[int, int], None] | None = None,
+    show_progress: bool = True,
+) -> FeatureCache:
+    """Extract hidden states of every utterance of a prepared corpus into a cache folder.
+
+    Args:
+        corpus_dir: prepared corpus folder (utterances.csv + manifest.json).
+        model: FM registry name (``edge_ser.fm.list_models()``) or ``"mfbf0"``.
+        out: cache folder to create (or resume).
+        layers: which hidden_states indices get frame-level storage: None = none (only the
+            pooled means of all layers, enough for saliency), ``"all"``, a list of ints or
+            ``"1,6"``. MFBF0 always stores its one layer 0.
+        weights: weights folder/file for the FM (see edge_ser.fm); None = the model's default.
+        random_init: use random weights (tests, size/latency studies).
+        seed: random-init seed.
+        batch_seconds: most audio (s) per batch of equal-length utterances.
+        shard_utterances: utterances per shard file.
+        resume: reuse finished shards of an interrupted run with the same settings
+            (and return an already finished identical cache as is); False starts over.
+        on_shard: called as ``on_shard(shard, n_shards)`` after each shard is saved.
+        show_progress: tqdm bar and a throughput line on stderr.
+
+    Returns:
+        The opened :class:`FeatureCache`; its manifest records throughput
+        (utterances/s, real-time factor = audio seconds / wall seconds).
+    """
+    from edge_ser.audio import audio_duration_s, load_audio
+    from edge_ser.data.table import load_corpus
+
+    if shard_utterances < 1:
+        raise ValueError(f"shard_utterances={shard_utterances}; expected a positive integer.")
+    if not batch_seconds > 0:
+        raise ValueError(f"batch_seconds={batch_seconds}; expected a positive number of seconds.")
+    corpus = load_corpus(corpus_dir)
+    table = corpus.table
+    if len(table) == 0:
+        raise CorpusError(f"corpus {corpus.root} has no utterances; nothing to extract.")
+    extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
+    layers_stored = _resolve_layers(layers, n_layers=extractor.n_layers, model=model)
+
+    durations = table["duration_s"].to_numpy(dtype=np.float64).copy()
+    for i in np.flatnonzero(np.isnan(durations)):
+        durations[i] = audio_duration_s(corpus.audio_path(int(i)))
+    # Sorting by duration puts equal-length clips next to each other (batchable) and
+    # keeps shards similar in cost; utt_id breaks ties so the order is reproducible.
+    utt_ids = table["utt_id"].astype(str).tolist()
+    order = sorted(range(len(table)), key=lambda i: (durations[i], utt_ids[i]))
+    shards = [order[s:s + shard_utterances] for s in range(0, len(order), shard_utterances)]
+
+    plan = {
+        "model": model, "spec": extractor.spec, "weights_source": extractor.weights_source,
+        "random_init": bool(random_init), "seed": int(seed) if random_init else None,
+        "layers_stored": list(layers_stored), "table_sha256": corpus.manifest.get("table_sha256"),
+        "shard_utterances": int(shard_utterances),
+        "order_sha256": hashlib.sha256("\n".join(utt_ids[i] for i in order).encode()).hexdigest(),
+    }
+    plan = json.loads(json.dumps(plan, default=str))
+    out = Path(out)
+    if resume and (out / MANIFEST_FILE).is_file():
+        try:
+            existing = read_json(out / MANIFEST_FILE)
+        except json.JSONDecodeError:
+            existing = {}
+        if existing.get("plan") == plan:
+            logger.info("%s already holds this extraction; reusing it", out)
+            return FeatureCache.open(out)
+    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume)
+
+    resumed = len(writer.finished_shards)
+    max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
+    n_states = extractor.n_layers + 1
+    threads = torch.get_num_threads()
+    todo_utts = sum(len(shards[s]) for s in range(len(shards)) if not writer.is_done(s))
+    bar = tqdm(total=todo_utts, desc=f"extracting {model}", unit="utt", disable=not show_progress or None,
+               leave=False)
+    computed_utts, audio_s, wall_s, computed_shards = 0, 0.0, 0.0, 0
+    for shard, rows in enumerate(shards):
+        if writer.is_done(shard):
+            continue
+        start = time.perf_counter()
+        waves = [load_audio(corpus.audio_path(int(i))) for i in rows]
+        lengths = [int(w.shape[0]) for w in waves]
+        pooled = np.zeros((len(rows), n_states, extractor.hidden_size), dtype=np.float32)
+        frames: dict[int, list[np.ndarray | None]] = {k: [None] * len(rows) for k in layers_stored}
+        clipped = 0
+        with torch.inference_mode():
+            for batch in _equal_length_batches(lengths, max_samples=max_samples):
+                x = torch.from_numpy(np.stack([waves[p] for p in batch]))
+                n = torch.tensor([lengths[p] for p in batch], dtype=torch.long)
+                states, frame_lengths = extractor(x, n)
+                if len(states) != n_states:
+                    raise RuntimeError(f"{model} returned {len(states)} hidden states; its spec says {n_states}.")
+                for b, p in enumerate(batch):
+                    t = int(frame_lengths[b])
+                    if t < 1:
+                        raise CorpusError(
+                            f"utterance {utt_ids[rows[p]]!r} ({lengths[p] / SAMPLE_RATE:.3f} s) gives no "
+                            f"{model} frames; drop utterances this short from the corpus."
+                        )
+                    for k in range(n_states):
+                        pooled[p, k] = states[k][b, :t].float().mean(dim=0).numpy()
+                    for k in layers_stored:
+                        values = states[k][b, :t].float().numpy()
+                        over = np.abs(values) > FLOAT16_MAX
+                        if over.any():  # would become inf in float16; clip and count instead
+                            clipped += int(over.sum())
+                            values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
+                        frames[k][p] = values.astype(np.float16)
+                bar.update(len(batch))
+        writer.write_shard(shard=shard, utt_ids=[utt_ids[i] for i in rows],
+                           frames={k: list(v) for k, v in frames.items()}, pooled=pooled, n_clipped=clipped)
+        wall_s += time.perf_counter() - start
+        audio_s += sum(lengths) / SAMPLE_RATE
+        computed_utts += len(rows)
+        computed_shards += 1
+        if on_shard is not None:
+            on_shard(shard, len(shards))
+    bar.close()
+
+    throughput = ExtractionThroughput(
+        utterances=computed_utts, audio_s=round(audio_s, 3), wall_s=round(wall_s, 3),
+        utterances_per_s=round(computed_utts / wall_s, 3) if wall_s > 0 else None,
+        realtime_factor=round(audio_s / wall_s, 3) if wall_s > 0 else None,
+        threads=threads, shards_computed=computed_shards, shards_resumed=resumed,
+    )
+    if show_progress and wall_s > 0:
+        print(f"{model}: {computed_utts} utterances ({audio_s:.1f} s of audio) in {wall_s:.1f} s: "
+              f"{throughput.utterances_per_s:.2f} utt/s, {throughput.realtime_factor:.1f}x real time "
+              f"({threads} threads)", file=sys.stderr)
+    manifest = {
+        "model": model,
+        "family": extractor.family,
+        "spec": extractor.spec,
+        "weights_source": extractor.weights_source,
+        "random_init": bool(random_init),
+        "n_layers": extractor.n_layers,
+        "hidden_size": extractor.hidden_size,
+        "frame_rate": extractor.frame_rate,
+        "sample_rate": SAMPLE_RATE,
+        "corpus": {"dir": os.fspath(Path(corpus.root).resolve()), "name": corpus.name,
+                   "table_sha256": corpus.manifest.get("table_sha256")},
+        "extraction": {"batching": "equal-length batches only (exact; see edge_ser.features.extract)",
+                       "batch_seconds": float(batch_seconds), "shard_utterances": int(shard_utterances),
+                       "torch_version": torch.__version__},
+        "throughput": dataclasses.asdict(throughput),
+    }
+    return writer.finalize(table=table, manifest=manifest)
+
+
+__all__ = ["MFBF0_MODEL", "ExtractionThroughput", "available_models", "extract_features"]
