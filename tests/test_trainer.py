@@ -220,3 +220,21 @@ def test_cache_source_and_cli(tmp_path):
     bad = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "x"),
                                "--layer", "7", "--no-progress"])
     assert bad.exit_code != 0 and "layer 7 is not stored" in bad.output, bad.output
+
+
+def test_parallel_fold_workers_match_sequential_training(tmp_path):
+    from edge_ser.train.trainer import TrainConfig, train_folds
+
+    table, frames = synthetic_table_and_frames(48, seed=2)
+    _write_cache(tmp_path / "feats", table, frames)
+    config = TrainConfig(max_epochs=2, gru_hidden=16, conv_channels=16, embed_dim=16)
+    serial = train_folds(cache_dir=tmp_path / "feats", layer=3, out=tmp_path / "serial", folds=[0, 1],
+                         config=config, progress=False)
+    parallel = train_folds(cache_dir=tmp_path / "feats", layer=3, out=tmp_path / "parallel", folds=[0, 1],
+                           config=config, progress=False, workers=2)
+    assert [r["fold"] for r in parallel.runs] == [0, 1]
+    for fold in (0, 1):
+        a = (tmp_path / "serial" / f"fold{fold}_seed0" / "model.safetensors").read_bytes()
+        b = (tmp_path / "parallel" / f"fold{fold}_seed0" / "model.safetensors").read_bytes()
+        assert a == b, f"fold {fold}: parallel training changed the weights"
+    assert parallel.mean["valid_loss"] == pytest.approx(serial.mean["valid_loss"])

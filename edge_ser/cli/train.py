@@ -50,23 +50,26 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @click.option("--loss", type=click.Choice(sorted(LOSSES)), default=DEFAULT_LOSS, show_default=True,
               help="ccc12: CCC on 3 dims + 9 probabilities; ccc+kl: CCC dims + soft-target KL; hard: CCC + CE.")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
+@click.option("--workers", default=1, show_default=True,
+              help="With --folds: train this many runs at once (one process and one thread each).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-          resume: bool, progress: bool) -> None:
+          resume: bool, workers: int, progress: bool) -> None:
     """Train the TC-GRU multitask head on one layer of a feature cache."""
     from edge_ser.errors import EdgeSerError
 
     try:
         _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
-               patience=patience, batch_size=batch_size, lr=lr, loss=loss, resume=resume, progress=progress)
+               patience=patience, batch_size=batch_size, lr=lr, loss=loss, resume=resume, workers=workers,
+               progress=progress)
     except EdgeSerError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
            epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-           resume: bool, progress: bool) -> None:
+           resume: bool, progress: bool, workers: int = 1) -> None:
     from edge_ser.features.cache import FeatureCache
     from edge_ser.train.dataset import CacheFeatureSource
     from edge_ser.train.trainer import TrainConfig, train_folds, train_run
@@ -90,7 +93,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
     if folds is not None:
         fold_list = None if folds.strip().lower() == "all" else _int_list(folds, what="--folds")
         summary = train_folds(cache_dir=features, layer=layer, out=out, folds=fold_list, seeds=seed_list,
-                              config=config, resume=resume, progress=progress)
+                              config=config, resume=resume, progress=progress, workers=workers)
         for key in ("test_uar6", "test_uar_corpus", "test_ccc_mean", "valid_uar6"):
             if key in summary.mean:
                 click.echo(f"{key}: {summary.mean[key]:.4f} ± {summary.std[key]:.4f}")
