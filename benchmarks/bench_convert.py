@@ -1,0 +1,142 @@
+"""Conversion benchmark: Whisper-base truncated at a middle layer + the TC-GRU head, 3 s window.
+
+Heavy (several minutes on 2 cores); not part of the test suite. Run it directly:
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_convert.py --out bench-out [--layer 3] [--threads 2]
+
+or through pytest-benchmark (``pytest benchmarks/bench_convert.py``; results land in
+``extra_info``). Measures, in one process so ratios share the machine's state:
+
+- eager PyTorch fp32 latency of the fused model (p50/p90, ``--threads`` threads),
+- ExecuTorch fp32 and int8: lowering time, ``.pte`` size, latency, delegation summary,
+- Core ML fp32 and palette4: ``.mlpackage`` sizes (prediction needs macOS),
+
+and checks them against the issue's targets (ExecuTorch fp32 latency <= eager; int8 <= 0.4x
+eager; lowering < 120 s; int8 .pte <= 0.30x fp32; Core ML palette4 <= 0.16x fp32).
+Real Whisper-base weights are used when installed (the ``whisper-base`` extra), else random init.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edge_ser.converters.fused import build_fused_model
+from edge_ser.converters.pipeline import convert
+from edge_ser.io import write_json_atomic
+from edge_ser.labels import SAMPLE_RATE
+
+TARGETS = {"et_fp32_vs_eager": 1.0, "et_int8_vs_eager": 0.4, "lowering_s": 120.0, "pte_int8_vs_fp32": 0.30,
+           "coreml_palette4_vs_fp32": 0.16}
+
+
+def _speechlike(seed: int, n: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(n) / SAMPLE_RATE
+    phase = 2 * np.pi * rng.uniform(90, 250) * (t + 0.02 * np.sin(2 * np.pi * 4 * t))
+    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * np.abs(np.sin(2 * np.pi * rng.uniform(2, 5) * t))
+    return (0.2 * wave + 0.01 * rng.standard_normal(n)).astype(np.float32)
+
+
+def _latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, warmup: int, repeats: int) -> dict[str, float]:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "n": repeats}
+
+
+def run_benchmark(*, out: Path, layer: int = 3, threads: int = 2, window_s: float = 3.0, repeats: int = 20,
+                  coreml: bool = True, model: str = "whisper-base") -> dict[str, Any]:
+    from edge_ser.converters.backends import get_backend
+    from edge_ser.fm import load_foundation_model
+    from edge_ser.train.model import TCGRU
+
+    torch.set_num_threads(threads)
+    try:
+        fm = load_foundation_model(model)
+    except Exception as exc:  # real weights absent: random init is fine for size and latency
+        print(f"{model}: real weights unavailable ({exc}); using random init", file=sys.stderr)
+        fm = load_foundation_model(model, random_init=True)
+    torch.manual_seed(0)
+    head = TCGRU(fm.spec.hidden_size).eval()
+    fused = build_fused_model(feature_model=fm, layer=layer, head=head, window_s=window_s)
+    n = fused.window_samples
+    calibration = [_speechlike(i, n) for i in range(16)]
+    validation = [_speechlike(1000 + i, n) for i in range(4)]
+    x = validation[0].reshape(1, -1)
+    info: dict[str, Any] = {"model": model, "weights": fm.weights_source.kind, "layer": layer,
+                            "n_layers": fm.spec.n_layers, "window_s": window_s, "threads": threads,
+                            "torch": torch.__version__, "host_cpus": os.cpu_count()}
+
+    with torch.no_grad():
+        info["eager_fp32"] = _latency(lambda a: fused(torch.from_numpy(a)), x, warmup=3, repeats=repeats)
+    for precision in ("fp32", "int8"):
+        result = convert(fused=fused, target="executorch", precision=precision, out=out / f"et-{precision}",
+                         calibration_waveforms=calibration, validation_waveforms=validation,
+                         source_info=fused.source, overwrite=True)
+        runner = get_backend("executorch").runner(result.out, num_threads=threads)
+        d = result.manifest["delegation"]
+        info[f"et_{precision}"] = {
+            **_latency(runner, x, warmup=3, repeats=repeats), "lowering_s": result.timings_s["lower"],
+            "quantize_s": result.timings_s.get("quantize"), "pte_bytes": result.size_bytes,
+            "parity": result.manifest["parity"], "delegated_share": d["delegated_share"],
+            "delegated_subgraphs": d["delegated_subgraphs"], "portable_ops": d["portable_ops"],
+        }
+    if coreml:
+        for precision in ("fp32", "palette4"):
+            result = convert(fused=fused, target="coreml", precision=precision, out=out / f"coreml-{precision}",
+                             calibration_waveforms=calibration, validation_waveforms=validation,
+                             source_info=fused.source, overwrite=True)
+            info[f"coreml_{precision}"] = {"bytes": result.size_bytes, "lowering_s": result.timings_s["lower"],
+                                           "verification": result.manifest.get("verification", {}).get("summary")}
+    eager = info["eager_fp32"]["p50_ms"]
+    ratios = {
+        "et_fp32_vs_eager": info["et_fp32"]["p50_ms"] / eager,
+        "et_int8_vs_eager": info["et_int8"]["p50_ms"] / eager,
+        "lowering_s": max(info["et_fp32"]["lowering_s"], info["et_int8"]["lowering_s"]),
+        "pte_int8_vs_fp32": info["et_int8"]["pte_bytes"] / info["et_fp32"]["pte_bytes"],
+    }
+    if coreml:
+        ratios["coreml_palette4_vs_fp32"] = info["coreml_palette4"]["bytes"] / info["coreml_fp32"]["bytes"]
+    info["ratios"] = {k: round(v, 4) for k, v in ratios.items()}
+    info["targets_met"] = {k: bool(v <= TARGETS[k]) for k, v in ratios.items()}
+    write_json_atomic(out / "bench_convert.json", info)
+    return info
+
+
+def test_bench_convert(benchmark, tmp_path):  # pragma: no cover - heavy, run on demand
+    info = benchmark.pedantic(lambda: run_benchmark(out=tmp_path, repeats=10), rounds=1, iterations=1)
+    benchmark.extra_info.update(info)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--layer", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--window-s", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--no-coreml", action="store_true")
+    parser.add_argument("--model", default="whisper-base")
+    args = parser.parse_args()
+    info = run_benchmark(out=args.out, layer=args.layer, threads=args.threads, window_s=args.window_s,
+                         repeats=args.repeats, coreml=not args.no_coreml, model=args.model)
+    print(json.dumps(info, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

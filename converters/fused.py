@@ -1,0 +1,345 @@
+"""The fused, waveform-in model that every converter target exports, and long-audio windowing.
+
+``FusedSER`` = front (truncated foundation model or MFBF0, input normalisation inside) +
+head (the TC-GRU export variant). It takes exactly ``window_samples`` samples of 16 kHz
+mono float32 audio and returns ``(probs, avd, embedding)``; this is the graph contract
+of the artifact folder (docs/architecture.md).
+
+Longer audio is cut into fixed windows by :func:`timeline_windows` and the per-window
+outputs are combined by :func:`aggregate_windows`; the runtime uses both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_ser.errors import AudioError, ManifestError
+from edge_ser.labels import CATEGORIES, SAMPLE_RATE
+
+OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
+INPUT_NAME = "waveform"
+
+
+class FusedSER(nn.Module):
+    """Waveform in, emotion out, in one exportable graph.
+
+    Args:
+        front: ``(1, window_samples)`` float32 waveform -> ``(1, frames, N)`` features.
+        head: ``(1, frames, N)`` -> ``(avd (1, 3), logits (1, 9), embedding (1, E))``.
+        window_samples: the fixed input length in samples at 16 kHz.
+
+    ``forward`` returns ``probs (1, 9)`` (softmax over :data:`CATEGORIES`), ``avd (1, 3)``
+    (arousal, valence, dominance on the [0, 1] scale) and ``embedding (1, E)``.
+    """
+
+    def __init__(self, front: nn.Module, head: nn.Module, *, window_samples: int) -> None:
+        super().__init__()
+        if int(window_samples) <= 0:
+            raise ValueError(f"window_samples={window_samples}; expected a positive sample count at 16 kHz.")
+        self.front = front
+        self.head = head
+        self.window_samples = int(window_samples)
+        self.source: dict[str, Any] = {}  # filled by build_fused_model; lands in the manifest
+
+    @property
+    def window_s(self) -> float:
+        return self.window_samples / SAMPLE_RATE
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Static shapes: this check runs at trace time and keeps the exported graph fixed-size.
+        if waveform.dim() != 2 or waveform.shape[0] != 1 or waveform.shape[1] != self.window_samples:
+            raise AudioError(
+                f"waveform has shape {tuple(waveform.shape)}; expected (1, {self.window_samples}) "
+                f"({self.window_s:g} s at {SAMPLE_RATE} Hz). Crop/pad with "
+                "edge_ser.converters.fused.fit_to_window or cut long audio with timeline_windows."
+            )
+        features = self.front(waveform)
+        avd, logits, embedding = self.head(features)
+        probs = torch.softmax(logits, dim=-1)
+        return probs, avd, embedding
+
+    def example_input(self) -> torch.Tensor:
+        """A deterministic ``(1, window_samples)`` float32 input for tracing (not for calibration)."""
+        generator = torch.Generator().manual_seed(0)
+        return 0.1 * torch.randn(1, self.window_samples, generator=generator)
+
+
+def frames_for_window(front: nn.Module, window_samples: int) -> int:
+    """Number of feature frames the front produces for one window (traced, not guessed)."""
+    with torch.no_grad():
+        features = front(torch.zeros(1, int(window_samples)))
+    if features.dim() != 3:
+        raise ValueError(
+            f"front end returned shape {tuple(features.shape)}; expected (batch, frames, features). "
+            "Pass a truncated foundation model (LoadedFoundationModel.truncated(k)) or MFBF0()."
+        )
+    return int(features.shape[1])
+
+
+def build_fused_model(
+    *,
+    run_dir: str | Path | None = None,
+    feature_model: Any = None,
+    layer: int | None = None,
+    head: nn.Module | None = None,
+    window_s: float = 3.0,
+    weights: str | Path | None = None,
+    random_init: bool = False,
+) -> FusedSER:
+    """Truncate the feature model at the run's layer and fuse it with the trained head.
+
+    Either ``run_dir`` (a training run folder; feature model, layer and weights come from
+    its run info) or ``feature_model`` (a registry name such as ``"tiny-wavlm"``,
+    ``"mfbf0"``, or an already loaded foundation model), ``layer`` and ``head``.
+
+    The head is replaced by its ``to_export(frames)`` variant when it has one (the
+    unrolled GRU that XNNPACK and Core ML accept; same outputs as the training module).
+    Returns a :class:`FusedSER` in eval mode with ``.source`` describing where it came from.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s={window_s}; expected a positive number of seconds (e.g. 3.0).")
+    window_samples = int(round(window_s * SAMPLE_RATE))
+    source: dict[str, Any] = {}
+    if run_dir is not None:
+        if feature_model is not None or head is not None:
+            raise ValueError(
+                "got run_dir and also feature_model/head; expected one or the other. "
+                "Pass run_dir alone to convert a training run, or feature_model + layer + head."
+            )
+        from edge_ser.train.runs import load_run
+
+        head, run_info = load_run(run_dir)
+        provenance = run_provenance(run_info, run_dir=Path(run_dir))
+        feature_model, layer = provenance["feature_model"], provenance["layer"]
+        ws = provenance.get("weights_source") or {}
+        if weights is None and ws.get("kind") not in (None, "none", "random-init"):
+            weights = ws.get("path")
+        random_init = random_init or ws.get("kind") == "random-init"
+        source["run"] = Path(run_dir).name
+        source["provenance"] = provenance
+    if feature_model is None or head is None:
+        raise ValueError(
+            "no model to fuse: expected run_dir=..., or feature_model=<name or loaded model>, layer=k and head=<module>."
+        )
+    front, front_source = _truncated_front(feature_model, layer=layer, weights=weights, random_init=random_init)
+    expected_sha = ((source.get("provenance") or {}).get("weights_source") or {}).get("sha256")
+    got_sha = (front_source.get("weights_source") or {}).get("sha256")
+    if expected_sha and got_sha and expected_sha != got_sha:
+        raise ManifestError(
+            f"{feature_model} weights loaded now have sha256 {got_sha[:12]}..., but the run's features were extracted "
+            f"with {expected_sha[:12]}...; the fused model would not match the trained head. Pass weights=<the folder "
+            "used for feature extraction> (--weights), or re-extract features and retrain."
+        )
+    source.update(front_source)
+    head = head.eval()
+    if hasattr(head, "to_export"):
+        head = head.to_export(frames_for_window(front, window_samples)).eval()
+    fused = FusedSER(front.eval(), head, window_samples=window_samples).eval()
+    fused.source = source
+    return fused
+
+
+def run_provenance(run_info: dict[str, Any], *, run_dir: Path) -> dict[str, Any]:
+    """Feature model, layer, feature cache, weights source, fold and corpus folder behind a
+    training run (run.json -> its feature cache's manifest.json -> the corpus)."""
+    from edge_ser.io import read_json
+
+    features = run_info.get("features") or {}
+    feature_model = run_info.get("feature_model") or features.get("feature_model")
+    layer = run_info.get("feature_layer", features.get("layer"))
+    feature_dir = features.get("feature_dir")
+    if feature_model is None or layer is None or not feature_dir:
+        raise ManifestError(
+            f"run {run_dir} does not record its features (feature_model={feature_model!r}, feature_layer={layer!r}, "
+            f"features.feature_dir={feature_dir!r}); expected a finished run's run.json. Finish or re-run training."
+        )
+    cache_dir = Path(feature_dir)
+    if not cache_dir.is_absolute() and not cache_dir.is_dir():
+        cache_dir = run_dir / cache_dir
+    manifest_path = cache_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ManifestError(
+            f"run {run_dir} was trained on the feature cache {cache_dir}, which has no manifest.json; expected the "
+            "cache folder to still exist (weights source and corpus come from it). Restore it or re-extract."
+        )
+    manifest = read_json(manifest_path)
+    corpus = manifest.get("corpus") or {}
+    return {
+        "feature_model": str(feature_model), "layer": int(layer), "feature_dir": str(cache_dir),
+        "feature_manifest_sha256": run_info.get("feature_manifest_sha256"),
+        "weights_source": manifest.get("weights_source"), "fold": features.get("fold"),
+        "corpus_dir": corpus.get("dir"), "corpus": corpus.get("name"),
+    }
+
+
+def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, random_init: bool) -> tuple[nn.Module, dict]:
+    if isinstance(feature_model, str) and feature_model == "mfbf0":
+        from edge_ser.frontend import MFBF0
+
+        return MFBF0(), {"feature_model": "mfbf0", "layer": 0, "n_layers_full": 0, "weights_source": None}
+    if isinstance(feature_model, str):
+        from edge_ser.fm import load_foundation_model
+
+        loaded = load_foundation_model(feature_model, weights=weights, random_init=random_init)
+    else:
+        loaded = feature_model
+    if not hasattr(loaded, "truncated"):
+        raise ValueError(
+            f"feature_model is {type(loaded).__name__}; expected a registry name or a LoadedFoundationModel "
+            "(edge_ser.fm.load_foundation_model(...))."
+        )
+    spec = loaded.spec
+    if layer is None or not 1 <= int(layer) <= int(spec.n_layers):
+        raise ValueError(
+            f"layer={layer} for {spec.name}; expected 1..{spec.n_layers} (hidden_states index of the selected block)."
+        )
+    source = {
+        "feature_model": spec.name,
+        "layer": int(layer),
+        "n_layers_full": int(spec.n_layers),
+        "weights_source": _jsonable_weights(getattr(loaded, "weights_source", None)),
+    }
+    return loaded.truncated(int(layer)), source
+
+
+def _jsonable_weights(weights_source: Any) -> Any:
+    if weights_source is None or _is_jsonable(weights_source):
+        return weights_source
+    if dataclasses.is_dataclass(weights_source):
+        return {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(weights_source).items()}
+    return str(weights_source)
+
+
+def _is_jsonable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None))) or (
+        isinstance(value, (list, tuple)) and all(_is_jsonable(v) for v in value)
+    ) or (isinstance(value, dict) and all(isinstance(k, str) and _is_jsonable(v) for k, v in value.items()))
+
+
+# ---------------------------------------------------------------------------------------
+# Fixed windows over long audio
+
+
+@dataclasses.dataclass(frozen=True)
+class Window:
+    """One model input cut from a longer signal: samples ``[start, stop)`` of the signal,
+    zero-padded at the end to the window length when ``stop - start`` is shorter."""
+
+    start: int
+    stop: int
+
+    @property
+    def n_valid(self) -> int:
+        return self.stop - self.start
+
+
+def timeline_windows(n_samples: int, *, window: int, hop: int) -> list[Window]:
+    """Cover ``n_samples`` with windows of ``window`` samples every ``hop`` samples.
+
+    - Audio no longer than one window gives one window ``[0, n_samples)`` (zero-padded
+      at the end to ``window``).
+    - Otherwise windows start at 0, hop, 2*hop, ...; when the last regular window does
+      not reach the end, one more window is aligned to end exactly at ``n_samples``, so
+      every sample is covered and no window is padded.
+
+    >>> timeline_windows(100, window=40, hop=30)
+    [Window(start=0, stop=40), Window(start=30, stop=70), Window(start=60, stop=100)]
+    >>> timeline_windows(10, window=40, hop=20)
+    [Window(start=0, stop=10)]
+    """
+    if window <= 0 or hop <= 0:
+        raise ValueError(f"window={window}, hop={hop}; expected positive sample counts (e.g. window=48000, hop=24000).")
+    if hop > window:
+        raise ValueError(f"hop={hop} > window={window} would skip audio; expected hop <= window.")
+    if n_samples <= 0:
+        raise AudioError(f"signal has {n_samples} samples; expected at least one sample of audio.")
+    if n_samples <= window:
+        return [Window(0, int(n_samples))]
+    n_regular = 1 + (n_samples - window) // hop
+    windows = [Window(i * hop, i * hop + window) for i in range(n_regular)]
+    if windows[-1].stop < n_samples:
+        windows.append(Window(n_samples - window, n_samples))
+    return windows
+
+
+def fit_to_window(waveform: np.ndarray, window_samples: int, *, crop: str = "center") -> np.ndarray:
+    """Crop (``"center"`` or ``"start"``) or zero-pad at the end a mono ``(samples,)`` signal
+    to exactly ``window_samples``; returns float32 ``(window_samples,)``."""
+    wave = np.asarray(waveform, dtype=np.float32)
+    if wave.ndim != 1:
+        raise AudioError(f"waveform has shape {wave.shape}; expected mono (samples,). Downmix first.")
+    if crop not in ("center", "start"):
+        raise ValueError(f"crop={crop!r}; expected 'center' or 'start'.")
+    if len(wave) >= window_samples:
+        offset = (len(wave) - window_samples) // 2 if crop == "center" else 0
+        return np.ascontiguousarray(wave[offset : offset + window_samples])
+    return np.pad(wave, (0, window_samples - len(wave)))
+
+
+def window_batch(waveform: np.ndarray, windows: Sequence[Window], *, window_samples: int) -> np.ndarray:
+    """Stack the windows of a mono signal into ``(W, window_samples)`` float32, zero-padded."""
+    wave = np.asarray(waveform, dtype=np.float32)
+    out = np.zeros((len(windows), window_samples), dtype=np.float32)
+    for i, win in enumerate(windows):
+        out[i, : win.n_valid] = wave[win.start : win.stop]
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregatedPrediction:
+    """Utterance-level outputs from per-window outputs (see :func:`aggregate_windows`)."""
+
+    probs: tuple[float, ...]
+    avd: tuple[float, ...]
+    embedding: tuple[float, ...]
+    n_windows: int
+
+    @property
+    def label(self) -> str:
+        return CATEGORIES[int(np.argmax(self.probs))]
+
+
+def aggregate_windows(
+    *, probs: np.ndarray, avd: np.ndarray, embedding: np.ndarray, windows: Sequence[Window]
+) -> AggregatedPrediction:
+    """Average window outputs, each weighted by how many real (unpadded) samples it holds.
+
+    ``probs (W, 9)``, ``avd (W, 3)``, ``embedding (W, E)``. Weighting by real samples keeps
+    the tail window, when padded, from counting as much as a full one. Probabilities stay
+    a distribution (a convex combination of distributions).
+    """
+    probs, avd, embedding = (np.asarray(a, dtype=np.float64) for a in (probs, avd, embedding))
+    n = len(windows)
+    if n == 0 or not (len(probs) == len(avd) == len(embedding) == n):
+        raise ValueError(
+            f"got {len(windows)} windows and outputs with {len(probs)}/{len(avd)}/{len(embedding)} rows; "
+            "expected one output row per window, at least one window."
+        )
+    weights = np.array([w.n_valid for w in windows], dtype=np.float64)
+    weights /= weights.sum()
+    return AggregatedPrediction(
+        probs=tuple(float(v) for v in weights @ probs),
+        avd=tuple(float(v) for v in weights @ avd),
+        embedding=tuple(float(v) for v in weights @ embedding),
+        n_windows=n,
+    )
+
+
+def n_windows(n_samples: int, *, window: int, hop: int) -> int:
+    """How many windows :func:`timeline_windows` returns (cheap, for progress bars)."""
+    if n_samples <= window:
+        return 1
+    n_regular = 1 + (n_samples - window) // hop
+    return n_regular + int((n_regular - 1) * hop + window < n_samples)
+
+
+__all__ = [
+    "FusedSER", "build_fused_model", "frames_for_window", "timeline_windows", "Window", "fit_to_window",
+    "window_batch", "aggregate_windows", "AggregatedPrediction", "n_windows", "OUTPUT_NAMES", "INPUT_NAME",
+]

@@ -1,0 +1,308 @@
+"""One conversion flow for every target: truncate -> fuse -> (quantize) -> lower -> validate -> save.
+
+Truncation and fusion happen in :func:`edge_ser.converters.fused.build_fused_model`;
+:func:`convert` takes the fused model and does the rest, with the target's backend only
+lowering (and, where it cannot run here, verifying structurally). The artifact folder is
+built in a temporary folder next to ``out`` and renamed into place only when it is complete
+and its parity check passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edge_ser.converters.backends import Runner, get_backend
+from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
+from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
+from edge_ser.converters.quantize import calibration_tensors, quantize_pt2e_xnnpack_int8
+from edge_ser.errors import CorpusError, ManifestError
+from edge_ser.runtime.parity import ParityError, ParityReport, compare
+from edge_ser.io import sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionResult:
+    """What :func:`convert` produced: the artifact folder and its manifest."""
+
+    out: Path
+    target: str
+    precision: str
+    size_bytes: int
+    manifest: Mapping[str, Any]
+    parity: Mapping[str, Any]
+    timings_s: Mapping[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"out": str(self.out), "target": self.target, "precision": self.precision,
+                "size_bytes": self.size_bytes, "parity": dict(self.parity), "timings_s": dict(self.timings_s)}
+
+
+# ---------------------------------------------------------------------------------------
+# validate
+
+
+def validate(
+    artifact_runner: Runner | Callable[[np.ndarray], Sequence[np.ndarray]],
+    reference_module: torch.nn.Module,
+    waveforms: Sequence[torch.Tensor | np.ndarray],
+    *,
+    target: str,
+    precision: str,
+) -> ParityReport:
+    """Run the artifact and the eager model on the same ``(1, S)`` waveforms and compare them
+    with the runtime's parity check (:func:`edge_ser.runtime.parity.compare`, tolerance table
+    :data:`edge_ser.runtime.parity.TOLERANCES`). Returns the report; does not raise."""
+    reference: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    candidate: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    reference_module.eval()
+    for wave in tqdm(waveforms, desc="validating", unit="utt", leave=False):
+        x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)
+        with torch.no_grad():
+            ref = [t.numpy() for t in reference_module(x)]
+        out = artifact_runner(x.numpy())
+        out = [out[name] for name in OUTPUT_NAMES] if isinstance(out, Mapping) else list(out)
+        for name, r, o in zip(OUTPUT_NAMES, ref, out):
+            reference[name].append(np.asarray(r, dtype=np.float64).reshape(-1))
+            candidate[name].append(np.asarray(o, dtype=np.float64).reshape(-1))
+    return compare({k: np.stack(v) for k, v in reference.items()}, {k: np.stack(v) for k, v in candidate.items()},
+                   target=target, precision=precision, comparison="artifact vs PyTorch reference (conversion check)")
+
+
+def convert(
+    *,
+    fused: FusedSER,
+    target: str,
+    precision: str,
+    out: str | os.PathLike,
+    calibration_waveforms: Sequence[np.ndarray | torch.Tensor],
+    validation_waveforms: Sequence[np.ndarray | torch.Tensor],
+    source_info: Mapping[str, Any],
+    overwrite: bool = False,
+    num_threads: int = 1,
+) -> ConversionResult:
+    """Quantize (if the precision calls for it), lower, validate and save one artifact folder.
+
+    ``calibration_waveforms``: real utterances from the run's training split, each one window
+    (``fused.window_samples``) long; used only by calibrated precisions (ExecuTorch int8).
+    ``validation_waveforms``: held-out utterances, one window each, for the parity check.
+    ``source_info``: the manifest's ``source`` block (run, run_sha256, feature_model, layer,
+    n_layers_full, weights_source) plus optional ``calibration`` {split, corpus}.
+
+    Raises ``FileExistsError`` if ``out`` exists and not ``overwrite``, ``ValueError`` for an
+    unknown target/precision, :class:`ParityError` when the artifact misses its tolerance
+    (nothing is written to ``out`` then).
+    """
+    backend = get_backend(target)
+    spec = backend.precision(precision)
+    out = Path(out)
+    _refuse_existing(out, overwrite=overwrite)
+    window = fused.window_samples
+    validation = calibration_tensors(validation_waveforms, window_samples=window)
+    if not validation:
+        raise ValueError("got no validation waveforms; expected at least one held-out utterance, one window long.")
+    calibration = list(calibration_waveforms)
+    timings: dict[str, float] = {}
+    fused = fused.eval()
+
+    start = time.perf_counter()
+    module: torch.nn.Module = fused
+    if spec.calibrated:
+        module = quantize_pt2e_xnnpack_int8(fused, calibration_waveforms=calibration, window_samples=window)
+        timings["quantize"] = time.perf_counter() - start
+    example = fused.example_input()
+    with torch.no_grad():
+        example_outputs = fused(example)
+    start = time.perf_counter()
+    exported = torch.export.export(module, (example,), strict=False)
+    timings["export"] = time.perf_counter() - start
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        start = time.perf_counter()
+        lowered = backend.lower(exported, precision=spec, out_dir=tmp)
+        timings["lower"] = time.perf_counter() - start
+        start = time.perf_counter()
+        verification = backend.verify(tmp, lowered=lowered, precision=spec)
+        runner = backend.runner(tmp, num_threads=num_threads)
+        report: ParityReport | None = None
+        if runner is not None:
+            report = validate(runner, fused, validation, target=target, precision=precision)
+            parity = report.to_dict()
+        else:
+            parity = {"ran": False, "passed": None,
+                      "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}
+        timings["validate"] = time.perf_counter() - start
+        parity["ran"] = runner is not None
+        verified_ok = verification.get("passed", True)
+        write_json_atomic(tmp / PARITY_FILE, {"target": target, "precision": precision, "parity": parity,
+                                               "verification": verification})
+        manifest = build_manifest(
+            artifact_dir=tmp, target=target, precision=precision, backend=backend.versions(),
+            source=_manifest_source(source_info), window_samples=window,
+            inputs=tensor_specs([INPUT_NAME], [example]), outputs=tensor_specs(OUTPUT_NAMES, example_outputs),
+            model_files=lowered.files, quantization=_quantization_block(spec, calibration, source_info),
+            parity=_parity_summary(parity), delegation=lowered.info.get("delegation"),
+            verification=_verification_summary(verification) if verification else None,
+        )
+        manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
+        write_manifest(tmp, manifest)
+        if report is not None and not report.passed:
+            raise ParityError(report)
+        if not verified_ok:
+            raise ManifestError(
+                f"{target}/{precision} artifact failed structural verification (inputs/outputs or dequantized "
+                f"weights): {_verification_summary(verification)}. Convert at a higher precision or report a bug."
+            )
+        _move_into_place(tmp, out, overwrite=overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (%d bytes)", out, manifest["size_bytes"])
+    return ConversionResult(out=out, target=target, precision=precision, size_bytes=int(manifest["size_bytes"]),
+                            manifest=manifest, parity=parity, timings_s={k: round(v, 3) for k, v in timings.items()})
+
+
+def _refuse_existing(out: Path, *, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise FileExistsError(
+            f"artifact folder {out} already exists; expected a new path. Pass overwrite=True (--overwrite) "
+            "to replace it, or choose another --out."
+        )
+
+
+def _move_into_place(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    _refuse_existing(out, overwrite=overwrite)
+    if out.exists():
+        # Swap by renames so a reader never sees a half-replaced folder.
+        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        os.replace(out, trash / out.name)
+        os.replace(tmp, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _manifest_source(source_info: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("run", "run_sha256", "feature_model", "layer", "n_layers_full", "weights_source")
+    return {k: source_info.get(k) for k in keys} | {k: v for k, v in source_info.items()
+                                                    if k not in keys and k != "calibration"}
+
+
+def _quantization_block(spec: Any, calibration: Sequence[Any], source_info: Mapping[str, Any]) -> dict[str, Any] | None:
+    if spec.scheme == "none":
+        return None
+    block: dict[str, Any] = {"scheme": spec.scheme, "description": spec.description}
+    if spec.calibrated:
+        cal = dict(source_info.get("calibration") or {})
+        block["calibration"] = {"utterances": len(calibration), "split": cal.get("split", "train"),
+                                "source": cal.get("corpus")}
+    else:
+        block["calibration"] = None
+    return block
+
+
+def _parity_summary(parity: Mapping[str, Any]) -> dict[str, Any]:
+    if not parity.get("ran"):
+        return {"ran": False, "passed": None, "reason": parity.get("reason")}
+    outputs = {o["name"]: o for o in parity["outputs"]}
+    return {"ran": True, "passed": parity["passed"], "n": parity["n_utterances"],
+            "max_abs_error_of_scale": {k: o["max_rel_of_scale"] for k, o in outputs.items()},
+            "psnr_db": {k: o["psnr_db"] for k, o in outputs.items()},
+            "embedding_cosine": outputs["embedding"]["cosine"],
+            "top1_agreement": parity["task"]["top1_agreement"],
+            "top1_agreement_decisive": parity["task"]["top1_agreement_decisive"],
+            "tolerance": parity["tolerance"]}
+
+
+def _verification_summary(verification: Mapping[str, Any]) -> dict[str, Any]:
+    return {"passed": verification.get("passed"), "io": verification.get("io"),
+            "summary": verification.get("summary")}
+
+
+# ---------------------------------------------------------------------------------------
+# from a training run
+
+
+def convert_run(
+    *,
+    run_dir: str | os.PathLike,
+    target: str,
+    precision: str,
+    out: str | os.PathLike,
+    window_s: float = 3.0,
+    calibration_utterances: int = 32,
+    validation_utterances: int = 8,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> ConversionResult:
+    """Convert a training run folder: fuse its feature model and head, calibrate on its
+    training split, validate on its validation split (the corpus the run's feature cache
+    was extracted from), write the artifact. What ``edge-ser convert`` calls."""
+    run_dir = Path(run_dir)
+    get_backend(target).precision(precision)  # fail on bad names before loading any model
+    _refuse_existing(Path(out), overwrite=overwrite)
+    fused = build_fused_model(run_dir=run_dir, window_s=window_s)
+    provenance = fused.source["provenance"]
+    corpus_dir = Path(provenance["corpus_dir"] or "")
+    if not provenance["corpus_dir"] or not corpus_dir.is_dir():
+        raise CorpusError(
+            f"the run's feature cache {provenance['feature_dir']} points to corpus {provenance['corpus_dir']!r}, which "
+            "is not a folder; expected the prepared corpus the features were extracted from (calibration and "
+            "validation audio come from it). Restore it, or re-extract features from an existing corpus."
+        )
+    spec = get_backend(target).precision(precision)
+    fold = provenance.get("fold")
+    calibration = run_waveforms(corpus_dir=corpus_dir, split="train", n=calibration_utterances, fold=fold,
+                                window_samples=fused.window_samples, seed=seed) if spec.calibrated else []
+    validation = run_waveforms(corpus_dir=corpus_dir, split="valid", n=validation_utterances, fold=fold,
+                               window_samples=fused.window_samples, seed=seed + 1)
+    weights_file = run_dir / "model.safetensors"
+    source = {k: v for k, v in fused.source.items() if k != "provenance"}
+    source.update({"run": run_dir.name, "run_sha256": sha256_file(weights_file) if weights_file.is_file() else None,
+                   "feature_dir": provenance["feature_dir"], "fold": fold,
+                   "calibration": {"split": "train", "corpus": str(corpus_dir)}})
+    return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
+                   validation_waveforms=validation, source_info=source, overwrite=overwrite)
+
+
+def run_waveforms(
+    *, corpus_dir: Path, split: str, n: int, window_samples: int, fold: int | None = None, seed: int = 0,
+) -> list[np.ndarray]:
+    """Up to ``n`` utterances of ``split`` (random, seeded), each center-cropped / zero-padded to one
+    window. ``fold``: for k-fold runs, splits come from that fold's assignment, not the table's column."""
+    from edge_ser.audio import load_audio
+    from edge_ser.data.table import load_corpus
+
+    corpus = load_corpus(corpus_dir)
+    table = corpus.table
+    if fold is not None:
+        from edge_ser.data.splits import fold_assignment
+
+        table = fold_assignment(table, fold=int(fold))
+    rows = table[table["split"] == split]
+    if len(rows) == 0:
+        raise CorpusError(
+            f"corpus {corpus_dir} has no utterances in split {split!r} (splits present: "
+            f"{sorted(set(table['split'].dropna()))}); expected train/valid splits assigned at preparation."
+        )
+    picked = rows.sample(n=min(n, len(rows)), random_state=seed)
+    waves = []
+    for _, row in tqdm(picked.iterrows(), total=len(picked), desc=f"loading {split} audio", unit="utt", leave=False):
+        wave = load_audio(corpus.audio_path(row.to_dict()))
+        waves.append(fit_to_window(wave, window_samples))
+    return waves

@@ -1,0 +1,131 @@
+"""Quantization: static int8 with calibration (PT2E, before lowering) and the weight-only /
+dynamic schemes the backends apply to their own formats.
+
+Calibration always uses real utterances (a list of waveforms from the run's training
+split), never one random tensor: activation ranges from noise are not the ranges of speech.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from edge_ser.errors import AudioError
+
+log = logging.getLogger(__name__)
+
+MIN_CALIBRATION_UTTERANCES = 2
+
+
+def calibration_tensors(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_samples: int) -> list[torch.Tensor]:
+    """Check and convert calibration/validation waveforms to ``(1, window_samples)`` float32 tensors.
+
+    Each waveform must already be mono and exactly one window long (crop/pad with
+    :func:`edge_ser.converters.fused.fit_to_window`).
+    """
+    tensors = []
+    for i, wave in enumerate(waveforms):
+        t = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1) if not isinstance(wave, torch.Tensor) \
+            else wave.detach().to(torch.float32).reshape(1, -1)
+        if t.shape[1] != window_samples:
+            raise AudioError(
+                f"waveform {i} has {t.shape[1]} samples; expected exactly {window_samples} (one window). "
+                "Crop/pad with edge_ser.converters.fused.fit_to_window(wave, window_samples)."
+            )
+        if not torch.isfinite(t).all():
+            raise AudioError(f"waveform {i} contains NaN or inf; expected finite audio samples.")
+        tensors.append(t)
+    return tensors
+
+
+def _xnnpack_quantizer(*, keep_scalar_operands: bool, module_names: Sequence[str] | None) -> Any:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    class _ScalarKeepingQuantizer(XNNPACKQuantizer):
+        # The stock transform turns scalar operands of add/mul into float tensor attributes;
+        # in graphs with integer index math (WavLM's relative-position buckets) that turns
+        # int64 indices into floats and calibration fails (STACK.md). Scalars then simply
+        # stay unquantized.
+        def transform_for_annotation(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            return model
+
+    quantizer = _ScalarKeepingQuantizer() if keep_scalar_operands else XNNPACKQuantizer()
+    config = get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    if module_names is None:
+        quantizer.set_global(config)
+    else:
+        for name in module_names:
+            quantizer.set_module_name(name, config)
+    return quantizer
+
+
+def quantize_pt2e_xnnpack_int8(
+    module: torch.nn.Module,
+    *,
+    calibration_waveforms: Sequence[np.ndarray | torch.Tensor],
+    window_samples: int,
+    keep_scalar_operands: bool = True,
+    module_names: Sequence[str] | None = None,
+) -> torch.nn.Module:
+    """Static int8 (per-channel symmetric weights, per-tensor activations) for XNNPACK via PT2E.
+
+    ``module``: the fused model, ``(1, window_samples)`` -> outputs. Returns the converted
+    (quantize/dequantize-annotated) module, ready for ``torch.export`` and lowering.
+
+    ``module_names``: quantize only these submodules (``None`` = the whole graph). Quantizing
+    only ``("front",)`` would keep the per-frame unrolled GRU head float32 and its lowering
+    fast, but XNNPACK lowering then fails on the tiny Whisper test model ("Weight and Input
+    should both be quantized"), so the default quantizes everything.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    tensors = calibration_tensors(calibration_waveforms, window_samples=window_samples)
+    if len(tensors) < MIN_CALIBRATION_UTTERANCES:
+        raise ValueError(
+            f"got {len(tensors)} calibration waveforms; expected at least {MIN_CALIBRATION_UTTERANCES} real "
+            "utterances from the run's training split (e.g. --calibration-utterances 32)."
+        )
+    graph = torch.export.export(module.eval(), (tensors[0],), strict=False).module()
+    prepared = prepare_pt2e(graph, _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names))
+    with torch.no_grad():
+        for t in tqdm(tensors, desc="calibrating int8", unit="utt", leave=False):
+            prepared(t)
+    return convert_pt2e(prepared)
+
+
+def quantize_onnx_dynamic_int8(src: Path, dst: Path) -> None:
+    """Weights int8 per output channel, activations quantized at run time (no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        model_input=str(src), model_output=str(dst), per_channel=True, weight_type=QuantType.QInt8,
+    )
+
+
+COREML_WEIGHT_THRESHOLD = 2048
+"""Core ML compresses weight tensors with at least this many elements; biases and other
+small tensors stay fp32 (they are a negligible share of the size and sensitive to error)."""
+
+
+def compress_coreml_weights(mlmodel: Any, *, scheme: str) -> Any:
+    """Weight compression of a Core ML ML Program: ``"int8"`` (linear symmetric, per output
+    channel) or ``"palette4"`` (4-bit k-means palettization, one 16-entry table per tensor)."""
+    import coremltools.optimize.coreml as cto
+
+    if scheme == "int8":
+        op_config = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=COREML_WEIGHT_THRESHOLD,
+        )
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    if scheme == "palette4":
+        op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    raise ValueError(f"unknown Core ML weight compression {scheme!r}; expected 'int8' or 'palette4'.")

@@ -1,0 +1,62 @@
+"""`edge-ser convert`: a training run -> an on-device artifact folder (Core ML, ExecuTorch, ONNX)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def register(root: click.Group) -> None:
+    root.add_command(convert)
+
+
+def _targets() -> list[str]:
+    from edge_ser.converters.backends import TARGETS
+
+    return sorted(TARGETS)
+
+
+def _precisions() -> list[str]:
+    from edge_ser.converters.backends import all_precisions
+
+    return all_precisions()
+
+
+@click.command("convert")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Training run folder (config.json, model.safetensors, run.json).")
+@click.option("--target", type=click.Choice(_targets()), required=True, help="Artifact format.")
+@click.option("--precision", type=click.Choice(_precisions()), default="fp32", show_default=True,
+              help="Weights/activations precision; each target offers a subset (see docs).")
+@click.option("--window-s", type=float, default=3.0, show_default=True, help="Fixed input length in seconds.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Artifact folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
+@click.option("--calibration-utterances", type=click.IntRange(min=2), default=32, show_default=True,
+              help="Training-split utterances used to calibrate static int8 (ExecuTorch int8).")
+@click.option("--validation-utterances", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Validation-split utterances compared against the eager model.")
+def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
+            calibration_utterances: int, validation_utterances: int) -> None:
+    """Fuse a run's truncated feature model and head, quantize, lower, validate and save."""
+    from edge_ser.converters.backends import get_backend
+    from edge_ser.converters.pipeline import convert_run
+    from edge_ser.runtime.parity import ParityError
+
+    try:
+        get_backend(target).precision(precision)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--precision") from None
+    if out.exists() and not overwrite:
+        raise click.BadParameter(f"{out} already exists; pass --overwrite to replace it.", param_hint="--out")
+    try:
+        result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out, window_s=window_s,
+                             calibration_utterances=calibration_utterances,
+                             validation_utterances=validation_utterances, overwrite=overwrite)
+    except ParityError as exc:  # the message is the full report (per-output errors, agreement, failures)
+        raise click.ClickException(f"{target}/{precision} artifact is outside its parity tolerance; nothing was "
+                                   f"written.\n{exc}") from None
+    parity = result.parity
+    verdict = ("parity passed" if parity.get("passed") else "parity not run: " + str(parity.get("reason")))
+    click.echo(f"{result.out}: {target}/{precision}, {result.size_bytes / 1e6:.2f} MB, {verdict}")

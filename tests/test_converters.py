@@ -1,0 +1,293 @@
+"""Converters: fused waveform-in model, the one conversion pipeline, the three backends, the CLI.
+
+Fast tier: a tiny random Whisper (3 blocks, width 64) cut at block 2, a tiny TC-GRU head,
+0.5 s windows and generated voiced audio. Every (target, precision) pair converts through
+the same ``convert`` call; ExecuTorch and ONNX artifacts are run and compared with the eager
+model, Core ML artifacts (no prediction off macOS) are verified structurally.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from edge_ser.converters.backends import TARGETS, get_backend
+from edge_ser.converters.fused import (
+    FusedSER,
+    aggregate_windows,
+    build_fused_model,
+    fit_to_window,
+    n_windows,
+    timeline_windows,
+    window_batch,
+)
+from edge_ser.converters.manifest import ARTIFACT_FORMAT, file_hashes, read_manifest
+from edge_ser.converters.pipeline import convert, validate
+from edge_ser.runtime.parity import TOLERANCES
+from edge_ser.errors import AudioError, ManifestError
+from edge_ser.io import sha256_file
+from edge_ser.labels import CATEGORIES, SAMPLE_RATE
+
+WINDOW_S = 0.5
+WINDOW = int(WINDOW_S * SAMPLE_RATE)
+FM_NAME = "tiny-whisper"
+LAYER = 2
+
+
+def voiced_utterance(seed: int, n_samples: int = WINDOW) -> np.ndarray:
+    """Speech-like test audio: a vibrato harmonic tone with a syllable envelope plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n_samples) / SAMPLE_RATE
+    f0 = rng.uniform(90, 260)
+    phase = 2 * np.pi * f0 * (t + 0.02 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+    tone = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = np.abs(np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, np.pi)))
+    wave = rng.uniform(0.1, 0.5) * tone * envelope + 0.01 * rng.standard_normal(n_samples)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def tiny_fm():
+    from edge_ser.fm import load_foundation_model
+
+    return load_foundation_model(FM_NAME, random_init=True, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_head(tiny_fm):
+    from edge_ser.train.model import TCGRU
+
+    torch.manual_seed(0)
+    head = TCGRU(tiny_fm.spec.hidden_size, conv_channels=16, gru_hidden=16, gru_layers=1, embed_dim=256)
+    with torch.no_grad():
+        # Random heads give near-uniform class probabilities; sharpen them so top-1 means something.
+        head.class_head.weight.mul_(20.0)
+        head.set_feature_stats(np.zeros(tiny_fm.spec.hidden_size), np.full(tiny_fm.spec.hidden_size, 0.5))
+    return head.eval()
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_fm, tiny_head) -> FusedSER:
+    return build_fused_model(feature_model=tiny_fm, layer=LAYER, head=tiny_head, window_s=WINDOW_S)
+
+
+@pytest.fixture(scope="module")
+def calibration() -> list[np.ndarray]:
+    return [voiced_utterance(seed) for seed in range(8)]
+
+
+@pytest.fixture(scope="module")
+def validation() -> list[np.ndarray]:
+    return [voiced_utterance(seed) for seed in range(100, 106)]
+
+
+# ---------------------------------------------------------------------------------------
+# fused model
+
+
+def test_fused_equals_full_model_hidden_state_path(tiny_fm, tiny_head, fused):
+    """Truncated-and-fused == full model's hidden_states[k] fed to the training head (tol 1e-5)."""
+    wave = torch.from_numpy(voiced_utterance(7)).reshape(1, -1)
+    with torch.no_grad():
+        probs, avd, embedding = fused(wave)
+        states, _ = tiny_fm.hidden_states(wave)
+        reference = tiny_head(states[LAYER])
+    assert probs.shape == (1, len(CATEGORIES)) and avd.shape == (1, 3) and embedding.shape == (1, 256)
+    torch.testing.assert_close(probs, torch.softmax(reference.logits, -1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(avd, reference.avd, atol=1e-5, rtol=0)
+    torch.testing.assert_close(embedding, reference.embedding, atol=1e-5, rtol=0)
+    assert float(probs.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert fused.source["feature_model"] == FM_NAME and fused.source["layer"] == LAYER
+
+
+def test_fused_rejects_wrong_length(fused):
+    with pytest.raises(AudioError, match=f"expected \\(1, {WINDOW}\\)"):
+        fused(torch.zeros(1, WINDOW + 1))
+
+
+def test_build_fused_model_rejects_bad_layer(tiny_fm, tiny_head):
+    with pytest.raises(ValueError, match="expected 1..3"):
+        build_fused_model(feature_model=tiny_fm, layer=7, head=tiny_head, window_s=WINDOW_S)
+
+
+def test_timeline_windows_cover_signal_and_aggregate():
+    windows = timeline_windows(100, window=40, hop=30)
+    assert [(w.start, w.stop) for w in windows] == [(0, 40), (30, 70), (60, 100)]
+    assert n_windows(100, window=40, hop=30) == 3
+    for n in (1, 39, 40, 41, 95, 1000, 1013):
+        ws = timeline_windows(n, window=40, hop=17)
+        covered = np.zeros(n, bool)
+        for w in ws:
+            assert w.n_valid == min(40, n) and 0 <= w.start < w.stop <= n
+            covered[w.start:w.stop] = True
+        assert covered.all() and len(ws) == n_windows(n, window=40, hop=17)
+    short = timeline_windows(10, window=40, hop=20)
+    batch = window_batch(np.ones(10, np.float32), short, window_samples=40)
+    assert batch.shape == (1, 40) and batch[0, :10].sum() == 10 and batch[0, 10:].sum() == 0
+    ws = [*timeline_windows(100, window=40, hop=40)]  # (0,40) (40,80) (60,100)
+    probs = np.eye(9)[[0, 1, 1]]
+    agg = aggregate_windows(probs=probs, avd=np.ones((3, 3)), embedding=np.zeros((3, 4)), windows=ws)
+    assert agg.probs[1] == pytest.approx(2 / 3) and sum(agg.probs) == pytest.approx(1.0) and agg.label == "happy"
+    with pytest.raises(ValueError, match="hop"):
+        timeline_windows(100, window=40, hop=41)
+    assert fit_to_window(np.arange(10, dtype=np.float32), 4).tolist() == [3, 4, 5, 6]
+
+
+# ---------------------------------------------------------------------------------------
+# the pipeline, one parametrized test per (target, precision)
+
+PAIRS = [(t, p) for t in sorted(TARGETS) for p in TARGETS[t].precisions]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("target", "precision"), PAIRS, ids=[f"{t}-{p}" for t, p in PAIRS])
+def test_convert_every_target_and_precision(fused, calibration, validation, tmp_path, target, precision):
+    out = tmp_path / "artifact"
+    source = {**fused.source, "run": "unit-test", "calibration": {"split": "train", "corpus": "generated"}}
+    result = convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
+                     validation_waveforms=validation, source_info=source)
+    backend = get_backend(target)
+
+    # Manifest: the documented contract, and every file's sha256/size as on disk.
+    manifest = read_manifest(out)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    assert manifest["format"] == ARTIFACT_FORMAT and manifest["target"] == target
+    assert manifest["precision"] == precision and manifest["window_samples"] == WINDOW
+    assert manifest["labels"] == list(CATEGORIES) and manifest["dimensions"] == ["arousal", "valence", "dominance"]
+    assert manifest["inputs"] == [{"name": "waveform", "shape": [1, WINDOW], "dtype": "float32"}]
+    assert [(o["name"], o["shape"]) for o in manifest["outputs"]] == [
+        ("probs", [1, 9]), ("avd", [1, 3]), ("embedding", [1, 256])]
+    assert manifest["source"]["feature_model"] == FM_NAME and manifest["source"]["layer"] == LAYER
+    assert manifest["source"]["n_layers_full"] == 3
+    for rel, info in manifest["files"].items():
+        assert sha256_file(out / rel) == info["sha256"] and (out / rel).stat().st_size == info["bytes"]
+    assert set(manifest["files"]) == set(file_hashes(out))
+    assert any(rel.startswith(backend.artifact_file) for rel in manifest["files"])
+    assert "parity.json" in manifest["files"]
+    assert manifest["size_bytes"] == result.size_bytes > 0
+    assert not any(p.name.startswith(".artifact.") for p in tmp_path.iterdir()), "temp folder left behind"
+    spec = backend.precision(precision)
+    if spec.calibrated:
+        assert manifest["quantization"]["calibration"]["utterances"] == len(calibration)
+    assert (manifest["quantization"] is None) == (precision == "fp32")
+
+    parity = result.parity
+    if target == "executorch":
+        d = manifest["delegation"]
+        assert d["delegated_subgraphs"] >= 1 and d["delegated_nodes"] > d["portable_nodes"]
+    if target == "coreml" and sys.platform != "darwin":
+        assert parity["ran"] is False
+        verification = json.loads((out / "parity.json").read_text())["verification"]
+        _check_coreml_verification(verification, precision)
+        return
+    assert parity["ran"] and parity["passed"], parity.get("failures")
+    outputs = {o["name"]: o for o in parity["outputs"]}
+    rel = {k: o["max_rel_of_scale"] for k, o in outputs.items()}
+    if precision == "fp32":
+        # Same float32 math, reordered: the issue's bound, 1e-4 x output scale, and identical top-1.
+        assert max(rel.values()) <= 1e-4 and parity["task"]["top1_agreement"] == 1.0
+    else:
+        # int8 on this model measures rel <= 0.028 (embedding) and cosine >= 0.9998 for both backends;
+        # about 2x / 2.5x margin for other seeds, still far inside the shipping table's limits.
+        assert max(rel.values()) <= 0.05, rel
+        assert outputs["embedding"]["cosine"] >= 0.9995
+        assert parity["task"]["top1_agreement_decisive"] == 1.0
+    # The runner the pipeline validated with reproduces the saved artifact independently.
+    runner = backend.runner(out)
+    again = validate(runner, fused, [torch.from_numpy(v).reshape(1, -1) for v in validation[:2]],
+                     target=target, precision=precision)
+    probs_again = next(o for o in again.outputs if o.name == "probs")
+    assert probs_again.max_abs <= outputs["probs"]["max_abs"] + 1e-7
+
+
+def _check_coreml_verification(verification, precision):
+    assert verification["passed"], verification
+    io = verification["io"]
+    assert io["inputs"] == [{"name": "waveform", "shape": [1, WINDOW]}]
+    assert [o["name"] for o in io["outputs"]] == ["probs", "avd", "embedding"]
+    weights = verification["weights"]
+    assert len(weights) >= 10 and all(w["within_bound"] for w in weights)
+    kinds = {w["stored_as"] for w in weights}
+    big = [w for w in weights if w["numel"] >= 2048]
+    if precision == "fp32":
+        assert kinds == {"fp32"} and all(w["max_abs_err"] == 0.0 for w in weights)
+    elif precision == "fp16":
+        assert kinds == {"fp16"} and 0 < max(w["rel_err"] for w in weights) <= 2.0**-11
+    elif precision == "int8":
+        assert {w["stored_as"] for w in big} == {"int8"}
+        assert all(w["levels"] <= 255 for w in big) and all(w["rel_err"] <= 0.01 for w in big)
+    elif precision == "palette4":
+        assert {w["stored_as"] for w in big} == {"palette4"}
+        assert all(w["levels"] <= 16 for w in big) and all(0.01 < w["rel_err"] <= 0.15 for w in big)
+
+
+def test_existing_output_refused_then_overwritten(fused, calibration, validation, tmp_path):
+    out = tmp_path / "artifact"
+    kwargs = dict(fused=fused, target="onnx", precision="fp32", out=out, calibration_waveforms=calibration,
+                  validation_waveforms=validation[:2], source_info=fused.source)
+    convert(**kwargs)
+    first = read_manifest(out)
+    (out / "stale.txt").write_text("left from an older conversion")
+    with pytest.raises(ManifestError, match="unlisted \\['stale.txt'\\]"):
+        read_manifest(out)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        convert(**kwargs)
+    assert (out / "stale.txt").exists()
+    convert(**kwargs, overwrite=True)
+    assert not (out / "stale.txt").exists()
+    assert read_manifest(out)["files"]["model.onnx"] == first["files"]["model.onnx"]
+    (out / "model.onnx").write_bytes(b"corrupted")
+    with pytest.raises(ManifestError, match="changed \\['model.onnx'\\]"):
+        read_manifest(out)
+
+
+def test_unknown_target_and_precision_list_known_ones(fused, calibration, validation, tmp_path):
+    common = dict(fused=fused, out=tmp_path / "a", calibration_waveforms=calibration,
+                  validation_waveforms=validation, source_info={})
+    with pytest.raises(ValueError, match=r"unknown target 'tflite'; known targets: \['coreml', 'executorch', 'onnx'\]"):
+        convert(target="tflite", precision="fp32", **common)
+    with pytest.raises(ValueError, match=r"known precisions for onnx: \['fp32', 'int8'\]"):
+        convert(target="onnx", precision="palette4", **common)
+    assert not (tmp_path / "a").exists()
+
+
+def test_calibration_needs_real_windows(fused, validation, tmp_path):
+    with pytest.raises(ValueError, match="at least 2 real utterances"):
+        convert(fused=fused, target="executorch", precision="int8", out=tmp_path / "a",
+                calibration_waveforms=[], validation_waveforms=validation, source_info={})
+    with pytest.raises(AudioError, match=f"expected exactly {WINDOW}"):
+        convert(fused=fused, target="executorch", precision="int8", out=tmp_path / "b",
+                calibration_waveforms=[np.zeros(WINDOW + 5, np.float32)] * 2, validation_waveforms=validation,
+                source_info={})
+
+
+def test_validate_flags_a_wrong_artifact(fused, validation):
+    waves = [torch.from_numpy(v).reshape(1, -1) for v in validation[:3]]
+
+    def off_by_a_bit(x):
+        with torch.no_grad():
+            probs, avd, emb = fused(torch.as_tensor(x))
+        return probs.numpy(), avd.numpy() + 0.01, emb.numpy()
+
+    report = validate(off_by_a_bit, fused, waves, target="onnx", precision="fp32")
+    assert not report.passed and any(f.startswith("avd") for f in report.failures)
+    errors = {o.name: o for o in report.outputs}
+    assert errors["avd"].max_abs == pytest.approx(0.01, rel=1e-3)
+    assert errors["probs"].max_abs == 0.0
+    assert set(TOLERANCES) == {(t, p) for t, p in PAIRS}
+
+
+def test_cli_choices_come_from_registry():
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, ["convert", "--help"])
+    assert result.exit_code == 0
+    assert "[coreml|executorch|onnx]" in result.output and "[fp32|fp16|int8|palette4]" in result.output
+    bad = CliRunner().invoke(root, ["convert", "--run", ".", "--target", "tflite", "--out", "x"])
+    assert bad.exit_code != 0 and "coreml" in bad.output
