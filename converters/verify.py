@@ -1,0 +1,273 @@
+"""`verify_artifact`: run a converted artifact and its PyTorch reference on the same audio.
+
+The reference is rebuilt from the training run with the front end, layer and window the
+artifact's manifest records (its ``source`` block and ``window_samples``), so what is
+compared is exactly "the graph that was converted" against "the graph it came from".
+Both see identical samples: every utterance goes through the runtime's own input
+handling (:meth:`edge_ser.runtime.EmotionModel.prepare`, ``windows`` and window fitting),
+each window is run through both, and window outputs are averaged per utterance with the
+runtime's weights (real samples per window), so the comparison is at the level an app sees.
+
+Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances from
+:data:`edge_ser.runtime.parity.TOLERANCES`):
+
+- ``"artifact vs PyTorch reference"``: always first; its pass/fail is the verdict;
+- with ``baseline`` (an fp32 artifact of the same run and window):
+  ``"artifact vs fp32 artifact"`` (quantization error, the artifact's tolerance) and
+  ``"fp32 artifact vs PyTorch reference"`` (conversion error, the fp32 tolerance of the
+  baseline's target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from edge_ser.errors import CorpusError, ManifestError
+from edge_ser.runtime.parity import OUTPUTS, ParityReport, compare
+
+__all__ = ["VerifyResult", "verify_artifact", "REFERENCE_COMPARISON", "QUANTIZATION_COMPARISON",
+           "CONVERSION_COMPARISON"]
+
+REFERENCE_COMPARISON = "artifact vs PyTorch reference"
+QUANTIZATION_COMPARISON = "artifact vs fp32 artifact"
+CONVERSION_COMPARISON = "fp32 artifact vs PyTorch reference"
+
+Outputs = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """What :func:`verify_artifact` measured.
+
+    ``reports[0]`` is the artifact-vs-reference report (the verdict); with a baseline,
+    ``reports[1]`` is the quantization and ``reports[2]`` the conversion comparison.
+    ``n_windows``: model windows run per candidate (>= ``n_utterances``; long clips span several).
+    """
+
+    artifact: str
+    run: str
+    corpus: str
+    split: str
+    n_utterances: int
+    n_windows: int
+    reports: tuple[ParityReport, ...]
+    baseline: str | None = None
+    wall_s: float = 0.0
+
+    @property
+    def verdict(self) -> ParityReport:
+        return self.reports[0]
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact, "baseline": self.baseline, "run": self.run, "corpus": self.corpus,
+            "split": self.split, "n_utterances": self.n_utterances, "n_windows": self.n_windows,
+            "passed": self.passed, "wall_s": self.wall_s, "reports": [r.to_dict() for r in self.reports],
+        }
+
+
+def _run_sha256(run_dir: Path) -> str:
+    from edge_ser.io import sha256_file
+    from edge_ser.train.runs import BEST_WEIGHTS
+
+    weights = run_dir / BEST_WEIGHTS
+    if not weights.is_file():
+        raise ManifestError(
+            f"{run_dir} has no {BEST_WEIGHTS}; expected the finished training run the artifact was converted from "
+            "(pass --run <that run folder>)."
+        )
+    return sha256_file(weights)
+
+
+def _check_same_run(manifest: Any, *, run_dir: Path, run_sha: str, role: str) -> dict[str, Any]:
+    source = dict(manifest.raw.get("source") or {})
+    recorded = source.get("run_sha256")
+    if not recorded:
+        raise ManifestError(
+            f"{role} {manifest.root} records no source run sha256 (manifest source = {source}); expected "
+            "source.run_sha256 written by `edge-ser convert`. Re-convert the run with this edge-ser."
+        )
+    if recorded != run_sha:
+        raise ManifestError(
+            f"{role} {manifest.root} was converted from another run: its manifest records run "
+            f"{source.get('run')!r} with model.safetensors sha256 {str(recorded)[:16]}..., but {run_dir} has "
+            f"{run_sha[:16]}.... Pass the run it was converted from (--run), or re-convert this run."
+        )
+    return source
+
+
+def _reference_model(*, run_dir: Path, source: Mapping[str, Any], window_samples: int) -> Any:
+    """The eager fused model of the run, cut and windowed as the artifact's manifest says."""
+    from edge_ser.converters.fused import build_fused_model
+    from edge_ser.labels import SAMPLE_RATE
+
+    fused = build_fused_model(run_dir=run_dir, window_s=window_samples / SAMPLE_RATE)
+    rebuilt = fused.source
+    for key in ("feature_model", "layer"):
+        if key in source and source[key] is not None and str(rebuilt.get(key)) != str(source[key]):
+            raise ManifestError(
+                f"the artifact records {key}={source[key]!r}, but run {run_dir} rebuilds {key}={rebuilt.get(key)!r}; "
+                "expected the run the artifact was converted from. Re-convert the run."
+            )
+    if fused.window_samples != int(window_samples):
+        raise ManifestError(
+            f"the reference window is {fused.window_samples} samples, the artifact's {window_samples}; "
+            "expected a window that is a whole number of samples at 16 kHz. Re-convert with --window-s."
+        )
+    want = (source.get("weights_source") or {}).get("sha256") if isinstance(source.get("weights_source"), dict) else None
+    got = (rebuilt.get("weights_source") or {}).get("sha256") if isinstance(rebuilt.get("weights_source"), dict) else None
+    if want and got and want != got:
+        raise ManifestError(
+            f"the artifact's {source.get('feature_model')} weights have sha256 {want[:12]}..., the reference rebuilt "
+            f"now loads {got[:12]}...; expected the same foundation-model weights. Install/point to the weights used "
+            "at conversion time."
+        )
+    return fused.eval()
+
+
+def _torch_runner(fused: Any) -> Callable[[np.ndarray], Outputs]:
+    import torch
+
+    def run(window: np.ndarray) -> Outputs:
+        with torch.no_grad():
+            outputs = fused(torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).reshape(1, -1))
+        return {name: out.numpy().astype(np.float32) for name, out in zip(OUTPUTS, outputs)}
+
+    return run
+
+
+def _select_rows(corpus: Any, *, split: str, max_utterances: int, seed: int) -> tuple[Any, str]:
+    table = corpus.table
+    rows = table[table["split"] == split]
+    used = split
+    if len(rows) == 0:
+        rows, used = table, "all"
+    if len(rows) == 0:
+        raise CorpusError(f"corpus {corpus.root} has no utterances; expected a prepared corpus with audio rows.")
+    if len(rows) > max_utterances:
+        # A seeded sample rather than the first rows: the first rows are often one speaker.
+        rows = rows.sample(n=max_utterances, random_state=seed).sort_index()
+    return rows, used
+
+
+def verify_artifact(
+    *,
+    artifact: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    baseline: str | os.PathLike | None = None,
+    max_utterances: int = 200,
+    split: str = "test",
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> VerifyResult:
+    """Compare an artifact with the PyTorch reference of ``run_dir`` on a corpus split.
+
+    Args:
+        artifact: artifact folder (``manifest.json`` + model file); its sha256s are checked.
+        run_dir: the training run it was converted from (``model.safetensors`` sha256 must
+            match the manifest's ``source.run_sha256``, else :class:`ManifestError`).
+        corpus_dir: a prepared corpus folder; ``split`` rows are used (all rows when the split
+            is empty), at most ``max_utterances`` (a seeded sample when there are more).
+        baseline: optional fp32 artifact of the same run and window: adds the quantization and
+            conversion comparisons.
+        threads: intra-op threads of the artifact runtimes (default: torch's setting).
+
+    Returns a :class:`VerifyResult`; it does not raise on a parity breach (the caller decides:
+    ``edge_ser.runtime.parity.check(result.verdict)`` raises ``ParityError``).
+    """
+    from edge_ser.audio import load_audio
+    from edge_ser.data.table import load_corpus
+    from edge_ser.labels import CATEGORY_INDEX
+    from edge_ser.runtime import load
+
+    if int(max_utterances) < 1:
+        raise ValueError(f"max_utterances={max_utterances}; expected a positive number of utterances (e.g. 200).")
+    start = time.perf_counter()
+    artifact, run_dir = Path(artifact), Path(run_dir)
+    model = load(artifact, threads=threads)
+    run_sha = _run_sha256(run_dir)
+    source = _check_same_run(model.manifest, run_dir=run_dir, run_sha=run_sha, role="artifact")
+
+    base_model = None
+    if baseline is not None:
+        base_model = load(Path(baseline), threads=threads)
+        bm = base_model.manifest
+        if bm.precision != "fp32":
+            raise ValueError(
+                f"baseline {bm.root} has precision {bm.precision!r}; expected an fp32 artifact (quantization error is "
+                "measured against float). Convert the run with --precision fp32 and pass that folder."
+            )
+        if bm.window_samples != model.window_samples or bm.sample_rate != model.sample_rate:
+            raise ValueError(
+                f"baseline {bm.root} takes {bm.window_samples} samples at {bm.sample_rate} Hz, the artifact "
+                f"{model.window_samples} at {model.sample_rate} Hz; expected the same window. Convert the baseline "
+                "with the same --window-s."
+            )
+        _check_same_run(bm, run_dir=run_dir, run_sha=run_sha, role="baseline")
+
+    reference = _torch_runner(_reference_model(run_dir=run_dir, source=source,
+                                               window_samples=model.window_samples))
+    candidates: dict[str, Callable[[np.ndarray], Outputs]] = {"reference": reference, "artifact": model.run_window}
+    if base_model is not None:
+        candidates["baseline"] = base_model.run_window
+
+    corpus = load_corpus(corpus_dir)
+    rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
+    collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUTS} for k in candidates}
+    n_windows = 0
+    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", disable=not progress,
+                       leave=False):
+        clip = model.prepare(load_audio(corpus.audio_path(row.to_dict())), model.sample_rate)
+        spans = model.windows(clip)
+        windows = [model._fit_window(clip[s:e]) for s, e in spans]
+        # Same merge as EmotionModel.predict: weights = real samples per window.
+        weights = np.array([e - s for s, e in spans], dtype=np.float64)
+        weights /= weights.sum()
+        n_windows += len(windows)
+        for name, run in candidates.items():
+            outs = [run(w) for w in windows]
+            for o in OUTPUTS:
+                merged = sum(wt * np.asarray(out[o], dtype=np.float64).reshape(-1) for wt, out in zip(weights, outs))
+                collected[name][o].append(merged)
+    stacked = {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}
+
+    labels = rows["label"].tolist() if "label" in rows.columns else [None] * len(rows)
+    label_idx = np.array([CATEGORY_INDEX.get(v, -1) if isinstance(v, str) else -1 for v in labels])
+    dims = None
+    from edge_ser.labels import DIMENSIONS
+
+    if all(d in rows.columns for d in DIMENSIONS):
+        dims = rows.loc[:, list(DIMENSIONS)].to_numpy(dtype=np.float64)
+        if not np.isfinite(dims).any():
+            dims = None
+    present = sorted(int(c) for c in set(label_idx.tolist()) if c >= 0)
+    task_kwargs: dict[str, Any] = {"label_idx": label_idx if present else None, "dims": dims,
+                                   "score_classes": present or None}
+
+    m = model.manifest
+    reports = [compare(stacked["reference"], stacked["artifact"], target=m.target, precision=m.precision,
+                       comparison=REFERENCE_COMPARISON, **task_kwargs)]
+    if base_model is not None:
+        bm = base_model.manifest
+        reports.append(compare(stacked["baseline"], stacked["artifact"], target=m.target, precision=m.precision,
+                               comparison=QUANTIZATION_COMPARISON, **task_kwargs))
+        reports.append(compare(stacked["reference"], stacked["baseline"], target=bm.target, precision="fp32",
+                               comparison=CONVERSION_COMPARISON, **task_kwargs))
+    return VerifyResult(
+        artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
+        n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
+        baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
+    )

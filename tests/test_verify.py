@@ -1,0 +1,150 @@
+"""`verify_artifact` and `edge-ser verify` on a tiny trained run.
+
+Built once per module: a 3-speaker synthetic corpus, tiny-whisper (random init) features of
+block 1, a 1-layer TC-GRU trained 2 epochs, an ONNX fp32 artifact from `convert_run` (0.3 s
+window) and an ONNX int8 artifact: the fp32 graph through the project's own dynamic int8
+quantizer (`quantize_onnx_dynamic_int8`, what the pipeline's int8 lowering calls) with the
+manifest re-recorded. The pipeline's own int8 gate refuses this trained tiny model (embedding
+rel error 0.15 > 0.1), which is why the int8 folder is assembled here rather than by `convert_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_ser.errors import ManifestError
+from edge_ser.runtime import parity
+
+WINDOW_S = 0.3
+LAYER = 1
+
+
+def _int8_from_fp32(fp32_dir, out):
+    from edge_ser.converters.manifest import file_hashes
+    from edge_ser.converters.quantize import quantize_onnx_dynamic_int8
+
+    shutil.copytree(fp32_dir, out)
+    quantize_onnx_dynamic_int8(fp32_dir / "model.onnx", out / "model.onnx")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["precision"] = "int8"
+    manifest["quantization"] = {"scheme": "onnxruntime-dynamic-int8", "calibration": None}
+    manifest["files"] = file_hashes(out)
+    manifest["size_bytes"] = manifest["files"]["model.onnx"]["bytes"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    from edge_ser.converters.pipeline import convert_run
+    from edge_ser.data.synthetic import synthesize_corpus
+    from edge_ser.features.extract import extract_features
+    from edge_ser.train.dataset import CacheFeatureSource
+    from edge_ser.train.trainer import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("verify")
+    corpus = synthesize_corpus(out=root / "corpus", n_speakers=3, utterances_per_speaker=4, seed=0)
+    extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[LAYER],
+                     random_init=True, show_progress=False)
+    config = TrainConfig(batch_size=4, lr=3e-3, conv_channels=32, gru_hidden=32, gru_layers=1, embed_dim=32,
+                         max_epochs=2)
+    train_run(source=CacheFeatureSource(root / "feats", layer=LAYER), out=root / "run", config=config,
+              progress=False)
+    convert_run(run_dir=root / "run", target="onnx", precision="fp32", out=root / "fp32", window_s=WINDOW_S,
+                validation_utterances=2)
+    _int8_from_fp32(root / "fp32", root / "int8")
+    return root
+
+
+def test_fp32_artifact_passes_against_reference(pipeline):
+    from edge_ser.converters.verify import REFERENCE_COMPARISON, verify_artifact
+    from edge_ser.data.table import load_corpus
+
+    result = verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                             progress=False)
+    n_test = int((load_corpus(pipeline / "corpus").table["split"] == "test").sum())
+    assert result.split == "test" and result.n_utterances == n_test == 4
+    assert result.n_windows > result.n_utterances  # ~3 s utterances, 0.3 s windows: averaged over several
+    (report,) = result.reports
+    assert report.comparison == REFERENCE_COMPARISON and report.target == "onnx" and report.precision == "fp32"
+    assert report.tolerance == parity.TOLERANCES[("onnx", "fp32")]
+    assert result.passed and report.passed, report.to_text()
+    assert max(o.max_rel_of_scale for o in report.outputs) <= 1e-4
+    assert {o.name for o in report.outputs} == {"probs", "avd", "embedding"}
+    assert report.task.top1_agreement == 1.0 and report.task.ccc_reference is not None
+    assert report.task.uar_reference == report.task.uar_candidate
+    json.dumps(result.to_dict())
+
+
+def test_int8_with_baseline_separates_quantization_and_conversion_error(pipeline):
+    from edge_ser.converters.verify import (
+        CONVERSION_COMPARISON, QUANTIZATION_COMPARISON, REFERENCE_COMPARISON, verify_artifact,
+    )
+
+    result = verify_artifact(artifact=pipeline / "int8", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                             baseline=pipeline / "fp32", progress=False)
+    verdict, quant, conv = result.reports
+    assert [r.comparison for r in result.reports] == [REFERENCE_COMPARISON, QUANTIZATION_COMPARISON,
+                                                       CONVERSION_COMPARISON]
+    assert verdict.tolerance == quant.tolerance == parity.TOLERANCES[("onnx", "int8")]
+    assert conv.tolerance == parity.TOLERANCES[("onnx", "fp32")] and conv.passed, conv.to_text()
+    for name in ("probs", "avd", "embedding"):
+        v, q, c = (next(o for o in r.outputs if o.name == name) for r in (verdict, quant, conv))
+        assert q.max_abs > 10 * c.max_abs  # int8 rounding dwarfs fp32 reordering
+        assert v.max_abs <= q.max_abs + c.max_abs + 1e-6  # triangle inequality: the three are consistent
+    assert result.passed == verdict.passed
+
+
+def test_split_fallback_and_sampling(pipeline):
+    from edge_ser.converters.verify import verify_artifact
+
+    result = verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                             split="holdout", max_utterances=2, progress=False)
+    assert result.split == "all" and result.n_utterances == 2
+
+
+def test_refuses_artifact_of_another_run(pipeline, tmp_path):
+    from edge_ser.converters.verify import verify_artifact
+    from edge_ser.train.runs import load_run, save_weights
+
+    other = tmp_path / "other-run"
+    shutil.copytree(pipeline / "run", other)
+    model, _ = load_run(other)
+    with torch.no_grad():
+        model.class_head.bias.add_(0.5)
+    save_weights(model, other / "model.safetensors")
+    with pytest.raises(ManifestError, match="converted from another run.*Pass the run it was converted from"):
+        verify_artifact(artifact=pipeline / "fp32", run_dir=other, corpus_dir=pipeline / "corpus", progress=False)
+
+
+def test_baseline_must_be_fp32(pipeline):
+    from edge_ser.converters.verify import verify_artifact
+
+    with pytest.raises(ValueError, match="precision 'int8'; expected an fp32 artifact"):
+        verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                        baseline=pipeline / "int8", progress=False)
+
+
+def test_cli_exit_code_follows_the_verdict(pipeline, tmp_path, monkeypatch):
+    from edge_ser.cli import root
+
+    args = ["verify", "--artifact", str(pipeline / "fp32"), "--run", str(pipeline / "run"),
+            "--test", str(pipeline / "corpus"), "--max-utterances", "2"]
+    out = tmp_path / "verify.json"
+    ok = CliRunner().invoke(root, [*args, "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert "onnx/fp32: artifact vs PyTorch reference, 2 utterances -> PASS" in ok.output
+    assert json.loads(out.read_text())[0]["passed"] is True
+
+    impossible = dataclasses.replace(parity.TOLERANCES[("onnx", "fp32")], max_abs_error_of_scale=0.0)
+    monkeypatch.setitem(parity.TOLERANCES, ("onnx", "fp32"), impossible)
+    bad = CliRunner().invoke(root, args)
+    assert bad.exit_code == 1, bad.output
+    assert "-> FAIL" in bad.output and "of scale > 0" in bad.output
