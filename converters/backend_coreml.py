@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge_ser.converters.backends import Backend, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES
 
 MLPACKAGE = "model.mlpackage"

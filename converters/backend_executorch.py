@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_ser.converters.backends import Backend, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
 
 PTE_FILE = "model.pte"
 
@@ -20,9 +20,10 @@ class ExecuTorchBackend(Backend):
     precisions = {
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations, XNNPACK delegate"),
         "int8": PrecisionSpec(
-            "int8", "pt2e-static-int8-xnnpack", True,
-            "PT2E static int8: per-channel symmetric int8 weights, per-tensor int8 activations "
-            "calibrated on training utterances (XNNPACKQuantizer)",
+            "int8", "pt2e-int8-dynamic-activations-xnnpack", True,
+            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer, int8 "
+            "activations quantized per call (dynamic ranges); convolutions, including the STFT/mel front end, "
+            "stay float32. Prepared and converted on training utterances.",
         ),
     }
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_ser.converters.backends import Backend, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES
 
 ONNX_FILE = "model.onnx"
@@ -22,7 +22,8 @@ class OnnxBackend(Backend):
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations"),
         "int8": PrecisionSpec(
             "int8", "onnxruntime-dynamic-int8", False,
-            "onnxruntime quantize_dynamic: per-channel int8 weights, activations quantized at run time",
+            "onnxruntime quantize_dynamic on MatMul/Gemm: per-channel int8 weights, activations quantized at run "
+            "time; convolutions (the STFT/mel front end) stay float32",
         ),
     }
 

@@ -232,7 +232,7 @@ def verify_artifact(
                        leave=False):
         clip = model.prepare(load_audio(corpus.audio_path(row.to_dict())), model.sample_rate)
         spans = model.windows(clip)
-        windows = [model._fit_window(clip[s:e]) for s, e in spans]
+        windows = [model.fit_window(clip[s:e]) for s, e in spans]
         # Same merge as EmotionModel.predict: weights = real samples per window.
         weights = np.array([e - s for s, e in spans], dtype=np.float64)
         weights /= weights.sum()

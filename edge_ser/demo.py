@@ -258,7 +258,8 @@ class _Demo:
             result = verify_artifact(artifact=art["dir"], run_dir=conv["run"], corpus_dir=info["corpus_dir"],
                                      baseline=baseline, max_utterances=60 if self.c.quick else 200)
             results[key] = [r.to_dict() for r in result.reports]
-            failed += [r for r in result.reports if r.comparison.endswith("reference") and not r.passed]
+            if not result.verdict.passed:
+                failed.append(result.verdict)
         write_json_atomic(self.p("verify.json"), results)
         if failed:  # parity is not a warning: stop here, the reports are in verify.json
             raise ParityError(failed[0])

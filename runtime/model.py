@@ -116,7 +116,8 @@ class EmotionModel:
         return validate_waveform(array, sample_rate=int(sample_rate), target_sr=self.sample_rate, strict=self.strict,
                                  min_duration_s=self.min_duration_s, name="waveform")
 
-    def _fit_window(self, clip: np.ndarray) -> np.ndarray:
+    def fit_window(self, clip: np.ndarray) -> np.ndarray:
+        """One window from a clip: cut to `window_samples`, or filled by the pad policy."""
         n = self.window_samples
         if len(clip) >= n:
             return clip[:n]
@@ -154,7 +155,7 @@ class EmotionModel:
         """Emotions of one clip. waveform: (samples,) or (samples, channels) float, any rate."""
         clip = self.prepare(waveform, sample_rate)
         spans = self.windows(clip)
-        results = [self.run_window(self._fit_window(clip[s:e])) for s, e in spans]
+        results = [self.run_window(self.fit_window(clip[s:e])) for s, e in spans]
         weights = np.array([e - s for s, e in spans], dtype=np.float64)
         weights /= weights.sum()
         merged = {name: sum(w * r[name] for w, r in zip(weights, results)) for name in results[0]}
@@ -180,7 +181,7 @@ class EmotionModel:
         clip = self.prepare(waveform, sample_rate)
         points = []
         for start, end in self.windows(clip, hop=hop):
-            out = self.run_window(self._fit_window(clip[start:end]))
+            out = self.run_window(self.fit_window(clip[start:end]))
             points.append(TimelinePoint(start / self.sample_rate, end / self.sample_rate, self._to_prediction(out)))
         return points
 

@@ -62,9 +62,8 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
         click.echo(report.to_text())
     if out:
         write_json_atomic(out, [r.to_dict() for r in result.reports])
-    failed = [r for r in result.reports if r.comparison.endswith("reference") and not r.passed]
-    if failed:
-        raise click.ClickException(str(ParityError(failed[0])))
+    if not result.verdict.passed:  # the artifact-vs-reference report decides; the others explain
+        raise click.ClickException(str(ParityError(result.verdict)))
 
 
 @click.command()
