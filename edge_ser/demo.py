@@ -115,7 +115,7 @@ class _Demo:
         else:
             from edge_ser.data.synthetic import synthesize_corpus
 
-            speakers, per_speaker = (6, 12) if self.c.quick else (12, 40)
+            speakers, per_speaker = (6, 12) if self.c.quick else (12, 20)
             corpus = synthesize_corpus(out=corpus_dir, n_speakers=speakers, utterances_per_speaker=per_speaker,
                                        seed=self.c.seed)
         stats = corpus_stats(corpus_dir=corpus_dir, plot=True)
@@ -148,33 +148,27 @@ class _Demo:
         info = self.outputs("corpus")
         model = info["model"]
         n_layers = get_spec(model).n_layers
-        # Pooled means of every layer (for saliency) + frame-level states of the last layer
-        # (the "final layer" comparison of the paper); the salient layer is stored next.
-        cache = extract_features(corpus_dir=info["corpus_dir"], model=model, out=self.p("features", "fm-pooled"),
-                                 layers=[n_layers], random_init=model.startswith("tiny-"), seed=self.c.seed)
+        # One pass: pooled means of every layer (for saliency) and the frame-level states of
+        # every layer; the saliency step then keeps only the salient and the last layer.
+        cache = extract_features(corpus_dir=info["corpus_dir"], model=model, out=self.p("features", "fm"),
+                                 layers="all", random_init=model.startswith("tiny-"), seed=self.c.seed)
         mfbf0 = extract_features(corpus_dir=info["corpus_dir"], model="mfbf0", out=self.p("features", "mfbf0"))
         thr = cache.manifest.get("throughput", {})
         return {"fm_cache": str(cache.root), "mfbf0_cache": str(mfbf0.root), "n_layers": n_layers,
                 "throughput": thr}
 
     def step_saliency(self) -> dict[str, Any]:
-        from edge_ser.features.cache import FeatureCache
-        from edge_ser.features.extract import extract_features
+        from edge_ser.features.cache import FeatureCache, prune_layers
         from edge_ser.saliency import layer_saliency, save_saliency
 
         feats = self.outputs("features")
-        info = self.outputs("corpus")
         cache = FeatureCache.open(feats["fm_cache"])
         result = layer_saliency(cache, split="train", seed=self.c.seed)
         save_saliency(result, self.p("saliency"))
         k = int(result.chosen_layer)
-        layer_cache = feats["fm_cache"]
-        if k != feats["n_layers"]:
-            layer_cache = str(extract_features(corpus_dir=info["corpus_dir"], model=info["model"],
-                                               out=self.p("features", f"fm-layer{k}"), layers=[k],
-                                               random_init=info["model"].startswith("tiny-"), seed=self.c.seed).root)
+        prune_layers(feats["fm_cache"], keep=sorted({k, feats["n_layers"]}))
         return {"chosen_layer": k, "n_layers": feats["n_layers"], "rule": result.rule,
-                "mu": list(result.mu), "layers": list(result.layers), "layer_cache": layer_cache,
+                "mu": list(result.mu), "layers": list(result.layers), "layer_cache": feats["fm_cache"],
                 "saliency_png": str(self.p("saliency", "saliency.png"))}
 
     def _train_configs(self) -> dict[str, tuple[str, int]]:
@@ -309,6 +303,8 @@ def run_demo(config: DemoConfig, *, fresh: bool = False, until: str | None = Non
 
     `until`: stop after this step (tests use it to run the early part of the chain).
     """
+    if until is not None and until not in STEP_NAMES:
+        raise ValueError(f"until={until!r} is not a demo step; expected one of {list(STEP_NAMES)}.")
     demo = _Demo(config)
     if fresh and demo.out.exists():
         shutil.rmtree(demo.out)
