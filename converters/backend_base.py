@@ -56,6 +56,8 @@ class Backend:
 
     name: str = ""
     artifact_file: str = ""
+    unroll_gru: bool = True
+    """Whether the fused model's GRU must be written out per frame for this target."""
     precisions: Mapping[str, PrecisionSpec] = {}
 
     def versions(self) -> dict[str, str]:

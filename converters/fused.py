@@ -91,8 +91,13 @@ def build_fused_model(
     window_s: float = 3.0,
     weights: str | Path | None = None,
     random_init: bool = False,
+    unroll_gru: bool = True,
 ) -> FusedSER:
     """Truncate the feature model at the run's layer and fuse it with the trained head.
+
+    ``unroll_gru``: use the head's export variant (GRU written out per frame), which XNNPACK
+    delegates and Core ML converts; ``False`` keeps ``nn.GRU``, which ONNX exports as one
+    native GRU op (small graph, fast export, ONNX Runtime's own GRU kernel).
 
     Either ``run_dir`` (a training run folder; feature model, layer and weights come from
     its run info) or ``feature_model`` (a registry name such as ``"tiny-wavlm"``,
@@ -138,7 +143,7 @@ def build_fused_model(
         )
     source.update(front_source)
     head = head.eval()
-    if hasattr(head, "to_export"):
+    if unroll_gru and hasattr(head, "to_export"):
         head = head.to_export(frames_for_window(front, window_samples)).eval()
     fused = FusedSER(front.eval(), head, window_samples=window_samples).eval()
     fused.source = source

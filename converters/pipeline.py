@@ -254,9 +254,10 @@ def convert_run(
     training split, validate on its validation split (the corpus the run's feature cache
     was extracted from), write the artifact. What ``edge-ser convert`` calls."""
     run_dir = Path(run_dir)
-    get_backend(target).precision(precision)  # fail on bad names before loading any model
+    backend = get_backend(target)
+    backend.precision(precision)  # fail on bad names before loading any model
     _refuse_existing(Path(out), overwrite=overwrite)
-    fused = build_fused_model(run_dir=run_dir, window_s=window_s)
+    fused = build_fused_model(run_dir=run_dir, window_s=window_s, unroll_gru=backend.unroll_gru)
     provenance = fused.source["provenance"]
     corpus_dir = Path(provenance["corpus_dir"] or "")
     if not provenance["corpus_dir"] or not corpus_dir.is_dir():

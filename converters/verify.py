@@ -112,7 +112,8 @@ def _reference_model(*, run_dir: Path, source: Mapping[str, Any], window_samples
     from edge_ser.converters.fused import build_fused_model
     from edge_ser.labels import SAMPLE_RATE
 
-    fused = build_fused_model(run_dir=run_dir, window_s=window_samples / SAMPLE_RATE)
+    # The reference is the trained module itself (nn.GRU), not an export variant of it.
+    fused = build_fused_model(run_dir=run_dir, window_s=window_samples / SAMPLE_RATE, unroll_gru=False)
     rebuilt = fused.source
     for key in ("feature_model", "layer"):
         if key in source and source[key] is not None and str(rebuilt.get(key)) != str(source[key]):
