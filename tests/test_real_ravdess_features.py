@@ -10,63 +10,19 @@ real tests), else a session temp folder. Inside it:
   the chosen layer k* and the last layer 6 (the paper's "final layer" baseline), ~0.55 GB;
 - ``ravdess/saliency-whisper-base/``: saliency.json + saliency.png.
 
-Other real tests can use the session fixture :func:`ravdess_whisper_features`.
+The session fixture ``ravdess_whisper_features`` lives in tests/conftest.py (other real tests use it).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from edge_ser.errors import ManifestError
+from edge_ser.fm import get_spec
 
 pytestmark = pytest.mark.real
 
-WHISPER_BASE_LAYERS = 6
-
-
-@dataclasses.dataclass(frozen=True)
-class RavdessFeatures:
-    corpus_dir: Path
-    features_dir: Path
-    saliency_dir: Path
-
-
-@pytest.fixture(scope="session")
-def real_work_dir(tmp_path_factory) -> Path:
-    value = os.environ.get("EDGE_SER_WORK")
-    return Path(value) if value else tmp_path_factory.mktemp("edge-ser-work")
-
-
-@pytest.fixture(scope="session")
-def ravdess_whisper_features(ravdess_root, whisper_base_ct2_dir, real_work_dir) -> RavdessFeatures:
-    from edge_ser.data.prepare import prepare_corpus
-    from edge_ser.features.cache import FeatureCache, prune_layers
-    from edge_ser.features.extract import extract_features
-    from edge_ser.saliency import layer_saliency, load_saliency, save_saliency
-
-    base = real_work_dir / "ravdess"
-    corpus_dir, feats, sal_dir = base / "corpus", base / "features-whisper-base", base / "saliency-whisper-base"
-    if not (corpus_dir / "manifest.json").is_file():
-        prepare_corpus(corpus="ravdess", root=ravdess_root, out=corpus_dir, folds=None, seed=0, strict=False)
-    try:
-        cache = FeatureCache.open(feats)
-        saliency = load_saliency(sal_dir)
-        reusable = (cache.model == "whisper-base" and cache.manifest.get("weights_source", {}).get("kind") != "random"
-                    and set(cache.layers_stored) == {saliency.chosen_layer, WHISPER_BASE_LAYERS})
-    except (ManifestError, FileNotFoundError, KeyError):
-        reusable = False
-    if not reusable:
-        cache = extract_features(corpus_dir=corpus_dir, model="whisper-base", out=feats, layers="all",
-                                 weights=whisper_base_ct2_dir)
-        saliency = layer_saliency(cache)
-        save_saliency(saliency, sal_dir)
-        prune_layers(feats, keep=[saliency.chosen_layer, WHISPER_BASE_LAYERS])
-    return RavdessFeatures(corpus_dir=corpus_dir, features_dir=feats, saliency_dir=sal_dir)
+WHISPER_BASE_LAYERS = get_spec("whisper-base").n_layers
 
 
 def test_whisper_base_features_of_all_ravdess_clips(ravdess_whisper_features):
