@@ -24,11 +24,11 @@ from edge_ser import __version__
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
 
 NOISE_SNRS_DB: tuple[float, ...] = (15.0, 5.0)
-# (target, precision) pairs the demo converts; fp32 ExecuTorch and ONNX are the baselines that
-# separate conversion error from quantization error.
+# (target, precision) pairs the demo converts. ONNX fp32 is the baseline that separates
+# conversion error from quantization error (for ONNX int8); ExecuTorch fp32 and the other Core ML
+# precisions are left to `make bench` because lowering the per-frame GRU takes minutes each.
 DEMO_ARTIFACTS: tuple[tuple[str, str], ...] = (
-    ("executorch", "fp32"), ("executorch", "int8"), ("onnx", "fp32"), ("onnx", "int8"),
-    ("coreml", "fp16"), ("coreml", "palette4"),
+    ("onnx", "fp32"), ("onnx", "int8"), ("executorch", "int8"), ("coreml", "palette4"),
 )
 
 
