@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edge_ser import __version__
-from edge_ser.errors import ManifestError
-from edge_ser.io import read_json, sha256_file, write_json_atomic
+from edge_ser.io import sha256_file, write_json_atomic
 from edge_ser.labels import CATEGORIES, DIMENSIONS, SAMPLE_RATE
 
-ARTIFACT_FORMAT = "edge-ser-artifact"
-ARTIFACT_FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
+from edge_ser.runtime.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE  # the one reader
+
 PARITY_FILE = "parity.json"
 
 
@@ -101,33 +99,3 @@ def build_manifest(
 
 def write_manifest(artifact_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
     return write_json_atomic(Path(artifact_dir) / MANIFEST_FILE, dict(manifest))
-
-
-def read_manifest(artifact_dir: str | os.PathLike, *, verify_files: bool = True) -> dict[str, Any]:
-    """Load an artifact's manifest; with ``verify_files`` check every listed file's size and
-    sha256 and that no unlisted file was added. Raises :class:`ManifestError`."""
-    root = Path(artifact_dir)
-    path = root / MANIFEST_FILE
-    if not path.is_file():
-        raise ManifestError(
-            f"{root} has no {MANIFEST_FILE}; expected an artifact folder written by `edge-ser convert`. "
-            "Re-run the conversion."
-        )
-    manifest = read_json(path)
-    if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("format_version") != ARTIFACT_FORMAT_VERSION:
-        raise ManifestError(
-            f"{path} has format {manifest.get('format')!r} v{manifest.get('format_version')}; expected "
-            f"{ARTIFACT_FORMAT!r} v{ARTIFACT_FORMAT_VERSION}. Re-convert with this edge-ser version."
-        )
-    if verify_files:
-        found = file_hashes(root)
-        listed = manifest.get("files", {})
-        missing = sorted(set(listed) - set(found))
-        extra = sorted(set(found) - set(listed))
-        changed = sorted(rel for rel in set(listed) & set(found) if listed[rel] != found[rel])
-        if missing or extra or changed:
-            raise ManifestError(
-                f"{root} does not match its manifest: missing {missing}, unlisted {extra}, changed {changed}; "
-                "expected the files exactly as converted. Re-run `edge-ser convert --overwrite`."
-            )
-    return manifest

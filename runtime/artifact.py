@@ -25,26 +25,6 @@ OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
 INPUT_NAME = "waveform"
 
 
-def file_records(root: str | os.PathLike, names: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """sha256 and size of each named file, or of every file inside a named folder.
-
-    Folder entries (a ``.mlpackage``) are recorded file by file as ``folder/sub/path``.
-    """
-    root = Path(root)
-    records: dict[str, dict[str, Any]] = {}
-    for name in names:
-        path = root / name
-        if path.is_dir():
-            for sub in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = sub.relative_to(root).as_posix()
-                records[rel] = {"sha256": sha256_file(sub), "bytes": sub.stat().st_size}
-        elif path.is_file():
-            records[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-        else:
-            raise ManifestError(f"artifact file {path} does not exist; cannot record it in the manifest.")
-    return records
-
-
 @dataclasses.dataclass(frozen=True)
 class ArtifactManifest:
     """The parsed ``manifest.json`` of an artifact folder."""
@@ -124,7 +104,15 @@ def read_manifest(artifact_dir: str | os.PathLike, *, verify: bool = True) -> Ar
 
 
 def verify_files(manifest: ArtifactManifest) -> None:
-    """Check that every file the manifest lists exists with the recorded sha256 and size."""
+    """Check that every file the manifest lists exists with the recorded sha256, and that the
+    folder holds no file it does not list (a stale or injected file)."""
+    on_disk = {p.relative_to(manifest.root).as_posix() for p in manifest.root.rglob("*") if p.is_file()}
+    unlisted = sorted(on_disk - set(manifest.files) - {MANIFEST_FILE})
+    if unlisted:
+        raise ManifestError(
+            f"{manifest.root} holds unlisted {unlisted}; expected exactly the files of its manifest. Re-run "
+            "`edge-ser convert --overwrite` or copy the artifact folder again."
+        )
     for rel, record in manifest.files.items():
         path = manifest.root / rel
         if not path.is_file():
