@@ -40,6 +40,7 @@ class DemoConfig:
     quick: bool = False
     window_s: float = 3.0
     seed: int = 0
+    artifacts: tuple[tuple[str, str], ...] = DEMO_ARTIFACTS
 
     @property
     def corpus_kind(self) -> str:
@@ -224,7 +225,7 @@ class _Demo:
         train = self.outputs("train")
         run_dir = train["runs"][train["main"]]["convert_run"]
         artifacts = {}
-        for target, precision in DEMO_ARTIFACTS:
+        for target, precision in self.c.artifacts:
             out = self.p("artifacts", f"{target}-{precision}")
             t0 = time.perf_counter()
             result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out,

@@ -53,8 +53,9 @@ def _accuracy_section(report_dir: Path, root: Path, *, heading: str) -> list[str
     for name, entry in sets.items():
         s = summary_metrics(entry)
         counts = entry.get("counts", {})
+        speakers = counts.get("speakers", entry.get("speakers", "–"))
         lines.append(
-            f"| {name} | {counts.get('utterances', entry.get('n_utterances', '–'))} | {entry.get('speakers', '–')} | "
+            f"| {name} | {counts.get('utterances', entry.get('n_utterances', '–'))} | {speakers} | "
             f"{_fmt(s.get('UAR@1'))} | {_fmt(s.get('UAR@2'))} | {_fmt(s.get('UAR@3'))} | {_fmt(s.get('CCC Act'))} | "
             f"{_fmt(s.get('CCC Val'))} | {_fmt(s.get('CCC Dom'))} | {_fmt(s.get('paUAR-50@1'), 1)} | "
             f"{_fmt(s.get('paUAR-75@1'), 1)} | {_fmt(s.get('ECE'))} |")
@@ -98,7 +99,8 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
         f"- Noisy test copies: babble noise at {', '.join(steps['noisy']['sets'])} "
         f"(split: {steps['noisy']['split']}).", "",
         "## Foundation model and layer kept", "",
-        f"- Foundation model: **{model}** (weights: {WEIGHTS_LICENSES.get(family, 'see its model card')}).",
+        f"- Foundation model: **{model}** (weights: "
+        f"{'random initialisation (tiny test model): no pretrained weights' if model.startswith('tiny-') else WEIGHTS_LICENSES.get(family, 'see its model card')}).",
         f"- CCS saliency chose layer **{k}** of {n} (rule: {sal['rule']}); blocks {k + 1}..{n} are cut off "
         f"({100 * (n - k) / n:.0f} % of the transformer blocks skipped).",
         f"- Saliency plot: `{_rel(sal['saliency_png'], root)}`", "",
