@@ -34,7 +34,7 @@ def _path(var: str, default: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ravdess_eval_inputs(tmp_path_factory, real_work_dir):
+def ravdess_eval_inputs(request, tmp_path_factory, real_work_dir):
     folds_value = os.environ.get("EDGE_SER_EVAL_FOLDS")
     if folds_value:
         folds = Path(folds_value)
@@ -42,7 +42,7 @@ def ravdess_eval_inputs(tmp_path_factory, real_work_dir):
         if not any(folds.glob("fold*_seed*/run.json")):
             pytest.fail(f"EDGE_SER_EVAL_FOLDS={folds} has no finished fold runs (fold*_seed*/run.json)")
     else:
-        features = tmp_path_factory.getfixturevalue("ravdess_whisper_features")
+        features = request.getfixturevalue("ravdess_whisper_features")
         from edge_ser.saliency import load_saliency
         from edge_ser.train.trainer import TrainConfig, train_folds
 
