@@ -103,6 +103,12 @@ def test_gender_pa_uar_is_within_gender(tables, reports):
         assert entry["n_speakers"] == 3
         # percent of that gender's 3 speakers, e.g. 2 of 3 above 50% -> 66.7
         assert entry["pa_uar"]["1"]["50"] == pytest.approx(100 * sum(v > 0.5 for v in subset.values()) / 3)
+        # pooled UAR over that gender's utterances, recomputed directly from the table
+        table = tables["clean"]
+        rows = table[table["speaker"].isin(speakers) & table["label"].isin(list(REPORTED_CATEGORIES))]
+        probs = rows[[f"pred_{c}" for c in CATEGORIES]].to_numpy()
+        expected = m.uar_at_k(probs, rows["label"].tolist(), k=1, classes=REPORTED_CATEGORIES)
+        assert entry["uar"]["1"] == pytest.approx(expected)
 
 
 def test_write_report_files(report_dir):

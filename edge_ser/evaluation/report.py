@@ -287,9 +287,14 @@ def evaluate_predictions(
                 pa[str(k)] = {str(x): metrics.pa_uar(spk, x=x) for x in PA_UAR_THRESHOLDS}
             for gender in sorted(set(speaker_gender.values()) - {"unknown"}, key=_gender_order):
                 subset = {s: v for s, v in spk.items() if speaker_gender.get(s) == gender}
-                entry = by_gender.setdefault(gender, {"n_speakers": len(subset), "pa_uar": {}})
+                entry = by_gender.setdefault(gender, {"n_speakers": len(subset), "pa_uar": {}, "uar": {}})
                 if subset:
                     entry["pa_uar"][str(k)] = {str(x): metrics.pa_uar(subset, x=x) for x in PA_UAR_THRESHOLDS}
+                # UAR over this gender's utterances (pooled, not per speaker)
+                rows = np.array([speaker_gender.get(s) == gender for s in groups_s], dtype=bool)
+                if rows.any():
+                    entry["uar"][str(k)] = _nan_to_none(
+                        float(np.nanmean(metrics.recall_from_hits(ref_s[rows], hits_s[rows], cls))))
         if tuple(classes) != tuple(REPORTED_CATEGORIES):
             reported_idx = metrics.class_indices(REPORTED_CATEGORIES)
             if np.isin(ref_idx, reported_idx).any():
@@ -529,9 +534,11 @@ def _markdown(
     for n, r in reports.items():
         for gender, entry in r.pa_uar_by_gender.items():
             gender_rows.append([n, gender, entry["n_speakers"]]
+                               + [_pct((entry.get("uar") or {}).get(str(k))) for k in ks]
                                + [_pct_plain((entry["pa_uar"].get(str(k)) or {}).get(str(x)))
                                   for x in PA_UAR_THRESHOLDS for k in ks])
-    lines += _table(["Test set", "gender", "speakers"] + pa_header[2:], gender_rows) if gender_rows else \
+    lines += _table(["Test set", "gender", "speakers"] + [f"UAR@{k}" for k in ks] + pa_header[2:], gender_rows) \
+        if gender_rows else \
         ["No speaker has a known gender.", ""]
 
     lines += ["## Soft labels and calibration", ""]
