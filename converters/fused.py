@@ -1,19 +1,19 @@
-"""The fused, waveform-in model that every converter target exports, and long-audio windowing.
+"""The fused, waveform-in model that every converter target exports.
 
 ``FusedSER`` = front (truncated foundation model or MFBF0, input normalisation inside) +
 head (the TC-GRU export variant). It takes exactly ``window_samples`` samples of 16 kHz
 mono float32 audio and returns ``(probs, avd, embedding)``; this is the graph contract
 of the artifact folder (docs/architecture.md).
 
-Longer audio is cut into fixed windows by :func:`timeline_windows` and the per-window
-outputs are combined by :func:`aggregate_windows`; the runtime uses both.
+Longer audio is windowed by the runtime (``edge_ser.runtime.EmotionModel.predict`` averages
+windows, ``.timeline`` returns them); :func:`fit_to_window` cuts calibration/validation clips.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class FusedSER(nn.Module):
             raise AudioError(
                 f"waveform has shape {tuple(waveform.shape)}; expected (1, {self.window_samples}) "
                 f"({self.window_s:g} s at {SAMPLE_RATE} Hz). Crop/pad with "
-                "edge_ser.converters.fused.fit_to_window or cut long audio with timeline_windows."
+                "edge_ser.converters.fused.fit_to_window, or run long audio through edge_ser.runtime (it windows it)."
             )
         features = self.front(waveform)
         avd, logits, embedding = self.head(features)
@@ -228,49 +228,7 @@ def _is_jsonable(value: Any) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Fixed windows over long audio
-
-
-@dataclasses.dataclass(frozen=True)
-class Window:
-    """One model input cut from a longer signal: samples ``[start, stop)`` of the signal,
-    zero-padded at the end to the window length when ``stop - start`` is shorter."""
-
-    start: int
-    stop: int
-
-    @property
-    def n_valid(self) -> int:
-        return self.stop - self.start
-
-
-def timeline_windows(n_samples: int, *, window: int, hop: int) -> list[Window]:
-    """Cover ``n_samples`` with windows of ``window`` samples every ``hop`` samples.
-
-    - Audio no longer than one window gives one window ``[0, n_samples)`` (zero-padded
-      at the end to ``window``).
-    - Otherwise windows start at 0, hop, 2*hop, ...; when the last regular window does
-      not reach the end, one more window is aligned to end exactly at ``n_samples``, so
-      every sample is covered and no window is padded.
-
-    >>> timeline_windows(100, window=40, hop=30)
-    [Window(start=0, stop=40), Window(start=30, stop=70), Window(start=60, stop=100)]
-    >>> timeline_windows(10, window=40, hop=20)
-    [Window(start=0, stop=10)]
-    """
-    if window <= 0 or hop <= 0:
-        raise ValueError(f"window={window}, hop={hop}; expected positive sample counts (e.g. window=48000, hop=24000).")
-    if hop > window:
-        raise ValueError(f"hop={hop} > window={window} would skip audio; expected hop <= window.")
-    if n_samples <= 0:
-        raise AudioError(f"signal has {n_samples} samples; expected at least one sample of audio.")
-    if n_samples <= window:
-        return [Window(0, int(n_samples))]
-    n_regular = 1 + (n_samples - window) // hop
-    windows = [Window(i * hop, i * hop + window) for i in range(n_regular)]
-    if windows[-1].stop < n_samples:
-        windows.append(Window(n_samples - window, n_samples))
-    return windows
+# One window from a clip (calibration and validation audio)
 
 
 def fit_to_window(waveform: np.ndarray, window_samples: int, *, crop: str = "center") -> np.ndarray:
@@ -287,64 +245,4 @@ def fit_to_window(waveform: np.ndarray, window_samples: int, *, crop: str = "cen
     return np.pad(wave, (0, window_samples - len(wave)))
 
 
-def window_batch(waveform: np.ndarray, windows: Sequence[Window], *, window_samples: int) -> np.ndarray:
-    """Stack the windows of a mono signal into ``(W, window_samples)`` float32, zero-padded."""
-    wave = np.asarray(waveform, dtype=np.float32)
-    out = np.zeros((len(windows), window_samples), dtype=np.float32)
-    for i, win in enumerate(windows):
-        out[i, : win.n_valid] = wave[win.start : win.stop]
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class AggregatedPrediction:
-    """Utterance-level outputs from per-window outputs (see :func:`aggregate_windows`)."""
-
-    probs: tuple[float, ...]
-    avd: tuple[float, ...]
-    embedding: tuple[float, ...]
-    n_windows: int
-
-    @property
-    def label(self) -> str:
-        return CATEGORIES[int(np.argmax(self.probs))]
-
-
-def aggregate_windows(
-    *, probs: np.ndarray, avd: np.ndarray, embedding: np.ndarray, windows: Sequence[Window]
-) -> AggregatedPrediction:
-    """Average window outputs, each weighted by how many real (unpadded) samples it holds.
-
-    ``probs (W, 9)``, ``avd (W, 3)``, ``embedding (W, E)``. Weighting by real samples keeps
-    the tail window, when padded, from counting as much as a full one. Probabilities stay
-    a distribution (a convex combination of distributions).
-    """
-    probs, avd, embedding = (np.asarray(a, dtype=np.float64) for a in (probs, avd, embedding))
-    n = len(windows)
-    if n == 0 or not (len(probs) == len(avd) == len(embedding) == n):
-        raise ValueError(
-            f"got {len(windows)} windows and outputs with {len(probs)}/{len(avd)}/{len(embedding)} rows; "
-            "expected one output row per window, at least one window."
-        )
-    weights = np.array([w.n_valid for w in windows], dtype=np.float64)
-    weights /= weights.sum()
-    return AggregatedPrediction(
-        probs=tuple(float(v) for v in weights @ probs),
-        avd=tuple(float(v) for v in weights @ avd),
-        embedding=tuple(float(v) for v in weights @ embedding),
-        n_windows=n,
-    )
-
-
-def n_windows(n_samples: int, *, window: int, hop: int) -> int:
-    """How many windows :func:`timeline_windows` returns (cheap, for progress bars)."""
-    if n_samples <= window:
-        return 1
-    n_regular = 1 + (n_samples - window) // hop
-    return n_regular + int((n_regular - 1) * hop + window < n_samples)
-
-
-__all__ = [
-    "FusedSER", "build_fused_model", "frames_for_window", "timeline_windows", "Window", "fit_to_window",
-    "window_batch", "aggregate_windows", "AggregatedPrediction", "n_windows", "OUTPUT_NAMES", "INPUT_NAME",
-]
+__all__ = ["FusedSER", "build_fused_model", "frames_for_window", "fit_to_window", "OUTPUT_NAMES", "INPUT_NAME"]

@@ -18,12 +18,8 @@ import torch
 from edge_ser.converters.backends import TARGETS, get_backend
 from edge_ser.converters.fused import (
     FusedSER,
-    aggregate_windows,
     build_fused_model,
     fit_to_window,
-    n_windows,
-    timeline_windows,
-    window_batch,
 )
 from edge_ser.converters.manifest import ARTIFACT_FORMAT, file_hashes
 from edge_ser.runtime.artifact import read_manifest
@@ -115,26 +111,7 @@ def test_build_fused_model_rejects_bad_layer(tiny_fm, tiny_head):
         build_fused_model(feature_model=tiny_fm, layer=7, head=tiny_head, window_s=WINDOW_S)
 
 
-def test_timeline_windows_cover_signal_and_aggregate():
-    windows = timeline_windows(100, window=40, hop=30)
-    assert [(w.start, w.stop) for w in windows] == [(0, 40), (30, 70), (60, 100)]
-    assert n_windows(100, window=40, hop=30) == 3
-    for n in (1, 39, 40, 41, 95, 1000, 1013):
-        ws = timeline_windows(n, window=40, hop=17)
-        covered = np.zeros(n, bool)
-        for w in ws:
-            assert w.n_valid == min(40, n) and 0 <= w.start < w.stop <= n
-            covered[w.start:w.stop] = True
-        assert covered.all() and len(ws) == n_windows(n, window=40, hop=17)
-    short = timeline_windows(10, window=40, hop=20)
-    batch = window_batch(np.ones(10, np.float32), short, window_samples=40)
-    assert batch.shape == (1, 40) and batch[0, :10].sum() == 10 and batch[0, 10:].sum() == 0
-    ws = [*timeline_windows(100, window=40, hop=40)]  # (0,40) (40,80) (60,100)
-    probs = np.eye(9)[[0, 1, 1]]
-    agg = aggregate_windows(probs=probs, avd=np.ones((3, 3)), embedding=np.zeros((3, 4)), windows=ws)
-    assert agg.probs[1] == pytest.approx(2 / 3) and sum(agg.probs) == pytest.approx(1.0) and agg.label == "happy"
-    with pytest.raises(ValueError, match="hop"):
-        timeline_windows(100, window=40, hop=41)
+def test_fit_to_window_centre_crops():
     assert fit_to_window(np.arange(10, dtype=np.float32), 4).tolist() == [3, 4, 5, 6]
 
 
