@@ -56,8 +56,10 @@ class Backend:
 
     name: str = ""
     artifact_file: str = ""
-    unroll_gru: bool = True
-    """Whether the fused model's GRU must be written out per frame for this target."""
+    gru_form: str = "unrolled"
+    """How the fused model's GRU is written for this target: ``"native"`` (``nn.GRU``),
+    ``"unrolled"`` (per frame) or ``"scan"`` (one ``torch.scan`` per layer); see
+    :mod:`edge_ser.train.model`."""
     precisions: Mapping[str, PrecisionSpec] = {}
 
     def versions(self) -> dict[str, str]:

@@ -18,7 +18,7 @@ ONNX_FILE = "model.onnx"
 class OnnxBackend(Backend):
     name = "onnx"
     artifact_file = ONNX_FILE
-    unroll_gru = False  # ONNX has a native GRU op; the per-frame graph only slows export (minutes at 3 s)
+    gru_form = "native"  # ONNX has a native GRU op; the per-frame graph only slows export (minutes at 3 s)
     precisions = {
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations"),
         "int8": PrecisionSpec(

@@ -64,10 +64,27 @@ class FusedSER(nn.Module):
         probs = torch.softmax(logits, dim=-1)
         return probs, avd, embedding
 
+    def with_gru_form(self, gru_form: str) -> "FusedSER":
+        """This model with the head's GRU written in ``gru_form`` (``"native"``, ``"unrolled"`` or
+        ``"scan"``, see :func:`build_fused_model`); same outputs. A head without ``to_export``
+        (already an export form, or not a TC-GRU) is kept as it is. Shares the front's weights."""
+        _check_gru_form(gru_form)
+        if gru_form == "native" or not hasattr(self.head, "to_export"):
+            return self
+        head = self.head.to_export(frames_for_window(self.front, self.window_samples), gru_form=gru_form).eval()
+        fused = FusedSER(self.front, head, window_samples=self.window_samples).eval()
+        fused.source = self.source
+        return fused
+
     def example_input(self) -> torch.Tensor:
         """A deterministic ``(1, window_samples)`` float32 input for tracing (not for calibration)."""
         generator = torch.Generator().manual_seed(0)
         return 0.1 * torch.randn(1, self.window_samples, generator=generator)
+
+
+def _check_gru_form(gru_form: str) -> None:
+    if gru_form not in ("native", "unrolled", "scan"):
+        raise ValueError(f"gru_form={gru_form!r}; expected 'native', 'unrolled' or 'scan'.")
 
 
 def frames_for_window(front: nn.Module, window_samples: int) -> int:
@@ -91,20 +108,22 @@ def build_fused_model(
     window_s: float = 3.0,
     weights: str | Path | None = None,
     random_init: bool = False,
-    unroll_gru: bool = True,
+    gru_form: str = "native",
 ) -> FusedSER:
     """Truncate the feature model at the run's layer and fuse it with the trained head.
 
-    ``unroll_gru``: use the head's export variant (GRU written out per frame), which XNNPACK
-    delegates and Core ML converts; ``False`` keeps ``nn.GRU``, which ONNX exports as one
-    native GRU op (small graph, fast export, ONNX Runtime's own GRU kernel).
+    ``gru_form``: ``"native"`` (default) keeps the training head with ``nn.GRU`` (ONNX exports
+    it as one GRU op; the reference for parity); ``"unrolled"`` writes the GRU out per frame
+    (Core ML converts it); ``"scan"`` makes it one ``torch.scan`` per layer (ExecuTorch lowers
+    the step once and XNNPACK runs it). All three compute the same outputs. The converter
+    pipeline picks each target's form itself (:meth:`FusedSER.with_gru_form`).
 
     Either ``run_dir`` (a training run folder; feature model, layer and weights come from
     its run info) or ``feature_model`` (a registry name such as ``"tiny-wavlm"``,
     ``"mfbf0"``, or an already loaded foundation model), ``layer`` and ``head``.
 
-    The head is replaced by its ``to_export(frames)`` variant when it has one (the
-    unrolled GRU that XNNPACK and Core ML accept; same outputs as the training module).
+    Unless ``gru_form="native"``, the head is replaced by its ``to_export(frames, gru_form=...)``
+    variant when it has one (same outputs as the training module).
     Returns a :class:`FusedSER` in eval mode with ``.source`` describing where it came from.
     """
     if window_s <= 0:
@@ -142,12 +161,12 @@ def build_fused_model(
             "used for feature extraction> (--weights), or re-extract features and retrain."
         )
     source.update(front_source)
-    head = head.eval()
-    if unroll_gru and hasattr(head, "to_export"):
-        head = head.to_export(frames_for_window(front, window_samples)).eval()
-    fused = FusedSER(front.eval(), head, window_samples=window_samples).eval()
+    if hasattr(front, "for_window"):
+        front = front.for_window(window_samples)
+    _check_gru_form(gru_form)
+    fused = FusedSER(front.eval(), head.eval(), window_samples=window_samples).eval()
     fused.source = source
-    return fused
+    return fused.with_gru_form(gru_form)
 
 
 def run_provenance(run_info: dict[str, Any], *, run_dir: Path) -> dict[str, Any]:

@@ -117,11 +117,14 @@ def convert(
     calibration = list(calibration_waveforms)
     timings: dict[str, float] = {}
     fused = fused.eval()
+    # The target's GRU form (ONNX: nn.GRU; Core ML: per frame; ExecuTorch: scan). Validation
+    # compares the artifact with `fused` as given, so a form change is part of the measured error.
+    lowered_model = fused.with_gru_form(backend.gru_form)
 
     start = time.perf_counter()
-    module: torch.nn.Module = fused
+    module: torch.nn.Module = lowered_model
     if spec.calibrated:
-        module = quantize_pt2e_xnnpack_int8(fused, calibration_waveforms=calibration, window_samples=window)
+        module = quantize_pt2e_xnnpack_int8(lowered_model, calibration_waveforms=calibration, window_samples=window)
         timings["quantize"] = time.perf_counter() - start
     example = fused.example_input()
     with torch.no_grad():
@@ -257,7 +260,7 @@ def convert_run(
     backend = get_backend(target)
     backend.precision(precision)  # fail on bad names before loading any model
     _refuse_existing(Path(out), overwrite=overwrite)
-    fused = build_fused_model(run_dir=run_dir, window_s=window_s, unroll_gru=backend.unroll_gru)
+    fused = build_fused_model(run_dir=run_dir, window_s=window_s)
     provenance = fused.source["provenance"]
     corpus_dir = Path(provenance["corpus_dir"] or "")
     if not provenance["corpus_dir"] or not corpus_dir.is_dir():

@@ -113,7 +113,7 @@ def _reference_model(*, run_dir: Path, source: Mapping[str, Any], window_samples
     from edge_ser.labels import SAMPLE_RATE
 
     # The reference is the trained module itself (nn.GRU), not an export variant of it.
-    fused = build_fused_model(run_dir=run_dir, window_s=window_samples / SAMPLE_RATE, unroll_gru=False)
+    fused = build_fused_model(run_dir=run_dir, window_s=window_samples / SAMPLE_RATE)
     rebuilt = fused.source
     for key in ("feature_model", "layer"):
         if key in source and source[key] is not None and str(rebuilt.get(key)) != str(source[key]):

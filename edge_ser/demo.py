@@ -270,7 +270,7 @@ class _Demo:
         runs = 10 if self.c.quick else 30
         threads = 2
         torch.set_num_threads(threads)
-        fused = build_fused_model(run_dir=conv["run"], window_s=self.c.window_s, unroll_gru=False)
+        fused = build_fused_model(run_dir=conv["run"], window_s=self.c.window_s)
         window = torch.zeros(1, fused.window_samples)
         window[0].normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():

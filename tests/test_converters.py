@@ -157,6 +157,10 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
     if target == "executorch":
         d = manifest["delegation"]
         assert d["delegated_subgraphs"] >= 1 and d["delegated_nodes"] > d["portable_nodes"]
+        # The GRU (one layer in this head) runs as one scan loop whose step is inside XNNPACK
+        # (bmm = the hidden projection), not as per-frame portable kernels.
+        assert d["portable_ops"].get("scan") == 1 and d["delegated_ops"].get("aten_bmm_default", 0) >= 1, d
+        assert not any(op.startswith(("aten_sigmoid", "aten_tanh", "aten_bmm")) for op in d["portable_ops"]), d
     if target == "coreml" and sys.platform != "darwin":
         assert parity["ran"] is False
         verification = json.loads((out / "parity.json").read_text())["verification"]

@@ -1,4 +1,4 @@
-"""TC-GRU: parameter counts, padding invariance, the unrolled export twin."""
+"""TC-GRU: parameter counts, padding invariance, the export twins (unrolled and scan GRU)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_ser.train.model import TCGRU, UnrolledGRU
+from edge_ser.train.model import TCGRU, ScanGRU, UnrolledGRU
 
 
 
@@ -82,6 +82,52 @@ def test_unrolled_gru_matches_nn_gru_at_spec_size():
         want, _ = gru(x)
         got = UnrolledGRU(gru, fixed_frames=30)(x)
     assert (got - want).abs().max() < 1e-5
+
+
+def test_scan_gru_matches_nn_gru_at_spec_size():
+    torch.manual_seed(2)
+    gru = torch.nn.GRU(256, 256, num_layers=2, batch_first=True)
+    # Non-zero biases everywhere, so folding b_hr/b_hz and keeping b_hn inside r * (...) is checked.
+    with torch.no_grad():
+        for name, p in gru.named_parameters():
+            if "bias" in name:
+                p.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 40, 256)
+    with torch.no_grad():
+        want, _ = gru(x)
+        got = ScanGRU(gru, fixed_frames=40)(x)
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+
+
+def test_scan_gru_refuses_batches():
+    gru = torch.nn.GRU(8, 8, batch_first=True)
+    with pytest.raises(ValueError, match=r"expected \(1, frames, features\).*batch 1"):
+        ScanGRU(gru, fixed_frames=5)(torch.randn(2, 5, 8))
+
+
+def test_export_form_is_checked():
+    with pytest.raises(ValueError, match="gru_form='loop'; expected one of unrolled, scan"):
+        _small_model().to_export(5, gru_form="loop")
+
+
+@pytest.mark.parametrize("frames", [1, 25])
+def test_scan_export_variant_matches_and_exports_one_step(frames):
+    model = _small_model()
+    exportable = model.to_export(frames, gru_form="scan")
+    x = torch.randn(1, frames, 12) * 2
+    with torch.no_grad():
+        want = model(x)
+        got = exportable(x)
+    for name in ("avd", "logits", "embedding"):
+        err = (getattr(got, name) - getattr(want, name)).abs().max()
+        assert err < 1e-5, (name, float(err))
+    program = torch.export.export(exportable, (x,))
+    ops = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    # One scan per GRU layer, whatever the window: the graph does not grow with the frames.
+    assert sum("scan" in op for op in ops) == model.gru_layers, ops
+    assert not any("gru" in op for op in ops), ops
+    out = program.module()(x)
+    assert torch.allclose(out.logits, want.logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("frames", [1, 25])

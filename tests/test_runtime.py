@@ -2,8 +2,7 @@
 tampered/foreign manifests, Core ML off macOS, and the `predict` / `bench` CLI.
 
 Two artifacts are converted once per module from the same fused model: ONNX fp32 and
-ExecuTorch fp32 (tiny random Whisper cut at block 1 + a 1-layer TC-GRU head, 0.3 s window;
-the short window keeps the unrolled GRU, and with it ExecuTorch lowering, small).
+ExecuTorch fp32 (tiny random Whisper cut at block 1 + a 1-layer TC-GRU head, 0.3 s window).
 """
 
 from __future__ import annotations

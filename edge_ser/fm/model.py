@@ -122,11 +122,13 @@ class _PositionRows(nn.Module):
         return F.embedding(positions, self.table.weight)
 
 
-def whisper_encoder_for_positions(encoder: nn.Module, n_positions: int) -> nn.Module:
+def whisper_encoder_for_positions(encoder: nn.Module, n_positions: int, *, copy_rows: bool = False) -> nn.Module:
     """A shallow clone of a transformers ``WhisperEncoder`` that accepts ``2 * n_positions`` mel frames.
 
     Slices the positional table **and** sets ``config.max_source_positions`` (either
-    alone fails in transformers). Parameters are shared with `encoder`.
+    alone fails in transformers). Parameters are shared with `encoder`; with ``copy_rows``
+    the clone owns a copy of only the rows it uses (for export: a 3 s graph then stores
+    150 of Whisper's 1500 positional rows).
     """
     table = encoder.embed_positions
     table = table.table if isinstance(table, _PositionRows) else table
@@ -136,7 +138,11 @@ def whisper_encoder_for_positions(encoder: nn.Module, n_positions: int) -> nn.Mo
             f"({WHISPER_MAX_SECONDS:.0f} s). Split long audio into windows of at most {WHISPER_MAX_SECONDS:.0f} s."
         )
     clone = _shallow_module_clone(encoder)
-    clone._modules["embed_positions"] = _PositionRows(table, n_positions)
+    if copy_rows:
+        rows = table.weight.detach()[: int(n_positions)].clone()
+        clone._modules["embed_positions"] = nn.Embedding.from_pretrained(rows, freeze=True)
+    else:
+        clone._modules["embed_positions"] = _PositionRows(table, n_positions)
     config = copy.copy(encoder.config)
     config.max_source_positions = int(n_positions)
     clone.config = config
@@ -177,6 +183,16 @@ class TruncatedFoundationModel(nn.Module):
             encoder = whisper_encoder_for_positions(self.body, mel.shape[-1] // 2)
             return encoder(mel).last_hidden_state
         return self.body(features).last_hidden_state
+
+    def for_window(self, n_samples: int) -> "TruncatedFoundationModel":
+        """A copy for inputs of exactly `n_samples` (export): same outputs, Whisper keeps only
+        the positional rows that length uses. Other families need nothing and return self."""
+        if self.spec.family != "whisper":
+            return self
+        with torch.no_grad():
+            mel = whisper_even_mel(self.front_end(torch.zeros(1, int(n_samples))))
+        body = whisper_encoder_for_positions(self.body, mel.shape[-1] // 2, copy_rows=True)
+        return TruncatedFoundationModel(spec=self.spec, layer=self.layer, front_end=self.front_end, body=body).eval()
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,18 @@ Training path (:class:`TCGRU`)::
       -> Linear 256 -> 256 + ReLU = embedding
       -> heads: Linear 256 -> 3 (arousal, valence, dominance), Linear 256 -> 9 (category logits)
 
-Export path (:meth:`TCGRU.to_export`): same weights, fixed window length, no padding, the GRU
-written out step by step with ``nn.Linear`` and elementwise ops only, because ``nn.GRU``
-does not delegate to XNNPACK and Core ML rejects ``aten.gru`` (see STACK.md).
+Export path (:meth:`TCGRU.to_export`): same weights, fixed window length, no padding, and the
+GRU in one of two forms, because ``nn.GRU`` does not delegate to XNNPACK and Core ML rejects
+``aten.gru`` (see STACK.md):
+
+- ``"unrolled"`` (:class:`UnrolledGRU`): written out frame by frame with ``nn.Linear`` and
+  elementwise ops. Core ML converts it; for ExecuTorch the graph grows with the window
+  (about 15 nodes per frame and layer) and lowering takes minutes.
+- ``"scan"`` (:class:`ScanGRU`): the input projections for all frames in one ``nn.Linear``,
+  the recurrence as one ``torch.scan`` over frames whose body (one step) is lowered once.
+  ExecuTorch emits the scan as a loop and XNNPACK takes the body (with
+  :class:`edge_ser.converters.backend_executorch.ScanXnnpackPartitioner`): lowering
+  takes seconds, whatever the window length.
 """
 
 from __future__ import annotations
@@ -23,7 +32,10 @@ from torch import nn
 
 from edge_ser.labels import CATEGORIES, DIMENSIONS
 
-__all__ = ["TCGRU", "TCGRUOutput", "UnrolledGRU", "TCGRUExport", "model_hyperparameters"]
+__all__ = ["TCGRU", "TCGRUOutput", "UnrolledGRU", "ScanGRU", "TCGRUExport", "GRU_FORMS", "model_hyperparameters"]
+
+#: Export forms of the GRU (see the module docstring).
+GRU_FORMS: tuple[str, ...] = ("unrolled", "scan")
 
 
 class TCGRUOutput(NamedTuple):
@@ -156,9 +168,12 @@ class TCGRU(nn.Module):
         embedding = self.dropout(torch.relu(self.embedding(pooled)))
         return TCGRUOutput(avd=self.avd_head(embedding), logits=self.class_head(embedding), embedding=embedding)
 
-    def to_export(self, frames: int) -> "TCGRUExport":
-        """An export-ready copy for a fixed, unpadded window of `frames` frames (eval mode, no dropout)."""
-        return TCGRUExport(self, frames=frames)
+    def to_export(self, frames: int, *, gru_form: str = "unrolled") -> "TCGRUExport":
+        """An export-ready copy for a fixed, unpadded window of `frames` frames (eval mode, no dropout).
+
+        gru_form: ``"unrolled"`` (any batch; Core ML) or ``"scan"`` (batch 1; ExecuTorch), see the module docstring.
+        """
+        return TCGRUExport(self, frames=frames, gru_form=gru_form)
 
 
 def model_hyperparameters(model: TCGRU) -> dict[str, int | float]:
@@ -239,13 +254,7 @@ class UnrolledGRU(nn.Module):
 
     def __init__(self, gru: nn.GRU, *, fixed_frames: int) -> None:
         super().__init__()
-        if gru.bidirectional or not gru.batch_first or not gru.bias:
-            raise ValueError(
-                f"UnrolledGRU needs a unidirectional batch_first nn.GRU with biases; got bidirectional="
-                f"{gru.bidirectional}, batch_first={gru.batch_first}, bias={gru.bias}."
-            )
-        if int(fixed_frames) < 1:
-            raise ValueError(f"fixed_frames={fixed_frames!r}; expected a positive number of frames.")
+        _check_export_gru(gru, fixed_frames, "UnrolledGRU")
         self.fixed_frames = int(fixed_frames)
         self.layers = nn.ModuleList(
             _UnrolledGRULayer(
@@ -261,6 +270,91 @@ class UnrolledGRU(nn.Module):
         return x
 
 
+def _gru_layer_weights(gru: nn.GRU, layer: int) -> tuple[torch.Tensor, ...]:
+    return tuple(getattr(gru, f"{name}_l{layer}").detach().clone()
+                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
+def _check_export_gru(gru: nn.GRU, frames: int, form: str) -> None:
+    if gru.bidirectional or not gru.batch_first or not gru.bias:
+        raise ValueError(
+            f"{form} needs a unidirectional batch_first nn.GRU with biases; got bidirectional="
+            f"{gru.bidirectional}, batch_first={gru.batch_first}, bias={gru.bias}."
+        )
+    if int(frames) < 1:
+        raise ValueError(f"fixed_frames={frames!r}; expected a positive number of frames.")
+
+
+class _ScanGRULayer(nn.Module):
+    """One GRU layer as ``torch.scan`` over frames (batch 1), from one ``nn.GRU`` layer's weights.
+
+    Gate order r, z, n as in ``nn.GRU``. The input projections of every frame are one
+    ``nn.Linear(in, 3H)`` (b_hr and b_hz folded into its bias); the scan body computes
+    ``h W_hh^T`` with ``bmm`` against a (1, H, 3H) buffer and adds ``[0, 0, b_hn]``. The carry
+    is kept (1, 1, H) and the per-step output is a copy of it (scan outputs may not alias).
+    """
+
+    def __init__(self, *, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> None:
+        super().__init__()
+        hidden = int(w_hh.shape[1])
+        self.hidden = hidden
+        bias = b_ih.clone()
+        bias[: 2 * hidden] += b_hh[: 2 * hidden]
+        self.inp = _linear(w_ih, bias)
+        self.register_buffer("w_hh_t", w_hh.t().contiguous().reshape(1, hidden, 3 * hidden))
+        b_hidden = torch.zeros(1, 1, 3 * hidden)
+        b_hidden[..., 2 * hidden:] = b_hh[2 * hidden:]
+        self.register_buffer("b_hidden", b_hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (1, frames, in_dim) -> (1, frames, H)."""
+        from torch._higher_order_ops.scan import scan  # torch's scan HOP (no public alias in 2.13)
+
+        hidden = self.hidden
+        gates_x = self.inp(x).transpose(0, 1)  # (frames, 1, 3H): scan runs over dim 0
+        w_hh_t, b_hidden = self.w_hh_t, self.b_hidden
+
+        def step(h: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            gh = torch.bmm(h, w_hh_t) + b_hidden  # (1, 1, 3H)
+            gx = gx.reshape(1, 1, 3 * hidden)
+            rz = torch.sigmoid(gx[:, :, : 2 * hidden] + gh[:, :, : 2 * hidden])
+            r, z = rz[:, :, :hidden], rz[:, :, hidden:]
+            n = torch.tanh(gx[:, :, 2 * hidden:] + r * gh[:, :, 2 * hidden:])
+            h_next = n + z * (h - n)
+            return h_next, h_next.reshape(1, hidden).clone()
+
+        _, outputs = scan(step, torch.zeros(1, 1, hidden, dtype=x.dtype), gates_x)  # (frames, 1, H)
+        return outputs.transpose(0, 1)
+
+
+class ScanGRU(nn.Module):
+    """A multi-layer unidirectional ``nn.GRU`` (batch_first) as one ``torch.scan`` per layer.
+
+    Same outputs as the source ``nn.GRU`` for batch 1 and `fixed_frames` frames; the exported
+    graph has one scan per layer whose body is a single GRU step, so its size does not grow
+    with the window. Input (1, fixed_frames, input_size) -> (1, fixed_frames, H).
+    """
+
+    def __init__(self, gru: nn.GRU, *, fixed_frames: int) -> None:
+        super().__init__()
+        _check_export_gru(gru, fixed_frames, "ScanGRU")
+        self.fixed_frames = int(fixed_frames)
+        self.layers = nn.ModuleList(
+            _ScanGRULayer(**dict(zip(("w_ih", "w_hh", "b_ih", "b_hh"), _gru_layer_weights(gru, i))))
+            for i in range(gru.num_layers)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[0] != 1:
+            raise ValueError(
+                f"ScanGRU input has shape {tuple(x.shape)}; expected (1, frames, features): the scan form runs "
+                "batch 1 (one window per call). Use UnrolledGRU or nn.GRU for batches."
+            )
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
 class TCGRUExport(nn.Module):
     """Export-ready TC-GRU for a fixed, unpadded window (eval-mode, weights copied from a :class:`TCGRU`).
 
@@ -269,16 +363,20 @@ class TCGRUExport(nn.Module):
     (XNNPACK's mean wants 4-D input).
     """
 
-    def __init__(self, model: TCGRU, *, frames: int) -> None:
+    def __init__(self, model: TCGRU, *, frames: int, gru_form: str = "unrolled") -> None:
         super().__init__()
         if int(frames) < 1:
             raise ValueError(f"frames={frames!r}; expected the fixed window length in feature frames (>= 1).")
+        if gru_form not in GRU_FORMS:
+            raise ValueError(f"gru_form={gru_form!r}; expected one of {', '.join(GRU_FORMS)}.")
+        self.gru_form = gru_form
         self.frames = int(frames)
         self.input_dim = model.input_dim
         self.register_buffer("feat_mean", model.feat_mean.detach().clone())
         self.register_buffer("feat_inv_std", 1.0 / model.feat_std.detach().clone())
         self.conv = _copy_module(model.conv)
-        self.gru = UnrolledGRU(model.gru, fixed_frames=self.frames)
+        gru_cls = ScanGRU if gru_form == "scan" else UnrolledGRU
+        self.gru = gru_cls(model.gru, fixed_frames=self.frames)
         self.embedding = _copy_module(model.embedding)
         self.avd_head = _copy_module(model.avd_head)
         self.class_head = _copy_module(model.class_head)
