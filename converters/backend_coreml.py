@@ -151,8 +151,10 @@ def verify_mlpackage(
       * fp32: exact; fp16: |e| <= 2^-11 |w| + 6e-8 (round to nearest half precision);
       * int8: |e| <= 0.6 s_c + 2^-10 |w| + 1e-7 with s_c = max|w_c| / 127 (half a step, plus the
         fp16 rounding of the stored scale and weights), and at most 255 levels per channel;
-      * palette4: at most 16 distinct values per tensor and rel_err <= 0.15 (k-means with 16
-        levels gives about 0.06 on uniform and 0.10 on Gaussian weights).
+      * palette4: at most 16 distinct values per tensor and rel_err <= 1.1 x the error of an
+        independent 16-level 1-D k-means of the same source tensor (:func:`kmeans_1d_rel_err`)
+        + 0.005. A fixed bound does not fit every tensor: 16 levels give about 0.06 on uniform,
+        0.10 on Gaussian and up to ~0.18 on heavy-tailed real weights (Whisper-base measured).
 
     Returns ``{"passed", "io", "weights": [...], "summary", "unmatched"}``.
     """
@@ -216,13 +218,32 @@ def _compare_weight(name: str, stored: np.ndarray, source: np.ndarray, *, stored
         ok = bool(np.all(err.reshape(flat_src.shape) <= bound)) and levels <= 255
     elif stored_as == "palette4":
         levels = int(len(np.unique(stored)))
-        ok = levels <= 16 and rel <= 0.15
+        reference = kmeans_1d_rel_err(source, levels=16)
+        ok = levels <= 16 and rel <= 1.1 * reference + 0.005
     else:
         levels = None
         ok = False
     return {"name": name, "stored_as": stored_as, "shape": list(source.shape), "numel": int(source.size),
             "max_abs_err": float(err.max()), "mean_abs_err": float(err.mean()), "rel_err": rel,
             "levels": levels, "within_bound": ok}
+
+
+def kmeans_1d_rel_err(weights: np.ndarray, *, levels: int = 16, iterations: int = 25) -> float:
+    """||w_q - w|| / ||w|| of a 1-D k-means (Lloyd, quantile start) of all values of `weights`
+    with `levels` centroids: the error a correct palettization should roughly reach."""
+    values = np.sort(np.asarray(weights, dtype=np.float64).ravel())
+    norm = float(np.linalg.norm(values))
+    if values.size == 0 or norm == 0.0:
+        return 0.0
+    centroids = np.unique(np.quantile(values, (np.arange(levels) + 0.5) / levels))
+    for _ in range(iterations):
+        edges = (centroids[1:] + centroids[:-1]) / 2.0
+        bins = np.searchsorted(edges, values)
+        sums = np.bincount(bins, weights=values, minlength=len(centroids))
+        counts = np.bincount(bins, minlength=len(centroids))
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids)
+    edges = (centroids[1:] + centroids[:-1]) / 2.0
+    return float(np.linalg.norm(values - centroids[np.searchsorted(edges, values)]) / norm)
 
 
 def _check_io(spec: Any, expected: Mapping[str, Any] | None) -> dict[str, Any]:

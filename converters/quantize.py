@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from edge_ser.errors import AudioError
@@ -24,9 +25,12 @@ DYNAMIC = True
 """Dynamic int8 activations for XNNPACK. Static per-tensor activation ranges cannot hold the
 power spectrum inside the waveform-in graph (its values span ~10 decades, int8 spans ~2), so a
 statically quantized STFT/mel front end loses most of the log-mel; the dynamic config annotates
-linear layers only (all transformer and GRU matmuls), leaves the front-end convolutions float32,
-and STACK.md measured it faster (14.5 vs 19.1 ms) and closer (cosine 0.99994 vs 0.99992) than
-static int8 on a Whisper-base-sized encoder."""
+linear layers and 2-D convolutions, and STACK.md measured it faster (14.5 vs 19.1 ms) and closer
+(cosine 0.99994 vs 0.99992) than static int8 on a Whisper-base-sized encoder.
+
+Learned ``nn.Conv1d`` layers (Whisper's two input convs, the TC-GRU conv) are rewritten as
+equivalent height-1 ``Conv2d`` (:func:`conv1d_as_conv2d`) so the dynamic config quantizes them
+too; the STFT/mel basis of the front end is a functional conv on a buffer and stays float32."""
 
 
 def calibration_tensors(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_samples: int) -> list[torch.Tensor]:
@@ -74,6 +78,53 @@ def _xnnpack_quantizer(*, keep_scalar_operands: bool, module_names: Sequence[str
     return quantizer
 
 
+class Conv1dAs2d(nn.Module):
+    """An ``nn.Conv1d`` computed as ``Conv2d`` over a height-1 image (same weights, same outputs).
+
+    XNNPACK's dynamically quantized convolution is 2-D only (the PT2E quantizer skips 1-D
+    convs under a dynamic config), so this is how a Conv1d gets int8 weights there.
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(
+                f"Conv1d with padding={conv.padding!r}, padding_mode={conv.padding_mode!r}; expected numeric zero "
+                "padding (the only kind rewritten as Conv2d)."
+            )
+        self.conv = nn.Conv2d(
+            conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), stride=(1, conv.stride[0]),
+            padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), groups=conv.groups,
+            bias=conv.bias is not None,
+        )
+        with torch.no_grad():
+            self.conv.weight.copy_(conv.weight.unsqueeze(2))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias)
+        # Callers read these off the Conv1d (transformers' Whisper checks input length with stride).
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.unsqueeze(2)).squeeze(2)
+
+
+def conv1d_as_conv2d(module: nn.Module) -> tuple[nn.Module, int]:
+    """A deep copy of `module` with every ``nn.Conv1d`` replaced by :class:`Conv1dAs2d`; returns
+    (copy, number replaced). The original (which may share weights with a reference) is untouched."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    replaced = 0
+    for parent in list(clone.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Conv1d:
+                setattr(parent, name, Conv1dAs2d(child))
+                replaced += 1
+    return clone, replaced
+
+
 def quantize_pt2e_xnnpack_int8(
     module: torch.nn.Module,
     *,
@@ -100,6 +151,10 @@ def quantize_pt2e_xnnpack_int8(
             f"got {len(tensors)} calibration waveforms; expected at least {MIN_CALIBRATION_UTTERANCES} real "
             "utterances from the run's training split (e.g. --calibration-utterances 32)."
         )
+    module, _ = conv1d_as_conv2d(module.eval())
+    for layer in module.modules():  # the scan GRU's hidden weights: int8 storage (see store_hidden_int8)
+        if hasattr(layer, "store_hidden_int8"):
+            layer.store_hidden_int8()
     graph = torch.export.export(module.eval(), (tensors[0],), strict=False).module()
     prepared = prepare_pt2e(graph, _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names))
     with torch.no_grad():

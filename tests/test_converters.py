@@ -273,3 +273,46 @@ def test_cli_choices_come_from_registry():
     assert "[coreml|executorch|onnx]" in result.output and "[fp32|fp16|int8|palette4]" in result.output
     bad = CliRunner().invoke(root, ["convert", "--run", ".", "--target", "tflite", "--out", "x"])
     assert bad.exit_code != 0 and "coreml" in bad.output
+
+
+def test_palette4_bound_follows_a_reference_kmeans():
+    from edge_ser.converters.backend_coreml import _compare_weight, kmeans_1d_rel_err
+
+    rng = np.random.default_rng(0)
+    # Known 16-level quantization errors: ~0.062 uniform, ~0.102 Gaussian, heavier tails more.
+    assert 0.055 < kmeans_1d_rel_err(rng.uniform(-1, 1, 50_000)) < 0.07
+    assert 0.09 < kmeans_1d_rel_err(rng.normal(size=50_000)) < 0.11
+    heavy = rng.standard_t(3, size=(64, 512))
+    assert kmeans_1d_rel_err(heavy) > 0.15
+    # A palette as good as k-means passes even above 0.15 on heavy tails ...
+    values = np.sort(heavy.ravel())
+    centroids = np.quantile(values, (np.arange(16) + 0.5) / 16)
+    for _ in range(25):
+        edges = (centroids[1:] + centroids[:-1]) / 2
+        bins = np.searchsorted(edges, values)
+        centroids = np.bincount(bins, weights=values, minlength=16) / np.maximum(np.bincount(bins, minlength=16), 1)
+    edges = (centroids[1:] + centroids[:-1]) / 2
+    good = centroids[np.searchsorted(edges, heavy.ravel())].reshape(heavy.shape)
+    assert _compare_weight("w", good, heavy, stored_as="palette4")["within_bound"]
+    # ... a poor one (16 evenly spaced levels over the range) or one with too many levels does not.
+    levels = np.linspace(heavy.min(), heavy.max(), 16)
+    poor = levels[np.abs(heavy[..., None] - levels).argmin(-1)]
+    assert not _compare_weight("w", poor, heavy, stored_as="palette4")["within_bound"]
+    assert not _compare_weight("w", np.round(heavy, 1), heavy, stored_as="palette4")["within_bound"]
+
+
+def test_conv1d_as_conv2d_is_exact_and_leaves_the_source_alone():
+    from edge_ser.converters.quantize import Conv1dAs2d, conv1d_as_conv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(6, 8, 3, stride=2, padding=1), torch.nn.GELU(),
+                                torch.nn.Conv1d(8, 4, 5, padding=2, dilation=1))
+    x = torch.randn(1, 6, 41)
+    rewritten, n = conv1d_as_conv2d(model)
+    assert n == 2 and all(isinstance(m, Conv1dAs2d) for m in (rewritten[0], rewritten[2]))
+    assert isinstance(model[0], torch.nn.Conv1d), "the source model must not be modified"
+    assert rewritten[0].stride == (2,) and rewritten[0].kernel_size == (3,)
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), model(x), atol=1e-6)
+    with pytest.raises(ValueError, match="padding='same'"):
+        Conv1dAs2d(torch.nn.Conv1d(2, 2, 3, padding="same"))

@@ -305,6 +305,23 @@ class _ScanGRULayer(nn.Module):
         b_hidden = torch.zeros(1, 1, 3 * hidden)
         b_hidden[..., 2 * hidden:] = b_hh[2 * hidden:]
         self.register_buffer("b_hidden", b_hidden)
+        self.hidden_int8 = False
+
+    def store_hidden_int8(self) -> None:
+        """Keep ``W_hh`` as int8 (symmetric, one scale per output column) and dequantize it once
+        per call, before the loop: the loop body's ``bmm`` takes the weight as a loop input,
+        where XNNPACK has no int8 path, so this quantizes storage, not the step's arithmetic."""
+        w = self.w_hh_t
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # (1, 1, 3H)
+        self.register_buffer("w_hh_q", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
+        self.register_buffer("w_hh_scale", scale)
+        del self.w_hh_t
+        self.hidden_int8 = True
+
+    def _hidden_weight(self) -> torch.Tensor:
+        if self.hidden_int8:
+            return self.w_hh_q.to(torch.float32) * self.w_hh_scale
+        return self.w_hh_t
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (1, frames, in_dim) -> (1, frames, H)."""
@@ -312,7 +329,7 @@ class _ScanGRULayer(nn.Module):
 
         hidden = self.hidden
         gates_x = self.inp(x).transpose(0, 1)  # (frames, 1, 3H): scan runs over dim 0
-        w_hh_t, b_hidden = self.w_hh_t, self.b_hidden
+        w_hh_t, b_hidden = self._hidden_weight(), self.b_hidden
 
         def step(h: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             gh = torch.bmm(h, w_hh_t) + b_hidden  # (1, 1, 3H)
@@ -388,7 +405,9 @@ class TCGRUExport(nn.Module):
     def forward(self, x: torch.Tensor) -> TCGRUOutput:
         """x: (B, frames, F) float32 -> TCGRUOutput(avd (B, 3), logits (B, 9), embedding (B, E))."""
         x = (x - self.feat_mean) * self.feat_inv_std
-        h = torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2)
+        # ReLU after the transpose (same values): a conv whose only user is a ReLU is left float32
+        # by XNNPACK's dynamic int8 quantizer, which has no conv+relu pattern.
+        h = torch.relu(self.conv(x.transpose(1, 2)).transpose(1, 2))
         out = self.gru(h)
         pooled = torch.sum(out, dim=1) * self.inv_frames
         embedding = torch.relu(self.embedding(pooled))
