@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -238,3 +239,54 @@ def test_parallel_fold_workers_match_sequential_training(tmp_path):
         b = (tmp_path / "parallel" / f"fold{fold}_seed0" / "model.safetensors").read_bytes()
         assert a == b, f"fold {fold}: parallel training changed the weights"
     assert parallel.mean["valid_loss"] == pytest.approx(serial.mean["valid_loss"])
+
+
+def test_training_precision_is_resolved_and_checked():
+    from edge_ser.train.trainer import TrainConfig, cpu_has_native_bf16
+
+    assert TrainConfig().precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert TrainConfig(precision="fp32").precision == "fp32"
+    assert TrainConfig.from_dict(TrainConfig(precision="bf16").to_dict()).precision == "bf16"
+    with pytest.raises(ValueError, match="precision='fp16'; expected 'auto', 'fp32' or 'bf16'"):
+        TrainConfig(precision="fp16")
+
+
+_ORPHAN_SCRIPT = """
+import multiprocessing, os, sys, time
+
+def child(parent):
+    from edge_ser.train.trainer import _exit_with_parent
+    _exit_with_parent(parent, poll_s=0.2)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    proc = multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    proc.start()
+    print(proc.pid, flush=True)
+    time.sleep(3)  # let the child import and start its watcher
+    os._exit(0)  # die without joining, as a SIGKILL-ed parent would
+"""
+
+
+def test_fold_workers_exit_when_their_parent_dies(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "orphan.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    child = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        status = Path(f"/proc/{child}/status")
+        if status.is_file() and "State:\tZ" in status.read_text():
+            return  # exited; only waiting for its new parent to reap it
+        time.sleep(0.2)
+    os.kill(child, 9)
+    raise AssertionError(f"worker {child} was still running 20 s after its parent died")

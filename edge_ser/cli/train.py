@@ -49,27 +49,30 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @click.option("--lr", type=float, default=None, help="Adam learning rate (default 5e-4).")
 @click.option("--loss", type=click.Choice(sorted(LOSSES)), default=DEFAULT_LOSS, show_default=True,
               help="ccc12: CCC on 3 dims + 9 probabilities; ccc+kl: CCC dims + soft-target KL; hard: CCC + CE.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Training compute: bf16 autocast of conv/linear layers (GRU, loss, weights stay fp32), fp32, or "
+                   "auto = bf16 where the CPU has native bf16, else fp32.")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
 @click.option("--workers", default=1, show_default=True,
               help="With --folds: train this many runs at once (one process and one thread each).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-          resume: bool, workers: int, progress: bool) -> None:
+          precision: str, resume: bool, workers: int, progress: bool) -> None:
     """Train the TC-GRU multitask head on one layer of a feature cache."""
     from edge_ser.errors import EdgeSerError
 
     try:
         _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
-               patience=patience, batch_size=batch_size, lr=lr, loss=loss, resume=resume, workers=workers,
-               progress=progress)
+               patience=patience, batch_size=batch_size, lr=lr, loss=loss, precision=precision, resume=resume,
+               workers=workers, progress=progress)
     except EdgeSerError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
            epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-           resume: bool, progress: bool, workers: int = 1) -> None:
+           resume: bool, progress: bool, workers: int = 1, precision: str = "auto") -> None:
     from edge_ser.features.cache import FeatureCache
     from edge_ser.train.dataset import CacheFeatureSource
     from edge_ser.train.trainer import TrainConfig, train_folds, train_run
@@ -88,7 +91,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
         raise click.BadParameter("--seeds is empty; give at least one seed, e.g. 0.")
     overrides = {k: v for k, v in (("max_epochs", epochs), ("patience", patience), ("batch_size", batch_size),
                                    ("lr", lr)) if v is not None}
-    config = dataclasses.replace(TrainConfig(loss=loss), **overrides)
+    config = dataclasses.replace(TrainConfig(loss=loss, precision=precision), **overrides)
 
     if folds is not None:
         fold_list = None if folds.strip().lower() == "all" else _int_list(folds, what="--folds")

@@ -48,6 +48,17 @@ SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_co
 _RESUMABLE_CHANGES = ("max_epochs", "patience")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, read from
+    /proc/cpuinfo); elsewhere bf16 autocast is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Training hyperparameters (SPEC.md defaults) plus the TC-GRU sizes (SPEC.md section 2)."""
@@ -68,6 +79,12 @@ class TrainConfig:
     gru_layers: int = 2
     embed_dim: int = 256
     eval_batch_size: int = 64
+    precision: str = "auto"
+    """Training compute: ``"fp32"``, or ``"bf16"`` (CPU autocast: the conv and linear layers run
+    in bfloat16, the GRU, the loss and the weights stay float32; about 1.5x faster on CPUs with
+    native bf16, measured on RAVDESS features). ``"auto"`` picks bf16 where the CPU has native
+    bf16 units (AVX512-BF16 / AMX) and fp32 elsewhere; the resolved value is what gets stored.
+    Validation, evaluation and export always run in float32."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -79,6 +96,10 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}; expected a positive integer.")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig lr={self.lr!r}; expected a positive learning rate such as 5e-4.")
+        if self.precision == "auto":
+            object.__setattr__(self, "precision", "bf16" if cpu_has_native_bf16() else "fp32")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"TrainConfig precision={self.precision!r}; expected 'auto', 'fp32' or 'bf16'.")
         # Tuples survive a JSON round trip as lists; normalise so equality and hashing work.
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         object.__setattr__(self, "task_weights", tuple(float(w) for w in self.task_weights))
@@ -369,8 +390,9 @@ def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: Feature
                    total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
                    leave=False, disable=not progress)
     for batch in batches:
-        out = model(batch.x, batch.lengths)
-        loss = multitask_loss(avd=out.avd, logits=out.logits, soft_targets=batch.soft, dimensions=batch.dims,
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            out = model(batch.x, batch.lengths)
+        loss = multitask_loss(avd=out.avd.float(), logits=out.logits.float(), soft_targets=batch.soft, dimensions=batch.dims,
                               labels=batch.labels, kind=config.loss, task_weights=config.task_weights).total
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -431,7 +453,8 @@ def train_folds(
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                                initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_fold_worker, cache_dir=str(cache_dir), layer=layer, out=str(out), fold=fold,
                                seed=seed, k=k, config=config, resume=resume) for fold, seed, k in jobs]
         records = []
@@ -462,6 +485,20 @@ def _train_one_fold(source: FeatureSource, *, out: Path, fold: int, seed: int, k
                        out=run_dir, config=run_config, resume=resume and (run_dir / runs.STATE_FILE).is_file(),
                        progress=progress)
     return {"fold": fold, "seed": int(seed), **result.to_dict()}
+
+
+def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
+    """Worker initializer: end this worker when the process that started it is gone (killed
+    with SIGKILL, say), instead of training on as an orphan. Checked by a daemon thread."""
+    import threading
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train_fold_worker(*, cache_dir: str, layer: int, out: str, fold: int, seed: int, k: int, config: TrainConfig,
