@@ -1,4 +1,4 @@
-"""Atomic file writes and hashing. Nothing edge-ser writes is ever half-written."""
+"""Atomic file writes, hashing and manifest reading. Nothing edge-ser writes is ever half-written."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
+
+from edge_ser import __version__
+from edge_ser.errors import EdgeSerError, ManifestError
 
 
 def sha256_file(path: str | os.PathLike, *, chunk_size: int = 1 << 20) -> str:
@@ -71,6 +74,77 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read_versioned_manifest(
+    path: str | os.PathLike,
+    *,
+    kind: str,
+    expected_format: str,
+    supported_versions: Collection[int],
+    fix: str,
+    name_reader: bool = False,
+    missing_error: type[EdgeSerError] = ManifestError,
+) -> dict[str, Any]:
+    """Read a folder's ``manifest.json`` and check its ``format`` and ``format_version``.
+
+    The single place where the corpus, feature-cache and artifact readers refuse a
+    manifest; each reader keeps its own checks of the content (sha256 and so on).
+
+    Args:
+        path: the manifest file, e.g. ``corpus/manifest.json``.
+        kind: what the folder should be, as a noun phrase: ``"a prepared corpus folder"``.
+        expected_format: the ``format`` value the reader understands, e.g. ``"edge-ser-corpus"``.
+        supported_versions: the ``format_version`` values the reader understands, e.g. ``(1,)``.
+        fix: one or more sentences saying how to get a good folder; ends every message.
+        name_reader: say "this edge-ser (<version>) reads" instead of "expected" on a format
+            mismatch. The runtime sets it: its app usually runs another edge-ser install than
+            the one that wrote the artifact, so both versions are the useful facts there.
+        missing_error: the error raised when the manifest file is missing.
+
+    Returns:
+        The parsed manifest.
+
+    Raises:
+        ManifestError: the manifest is not valid JSON, not an object, of another format or of
+            an unsupported version. `missing_error` when the file does not exist.
+
+    >>> read_versioned_manifest("nowhere/manifest.json", kind="a prepared corpus folder",
+    ...                         expected_format="edge-ser-corpus", supported_versions=(1,),
+    ...                         fix="Make it with `edge-ser data prepare`.")
+    Traceback (most recent call last):
+    ...
+    edge_ser.errors.ManifestError: nowhere has no manifest.json; expected a prepared corpus folder. Make it with `edge-ser data prepare`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise missing_error(f"{path.parent} has no {path.name}; expected {kind}. {fix}")
+    try:
+        manifest = read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON ({exc}); expected the manifest of {kind}. {fix}") from exc
+    if not isinstance(manifest, dict):
+        raise ManifestError(
+            f"{path} holds a JSON {type(manifest).__name__}; expected an object with 'format' and "
+            f"'format_version', the manifest of {kind}. {fix}"
+        )
+    found_format, version = manifest.get("format"), manifest.get("format_version")
+    # bool is an int subclass: `true` must not pass for version 1.
+    version_ok = isinstance(version, int) and not isinstance(version, bool) and version in supported_versions
+    if found_format == expected_format and version_ok:
+        return manifest
+    expects = f"this edge-ser ({__version__}) reads" if name_reader else "expected"
+    versions = " or ".join(str(v) for v in sorted(supported_versions))
+    message = f"{path} has format {found_format!r} version {version!r}; {expects} {expected_format!r} version {versions}"
+    if found_format != expected_format:
+        raise ManifestError(f"{message}, the manifest of {kind}. {fix}")
+    written_by = manifest.get("edge_ser_version")
+    newer = isinstance(version, int) and not isinstance(version, bool) and version > max(supported_versions)
+    if newer:
+        note = f" Or upgrade edge-ser: the manifest was written by edge-ser {written_by!r} in a newer format."
+    else:
+        note = f" The manifest was written by edge-ser {written_by!r}." if written_by is not None else ""
+    raise ManifestError(f"{message}. {fix}{note}")
 
 
 def _json_default(obj: Any) -> Any:

@@ -8,14 +8,12 @@ An artifact folder holds ``manifest.json`` plus the model file(s) of one target
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from edge_ser import __version__
 from edge_ser.errors import ManifestError
-from edge_ser.io import sha256_file
+from edge_ser.io import read_versioned_manifest, sha256_file
 
 ARTIFACT_FORMAT = "edge-ser-artifact"
 ARTIFACT_FORMAT_VERSION = 1
@@ -62,22 +60,12 @@ def read_manifest(artifact_dir: str | os.PathLike, *, verify: bool = True) -> Ar
     """
     root = Path(artifact_dir)
     path = root / MANIFEST_FILE
-    if not path.is_file():
-        raise ManifestError(
-            f"{root} has no {MANIFEST_FILE}; expected an edge-ser artifact folder. "
-            "Create one with `edge-ser convert --run R --target T --out A`."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); re-run `edge-ser convert`.") from exc
-    fmt, version = raw.get("format"), raw.get("format_version")
-    if fmt != ARTIFACT_FORMAT or version != ARTIFACT_FORMAT_VERSION:
-        raise ManifestError(
-            f"{path} has format {fmt!r} version {version!r} (written by edge-ser {raw.get('edge_ser_version')!r}); "
-            f"this edge-ser ({__version__}) reads {ARTIFACT_FORMAT!r} version {ARTIFACT_FORMAT_VERSION}. "
-            "Re-convert the run with this version of edge-ser."
-        )
+    raw = read_versioned_manifest(
+        path, kind="an edge-ser artifact folder", expected_format=ARTIFACT_FORMAT,
+        supported_versions=(ARTIFACT_FORMAT_VERSION,),
+        fix="Re-convert the run with this version of edge-ser: `edge-ser convert --run R --target T --out A`.",
+        name_reader=True,
+    )
     target = raw.get("target")
     if target not in MODEL_FILES:
         raise ManifestError(f"{path}: unknown target {target!r}; expected one of {sorted(MODEL_FILES)}.")

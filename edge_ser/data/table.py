@@ -40,7 +40,9 @@ import pandas as pd
 
 from edge_ser import __version__
 from edge_ser.errors import CorpusError, ManifestError
-from edge_ser.io import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from edge_ser.io import (
+    read_versioned_manifest, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic,
+)
 from edge_ser.labels import CATEGORIES, DIMENSIONS, SAMPLE_RATE
 
 TABLE_FILE = "utterances.csv"
@@ -223,22 +225,12 @@ def save_corpus(
 def load_corpus(corpus_dir: str | os.PathLike, *, verify: bool = True) -> Corpus:
     """Load a prepared corpus folder; check format version and the table's sha256."""
     root = Path(corpus_dir)
-    manifest_path = root / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise CorpusError(
-            f"{root} has no {MANIFEST_FILE}; expected a prepared corpus folder. "
-            "Create one with `edge-ser data prepare` or `edge-ser data synth`."
-        )
-    try:
-        manifest = read_json(manifest_path)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{manifest_path} is not valid JSON ({exc}); re-create the corpus folder.") from exc
-    if manifest.get("format") != CORPUS_FORMAT or manifest.get("format_version") != CORPUS_FORMAT_VERSION:
-        raise ManifestError(
-            f"{manifest_path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
-            f"expected {CORPUS_FORMAT!r} version {CORPUS_FORMAT_VERSION}. Re-create it with this edge-ser "
-            f"({__version__})."
-        )
+    manifest = read_versioned_manifest(
+        root / MANIFEST_FILE, kind="a prepared corpus folder", expected_format=CORPUS_FORMAT,
+        supported_versions=(CORPUS_FORMAT_VERSION,),
+        fix=f"Re-create it with this edge-ser ({__version__}): `edge-ser data prepare` or `edge-ser data synth`.",
+        missing_error=CorpusError,  # a folder that is not a corpus at all is a corpus error, as it always was
+    )
     table_path = root / manifest.get("table_file", TABLE_FILE)
     if not table_path.is_file():
         raise CorpusError(f"{table_path} is missing; the manifest lists it. Re-create the corpus folder.")

@@ -36,7 +36,9 @@ import pandas as pd
 
 from edge_ser import __version__
 from edge_ser.errors import ManifestError
-from edge_ser.io import read_json, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic
+from edge_ser.io import (
+    read_json, read_versioned_manifest, sha256_bytes, sha256_file, write_bytes_atomic, write_json_atomic,
+)
 
 FEATURES_FORMAT = "edge-ser-features"
 FEATURES_FORMAT_VERSION = 1
@@ -295,21 +297,16 @@ class FeatureCache:
         """Open a cache folder; check its format version (and every file's sha256 if `verify`)."""
         root = Path(cache_dir)
         manifest_path = root / MANIFEST_FILE
-        if not manifest_path.is_file():
-            hint = (" It holds an unfinished extraction (progress.json): run the extraction again to resume it."
-                    if (root / PROGRESS_FILE).is_file() else "")
-            raise ManifestError(f"{root} has no {MANIFEST_FILE}; expected a feature cache folder made by "
-                                f"`edge-ser features extract`.{hint}")
-        try:
-            manifest = read_json(manifest_path)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{manifest_path} is not valid JSON ({exc}); re-run the extraction.") from exc
-        if manifest.get("format") != FEATURES_FORMAT or manifest.get("format_version") != FEATURES_FORMAT_VERSION:
-            raise ManifestError(
-                f"{manifest_path} has format {manifest.get('format')!r} version {manifest.get('format_version')!r}; "
-                f"expected {FEATURES_FORMAT!r} version {FEATURES_FORMAT_VERSION}. Re-extract the features with this "
-                f"edge-ser ({__version__}): `edge-ser features extract ... --no-resume`."
-            )
+        # The manifest is written last, so progress.json without it is a killed run: resume, do not redo.
+        if not manifest_path.is_file() and (root / PROGRESS_FILE).is_file():
+            fix = "It holds an unfinished extraction (progress.json): run the extraction again to resume it."
+        else:
+            fix = (f"Re-extract the features with this edge-ser ({__version__}): "
+                   "`edge-ser features extract ... --no-resume`.")
+        manifest = read_versioned_manifest(
+            manifest_path, kind="a feature cache folder made by `edge-ser features extract`",
+            expected_format=FEATURES_FORMAT, supported_versions=(FEATURES_FORMAT_VERSION,), fix=fix,
+        )
         for key in ("table_file", "index_file", "pooled_file"):
             if not (root / manifest[key]).is_file():
                 raise ManifestError(f"{root / manifest[key]} is missing; the manifest lists it. Re-run the extraction.")
