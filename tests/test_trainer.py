@@ -290,3 +290,30 @@ def test_fold_workers_exit_when_their_parent_dies(tmp_path):
         time.sleep(0.2)
     os.kill(child, 9)
     raise AssertionError(f"worker {child} was still running 20 s after its parent died")
+
+
+def test_length_buckets_cover_every_row_once_and_cut_padding():
+    from edge_ser.train.dataset import ArrayFeatureSource, iterate_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(20, 120, size=200)
+    frames = [np.zeros((n, 3), dtype=np.float32) for n in lengths]
+    source = ArrayFeatureSource(frames, soft_targets=np.full((200, 9), 1 / 9), dimensions=np.full((200, 3), np.nan),
+                                labels=np.zeros(200, dtype=np.int64), splits=["train"] * 200)
+    rows = np.arange(200)
+
+    def run(bucket):
+        batches = list(iterate_batches(source, rows, batch_size=16, shuffle=True, seed=3, epoch=1,
+                                       bucket_batches=bucket))
+        padded = sum(int(b.x.shape[0] * b.x.shape[1]) for b in batches)
+        return batches, padded
+
+    plain, padded_plain = run(0)
+    bucketed, padded_bucketed = run(4)
+    again, _ = run(4)
+    seen = np.concatenate([b.index.numpy() for b in bucketed])
+    assert sorted(seen.tolist()) == rows.tolist()  # every row exactly once
+    assert len(bucketed) == len(plain) == 13
+    assert [b.index.tolist() for b in again] == [b.index.tolist() for b in bucketed]  # deterministic
+    assert padded_bucketed < 0.9 * padded_plain
+    assert lengths.sum() <= padded_bucketed

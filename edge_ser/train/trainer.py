@@ -33,7 +33,7 @@ from edge_ser.io import read_json, write_json_atomic, write_text_atomic
 from edge_ser.labels import CATEGORIES, DIMENSIONS, REPORTED_CATEGORIES, CATEGORY_INDEX
 from edge_ser.train import runs
 from edge_ser.train.dataset import (
-    FeatureSource, feature_statistics, fold_splits, iterate_batches, split_indices, with_splits,
+    FeatureSource, feature_statistics, fold_splits, frame_counts, iterate_batches, split_indices, with_splits,
 )
 from edge_ser.train.losses import DEFAULT_LOSS, LOSSES, multitask_loss
 from edge_ser.train.model import TCGRU
@@ -79,6 +79,9 @@ class TrainConfig:
     gru_layers: int = 2
     embed_dim: int = 256
     eval_batch_size: int = 64
+    bucket_batches: int = 4
+    """Length bucketing of training batches: pools of this many batches are sorted by length
+    before cutting (see :func:`edge_ser.train.dataset.iterate_batches`); 0 or 1 = off."""
     precision: str = "auto"
     """Training compute: ``"fp32"``, or ``"bf16"`` (CPU autocast: the conv and linear layers run
     in bfloat16, the GRU, the loss and the weights stay float32; about 1.5x faster on CPUs with
@@ -91,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig loss={self.loss!r}; expected one of {sorted(LOSSES)}.")
         if self.select_on not in SELECTION_METRICS:
             raise ValueError(f"TrainConfig select_on={self.select_on!r}; expected one of {sorted(SELECTION_METRICS)}.")
+        if int(self.bucket_batches) < 0:
+            raise ValueError(f"TrainConfig bucket_batches={self.bucket_batches!r}; expected 0 (off) or a pool size >= 1.")
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}; expected a positive integer.")
@@ -315,6 +320,7 @@ def train_run(
             best = {"score": math.inf, "epoch": 0}
 
         started = time.perf_counter()
+        lengths = frame_counts(source) if config.bucket_batches > 1 else None
         epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
                       disable=not progress, initial=start_epoch - 1, total=config.max_epochs)
         for epoch in epochs:
@@ -322,7 +328,7 @@ def train_run(
                 break
             stopped_early = False
             train_loss, seen, seconds = _train_epoch(model, optimizer, source, train_rows, config=config, epoch=epoch,
-                                                     progress=progress)
+                                                     progress=progress, lengths=lengths)
             valid_loss, metrics = _evaluate(model, source, valid_rows, config=config, corpus_classes=corpus_classes)
             score = _selection_score(config, valid_loss, metrics)
             improved = score < best["score"]
@@ -380,13 +386,14 @@ def _fmt(value: float | None) -> str:
 
 
 def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: FeatureSource, rows: np.ndarray, *,
-                 config: TrainConfig, epoch: int, progress: bool) -> tuple[float, int, float]:
+                 config: TrainConfig, epoch: int, progress: bool,
+                 lengths: np.ndarray | None = None) -> tuple[float, int, float]:
     """One pass over the train rows; returns (mean batch loss weighted by batch size, utterances, seconds)."""
     model.train()
     total, seen = 0.0, 0
     started = time.perf_counter()
     batches = tqdm(iterate_batches(source, rows, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                                   epoch=epoch),
+                                   epoch=epoch, bucket_batches=config.bucket_batches, lengths=lengths),
                    total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
                    leave=False, disable=not progress)
     for batch in batches:
