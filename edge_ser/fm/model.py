@@ -133,9 +133,11 @@ def whisper_encoder_for_positions(encoder: nn.Module, n_positions: int, *, copy_
     table = encoder.embed_positions
     table = table.table if isinstance(table, _PositionRows) else table
     if not 0 < n_positions <= table.num_embeddings:
+        # One encoder position covers two 10 ms mel frames: 20 ms of audio.
+        seconds = table.num_embeddings * 0.02
         raise AudioError(
-            f"Whisper input needs {n_positions} encoder positions; the model has {table.num_embeddings} "
-            f"({WHISPER_MAX_SECONDS:.0f} s). Split long audio into windows of at most {WHISPER_MAX_SECONDS:.0f} s."
+            f"Whisper input needs {n_positions} encoder positions ({n_positions * 0.02:g} s); this encoder has "
+            f"{table.num_embeddings} ({seconds:g} s). Split long audio into windows of at most {seconds:g} s."
         )
     clone = _shallow_module_clone(encoder)
     if copy_rows:
