@@ -22,9 +22,9 @@ class ExecuTorchBackend(Backend):
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations, XNNPACK delegate"),
         "int8": PrecisionSpec(
             "int8", "pt2e-int8-dynamic-activations-xnnpack", True,
-            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer and learned "
-            "convolution (Conv1d run as height-1 Conv2d), int8 activations quantized per call (dynamic ranges); "
-            "the STFT/mel front end stays float32. The GRU's hidden-to-hidden weights are stored int8 per column "
+            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer and of the "
+            "TC-GRU conv (run as height-1 Conv2d), int8 activations quantized per call (dynamic ranges); the "
+            "STFT/mel front end and the foundation model's input convs stay float32. The GRU's hidden-to-hidden weights are stored int8 per column "
             "and dequantized once per call (the loop step runs float32). Prepared on training utterances.",
         ),
     }

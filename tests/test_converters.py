@@ -316,3 +316,5 @@ def test_conv1d_as_conv2d_is_exact_and_leaves_the_source_alone():
         assert torch.allclose(rewritten(x), model(x), atol=1e-6)
     with pytest.raises(ValueError, match="padding='same'"):
         Conv1dAs2d(torch.nn.Conv1d(2, 2, 3, padding="same"))
+    kept, n_kept = conv1d_as_conv2d(model, skip=("0",))
+    assert n_kept == 1 and type(kept[0]) is torch.nn.Conv1d and isinstance(kept[2], Conv1dAs2d)
