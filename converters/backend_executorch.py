@@ -39,6 +39,11 @@ class ExecuTorchBackend(Backend):
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path) -> Lowered:
         from executorch.exir import to_edge_transform_and_lower
 
+        if precision.calibrated:
+            # Quantize/dequantize ops that XNNPACK does not take (seen on WavLM-large) stay in the
+            # program; emitting them needs the quantized kernels' out variants registered.
+            import executorch.kernels.quantized  # noqa: F401
+
         start = time.perf_counter()
         edge = to_edge_transform_and_lower(exported, partitioner=[scan_xnnpack_partitioner()])
         delegation = delegation_summary(edge.exported_program().graph_module)

@@ -42,6 +42,10 @@ class ExecuTorchRunner:
             _unsafe_reset_threadpool(self.threads)
         except ImportError:  # pragma: no cover - older executorch
             pass
+        try:  # kernels for quantize/dequantize ops a program keeps outside XNNPACK (int8 WavLM does)
+            import executorch.kernels.quantized  # noqa: F401
+        except ImportError:  # pragma: no cover - a runtime build without them fails at load_method instead
+            pass
         program = Runtime.get().load_program(Path(model_path))
         self._method = program.load_method("forward")
 
