@@ -83,8 +83,11 @@ class FusedSER(nn.Module):
 
 
 def _check_gru_form(gru_form: str) -> None:
-    if gru_form not in ("native", "unrolled", "scan"):
-        raise ValueError(f"gru_form={gru_form!r}; expected 'native', 'unrolled' or 'scan'.")
+    from edge_ser.train.model import GRU_FORMS
+
+    forms = ("native", *GRU_FORMS)
+    if gru_form not in forms:
+        raise ValueError(f"gru_form={gru_form!r}; expected one of {', '.join(forms)}.")
 
 
 def frames_for_window(front: nn.Module, window_samples: int) -> int:
@@ -163,7 +166,6 @@ def build_fused_model(
     source.update(front_source)
     if hasattr(front, "for_window"):
         front = front.for_window(window_samples)
-    _check_gru_form(gru_form)
     fused = FusedSER(front.eval(), head.eval(), window_samples=window_samples).eval()
     fused.source = source
     return fused.with_gru_form(gru_form)

@@ -18,7 +18,7 @@ GRU in one of two forms, because ``nn.GRU`` does not delegate to XNNPACK and Cor
 - ``"scan"`` (:class:`ScanGRU`): the input projections for all frames in one ``nn.Linear``,
   the recurrence as one ``torch.scan`` over frames whose body (one step) is lowered once.
   ExecuTorch emits the scan as a loop and XNNPACK takes the body (with
-  :class:`edge_ser.converters.backend_executorch.ScanXnnpackPartitioner`): lowering
+  :func:`edge_ser.converters.backend_executorch.scan_xnnpack_partitioner`): lowering
   takes seconds, whatever the window length.
 """
 
@@ -257,11 +257,7 @@ class UnrolledGRU(nn.Module):
         _check_export_gru(gru, fixed_frames, "UnrolledGRU")
         self.fixed_frames = int(fixed_frames)
         self.layers = nn.ModuleList(
-            _UnrolledGRULayer(
-                w_ih=getattr(gru, f"weight_ih_l{i}"), w_hh=getattr(gru, f"weight_hh_l{i}"),
-                b_ih=getattr(gru, f"bias_ih_l{i}"), b_hh=getattr(gru, f"bias_hh_l{i}"), frames=self.fixed_frames,
-            )
-            for i in range(gru.num_layers)
+            _UnrolledGRULayer(**_gru_layer_weights(gru, i), frames=self.fixed_frames) for i in range(gru.num_layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,9 +266,10 @@ class UnrolledGRU(nn.Module):
         return x
 
 
-def _gru_layer_weights(gru: nn.GRU, layer: int) -> tuple[torch.Tensor, ...]:
-    return tuple(getattr(gru, f"{name}_l{layer}").detach().clone()
-                 for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+def _gru_layer_weights(gru: nn.GRU, layer: int) -> dict[str, torch.Tensor]:
+    """Copies of one ``nn.GRU`` layer's weights as the export layers' keyword arguments."""
+    return {key: getattr(gru, f"{name}_l{layer}").detach().clone()
+            for key, name in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"))}
 
 
 def _check_export_gru(gru: nn.GRU, frames: int, form: str) -> None:
@@ -357,8 +354,7 @@ class ScanGRU(nn.Module):
         _check_export_gru(gru, fixed_frames, "ScanGRU")
         self.fixed_frames = int(fixed_frames)
         self.layers = nn.ModuleList(
-            _ScanGRULayer(**dict(zip(("w_ih", "w_hh", "b_ih", "b_hh"), _gru_layer_weights(gru, i))))
-            for i in range(gru.num_layers)
+            _ScanGRULayer(**_gru_layer_weights(gru, i)) for i in range(gru.num_layers)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
