@@ -164,7 +164,12 @@ def quantize_pt2e_xnnpack_int8(
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()
     graph = torch.export.export(module.eval(), (tensors[0],), strict=False).module()
-    prepared = prepare_pt2e(graph, _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names))
+    quantizer = _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names)
+    # Loop bodies (the scan GRU step) are not annotated: an observer inside a loop body cannot be
+    # traced, and the step's int8 form is written by the model itself (store_hidden_int8).
+    top_level = graph.graph
+    quantizer.set_filter_function(lambda node: node.graph is top_level)
+    prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
         for t in tqdm(tensors, desc="calibrating int8", unit="utt", leave=False):
             prepared(t)

@@ -158,9 +158,14 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
         d = manifest["delegation"]
         assert d["delegated_subgraphs"] >= 1 and d["delegated_nodes"] > d["portable_nodes"]
         # The GRU (one layer in this head) runs as one scan loop whose step is inside XNNPACK
-        # (bmm = the hidden projection), not as per-frame portable kernels.
-        assert d["portable_ops"].get("scan") == 1 and d["delegated_ops"].get("aten_bmm_default", 0) >= 1, d
-        assert not any(op.startswith(("aten_sigmoid", "aten_tanh", "aten_bmm")) for op in d["portable_ops"]), d
+        # (a 1x1 conv = the hidden projection, its weight a constant of the delegate), not as
+        # per-frame portable kernels; int8 makes that step a dynamically quantized conv.
+        assert d["portable_ops"].get("scan") == 1, d
+        assert manifest["backend"]["lowering"]["loop_constants_in_delegate"] is True
+        assert not any(op.startswith(("aten_sigmoid", "aten_tanh", "aten_conv", "quantized_decomposed"))
+                       for op in d["portable_ops"]), d
+        if precision == "int8":
+            assert d["delegated_ops"].get("quantized_decomposed_choose_qparams_tensor", 0) >= 1, d
     if target == "coreml" and sys.platform != "darwin":
         assert parity["ran"] is False
         verification = json.loads((out / "parity.json").read_text())["verification"]
@@ -318,3 +323,45 @@ def test_conv1d_as_conv2d_is_exact_and_leaves_the_source_alone():
         Conv1dAs2d(torch.nn.Conv1d(2, 2, 3, padding="same"))
     kept, n_kept = conv1d_as_conv2d(model, skip=("0",))
     assert n_kept == 1 and type(kept[0]) is torch.nn.Conv1d and isinstance(kept[2], Conv1dAs2d)
+
+
+class _LoopWithConstant(torch.nn.Module):
+    """A scan whose body reads a weight: through a 1x1 conv (XNNPACK takes it) or a cumsum
+    (XNNPACK does not: a portable kernel would read the constant inside the loop)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = op
+        self.register_buffer("w", torch.randn(8, 8, 1, 1) * 0.3 if op == "conv" else torch.randn(1, 8, 1, 1) * 0.3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch._higher_order_ops.scan import scan
+
+        def step(h: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.op == "conv":
+                h_next = torch.tanh(torch.nn.functional.conv2d(h, self.w) + xt)
+            else:
+                h_next = torch.tanh(h * torch.cumsum(self.w, dim=1) + xt)
+            return h_next, h_next.reshape(1, 8).clone()
+
+        _, ys = scan(step, torch.zeros(1, 8, 1, 1), x.reshape(-1, 1, 8, 1, 1))
+        return ys.reshape(1, -1, 8)
+
+
+@pytest.mark.parametrize("op", ["conv", "cumsum"])
+def test_executorch_loop_constants_inlined_or_lowered_as_inputs(op, tmp_path):
+    from executorch.runtime import Runtime
+
+    backend = get_backend("executorch")
+    module = _LoopWithConstant(op).eval()
+    x = torch.randn(1, 6, 8)
+    lowered = backend.lower(torch.export.export(module, (x,), strict=False),
+                            precision=backend.precision("fp32"), out_dir=tmp_path)
+    # A constant a portable kernel would read inside the loop is never left there (the emitter
+    # would hand the kernel wrong data); the program is lowered with it as a loop input.
+    assert lowered.info["loop_constants_in_delegate"] is (op == "conv")
+    got = Runtime.get().load_program(tmp_path / lowered.files[0]).load_method("forward").execute([x])[0]
+    with torch.no_grad():
+        want = module(x)
+    assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())

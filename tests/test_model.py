@@ -132,3 +132,22 @@ def test_export_variant_matches_and_exports(frames, gru_form):
     out = program.module()(x)
     for name in ("avd", "logits"):
         assert torch.allclose(getattr(out, name), getattr(want, name), atol=1e-5)
+
+
+def test_scan_gru_int8_step_is_quantized_and_close():
+    torch.manual_seed(3)
+    gru = torch.nn.GRU(64, 64, num_layers=2, batch_first=True).eval()
+    x = torch.randn(1, 30, 64)
+    exact = ScanGRU(gru, fixed_frames=30)
+    quant = ScanGRU(gru, fixed_frames=30)
+    for layer in quant.layers:
+        layer.store_hidden_int8()
+        assert layer.w_hh_q.dtype == torch.int8 and not hasattr(layer, "w_hh")
+        # Dequantized weights are within half a step of the float ones, per output row.
+        w = gru.weight_hh_l0 if layer is quant.layers[0] else gru.weight_hh_l1
+        deq = layer.w_hh_q.reshape(w.shape).float() * layer.w_hh_scale[:, None]
+        assert ((deq - w).abs() <= layer.w_hh_scale[:, None] / 2 + 1e-7).all()
+    with torch.no_grad():
+        err = (quant(x) - exact(x)).abs().max()
+    # int8 state and weights: a small, non-zero error (zero would mean nothing was quantized).
+    assert 0 < err < 0.02, float(err)

@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from edge_ser.labels import CATEGORIES, DIMENSIONS
 
@@ -286,9 +287,13 @@ class _ScanGRULayer(nn.Module):
     """One GRU layer as ``torch.scan`` over frames (batch 1), from one ``nn.GRU`` layer's weights.
 
     Gate order r, z, n as in ``nn.GRU``. The input projections of every frame are one
-    ``nn.Linear(in, 3H)`` (b_hr and b_hz folded into its bias); the scan body computes
-    ``h W_hh^T`` with ``bmm`` against a (1, H, 3H) buffer and adds ``[0, 0, b_hn]``. The carry
-    is kept (1, 1, H) and the per-step output is a copy of it (scan outputs may not alias).
+    ``nn.Linear(in, 3H)`` (b_hr and b_hz folded into its bias); the scan body is one GRU step:
+    ``linear(h, W_hh, [0, 0, b_hn])``, the gates, and the new state. The carry is (1, H) and
+    the per-step output is a (1, 1, H) copy of it (scan outputs may not alias).
+
+    ``W_hh`` enters the body as a loop input when exported; the ExecuTorch lowering turns it
+    back into a constant of the body (:class:`edge_ser.converters.backend_executorch.InlineScanConstants`)
+    so XNNPACK packs it once instead of at every frame.
     """
 
     def __init__(self, *, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor, b_hh: torch.Tensor) -> None:
@@ -298,47 +303,66 @@ class _ScanGRULayer(nn.Module):
         bias = b_ih.clone()
         bias[: 2 * hidden] += b_hh[: 2 * hidden]
         self.inp = _linear(w_ih, bias)
-        self.register_buffer("w_hh_t", w_hh.t().contiguous().reshape(1, hidden, 3 * hidden))
-        b_hidden = torch.zeros(1, 1, 3 * hidden)
-        b_hidden[..., 2 * hidden:] = b_hh[2 * hidden:]
+        self.register_buffer("w_hh", w_hh.detach().clone().reshape(3 * hidden, hidden, 1, 1))  # 1x1 conv weight
+        b_hidden = torch.zeros(3 * hidden)
+        b_hidden[2 * hidden:] = b_hh[2 * hidden:]
         self.register_buffer("b_hidden", b_hidden)
         self.hidden_int8 = False
 
     def store_hidden_int8(self) -> None:
-        """Keep ``W_hh`` as int8 (symmetric, one scale per output column) and dequantize it once
-        per call, before the loop: the loop body's ``bmm`` takes the weight as a loop input,
-        where XNNPACK has no int8 path, so this quantizes storage, not the step's arithmetic."""
-        w = self.w_hh_t
-        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0  # (1, 1, 3H)
-        self.register_buffer("w_hh_q", torch.clamp(torch.round(w / scale), -127, 127).to(torch.int8))
-        self.register_buffer("w_hh_scale", scale)
-        del self.w_hh_t
+        """Make the step's hidden-to-hidden product int8: ``W_hh`` stored int8 (symmetric, one
+        scale per output row, the PT2E per-channel scheme) and the state quantized per step with
+        a dynamic per-tensor range, written with the same quantize/dequantize ops PT2E emits, so
+        XNNPACK runs it as one dynamically quantized fully-connected op (the PT2E quantizer
+        itself does not look inside loop bodies)."""
+        from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401  registers quantized_decomposed ops
+
+        w = self.w_hh  # (3H, H, 1, 1)
+        scale = w.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / 127.0  # (3H,)
+        self.register_buffer("w_hh_q", torch.clamp(torch.round(w / scale[:, None, None, None]), -127, 127).to(torch.int8))
+        self.register_buffer("w_hh_scale", scale.to(torch.float32))
+        self.register_buffer("w_hh_zero", torch.zeros(w.shape[0], dtype=torch.int64))
+        del self.w_hh
         self.hidden_int8 = True
 
-    def _hidden_weight(self) -> torch.Tensor:
-        if self.hidden_int8:
-            return self.w_hh_q.to(torch.float32) * self.w_hh_scale
-        return self.w_hh_t
+    def _hidden_product(self, h: torch.Tensor) -> torch.Tensor:
+        """``h W_hh^T + [0, 0, b_hn]`` for a (1, H, 1, 1) state, as a 1x1 ``conv2d``: unlike
+        ``linear``, which lowering decomposes inside loop bodies, a conv stays one op that
+        XNNPACK takes with a constant weight, in float32 or dynamically quantized int8."""
+        if not self.hidden_int8:
+            return F.conv2d(h, self.w_hh, self.b_hidden)
+        qd = torch.ops.quantized_decomposed
+        scale, zero = qd.choose_qparams.tensor(h, -128, 127, _DYNAMIC_QUANT_EPS, torch.int8)
+        h_q = qd.quantize_per_tensor.tensor(h, scale, zero, -128, 127, torch.int8)
+        h_dq = qd.dequantize_per_tensor.tensor(h_q, scale, zero, -128, 127, torch.int8)
+        w = qd.dequantize_per_channel.default(self.w_hh_q, self.w_hh_scale, self.w_hh_zero, 0, -127, 127, torch.int8)
+        return F.conv2d(h_dq, w, self.b_hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (1, frames, in_dim) -> (1, frames, H)."""
         from torch._higher_order_ops.scan import scan  # torch's scan HOP (no public alias in 2.13)
 
         hidden = self.hidden
-        gates_x = self.inp(x).transpose(0, 1)  # (frames, 1, 3H): scan runs over dim 0
-        w_hh_t, b_hidden = self._hidden_weight(), self.b_hidden
+        # (frames, 1, 3H, 1, 1): scan runs over dim 0; each step sees (1, 3H, 1, 1), the layout of
+        # the 1x1 conv, so the body has no reshape between its ops.
+        gates_x = self.inp(x).reshape(-1, 1, 3 * hidden, 1, 1)
 
         def step(h: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            gh = torch.bmm(h, w_hh_t) + b_hidden  # (1, 1, 3H)
-            gx = gx.reshape(1, 1, 3 * hidden)
-            rz = torch.sigmoid(gx[:, :, : 2 * hidden] + gh[:, :, : 2 * hidden])
-            r, z = rz[:, :, :hidden], rz[:, :, hidden:]
-            n = torch.tanh(gx[:, :, 2 * hidden:] + r * gh[:, :, 2 * hidden:])
+            gh = self._hidden_product(h)  # (1, 3H, 1, 1)
+            rz = torch.sigmoid(gx[:, : 2 * hidden] + gh[:, : 2 * hidden])
+            r, z = rz[:, :hidden], rz[:, hidden:]
+            n = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
             h_next = n + z * (h - n)
+            # A copy in another shape: scan outputs may not alias the carry, and a same-shape
+            # clone is folded away in lowering, leaving XNNPACK one node as two outputs.
             return h_next, h_next.reshape(1, hidden).clone()
 
-        _, outputs = scan(step, torch.zeros(1, 1, hidden, dtype=x.dtype), gates_x)  # (frames, 1, H)
-        return outputs.transpose(0, 1)
+        _, outputs = scan(step, torch.zeros(1, hidden, 1, 1, dtype=x.dtype), gates_x)  # (frames, 1, H)
+        return outputs.reshape(1, -1, hidden)
+
+
+_DYNAMIC_QUANT_EPS = 2.0 ** -12
+"""eps of the dynamic activation range, as XNNPACK's PT2E dynamic config uses."""
 
 
 class ScanGRU(nn.Module):
