@@ -1,6 +1,9 @@
 """Conversion benchmark: Whisper-base truncated at a middle layer + the TC-GRU head, 3 s window.
 
-Heavy (several minutes on 2 cores); not part of the test suite. Run it directly:
+The issue-7 target check. Heavy (several minutes on 2 cores); not part of the test suite.
+``bench_runtime.py`` gives the per-window latency/size table of every artifact kind; this file
+times eager, ExecuTorch fp32 and int8 round-robin on the same input (one call of each per
+round, so machine drift hits the three alike) and checks the ratios. Run it directly:
 
     OMP_NUM_THREADS=2 python benchmarks/bench_convert.py --out bench-out [--layer 3] [--threads 2]
 
@@ -8,7 +11,8 @@ or through pytest-benchmark (``pytest benchmarks/bench_convert.py``; results lan
 ``extra_info``). Measures, in one process so ratios share the machine's state:
 
 - eager PyTorch fp32 latency of the fused model (p50/p90, ``--threads`` threads),
-- ExecuTorch fp32 and int8: lowering time, ``.pte`` size, latency, delegation summary,
+- ExecuTorch fp32 and int8: lowering time, ``.pte`` size, latency (interleaved with eager),
+  delegation summary,
 - Core ML fp32 and palette4: ``.mlpackage`` sizes (prediction needs macOS),
 
 and checks them against the issue's targets (ExecuTorch fp32 latency <= eager; int8 <= 0.4x
@@ -37,30 +41,31 @@ import torch
 from edge_ser.converters.fused import build_fused_model
 from edge_ser.converters.pipeline import convert
 from edge_ser.io import write_json_atomic
-from edge_ser.labels import SAMPLE_RATE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime import speechlike  # noqa: E402  (one speech-like signal for every benchmark)
 
 TARGETS = {"et_fp32_vs_eager": 1.0, "et_int8_vs_eager": 0.4, "lowering_s": 120.0, "pte_int8_vs_fp32": 0.30,
            "coreml_palette4_vs_fp32": 0.16}
 
 
-def _speechlike(seed: int, n: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(n) / SAMPLE_RATE
-    phase = 2 * np.pi * rng.uniform(90, 250) * (t + 0.02 * np.sin(2 * np.pi * 4 * t))
-    wave = sum(np.sin(k * phase) / k for k in range(1, 8)) * np.abs(np.sin(2 * np.pi * rng.uniform(2, 5) * t))
-    return (0.2 * wave + 0.01 * rng.standard_normal(n)).astype(np.float32)
-
-
-def _latency(run: Callable[[np.ndarray], Any], x: np.ndarray, *, warmup: int, repeats: int) -> dict[str, float]:
-    for _ in range(warmup):
-        run(x)
-    times = []
+def _interleaved_latency(runs: dict[str, Callable[[np.ndarray], Any]], x: np.ndarray, *, warmup: int,
+                         repeats: int) -> dict[str, dict[str, float]]:
+    """p50/p90 (ms) of each callable, timed round-robin: one call of each per round."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run(x)
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return {"p50_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))], "n": repeats}
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {}
+    for name, values in times.items():
+        values.sort()
+        out[name] = {"p50_ms": statistics.median(values), "p90_ms": values[int(0.9 * (len(values) - 1))], "n": repeats}
+    return out
 
 
 def run_sizes_only(*, out: Path, model: str, layer: int, window_s: float = 3.0, validation: int = 1,
@@ -87,8 +92,8 @@ def run_sizes_only(*, out: Path, model: str, layer: int, window_s: float = 3.0, 
     for target, precision in pairs:
         start = time.perf_counter()
         result = convert(fused=fused, target=target, precision=precision, out=out / f"{target}-{precision}",
-                         calibration_waveforms=[_speechlike(i, n) for i in range(4)],
-                         validation_waveforms=[_speechlike(1000 + i, n) for i in range(validation)],
+                         calibration_waveforms=[speechlike(i, n) for i in range(4)],
+                         validation_waveforms=[speechlike(1000 + i, n) for i in range(validation)],
                          source_info=fused.source, overwrite=True)
         entry = {"bytes": result.size_bytes, "timings_s": result.timings_s,
                  "total_s": round(time.perf_counter() - start, 1), "parity_passed": result.manifest["parity"].get("passed"),
@@ -119,27 +124,35 @@ def run_benchmark(*, out: Path, layer: int = 3, threads: int = 2, window_s: floa
     head = TCGRU(fm.spec.hidden_size).eval()
     fused = build_fused_model(feature_model=fm, layer=layer, head=head, window_s=window_s)
     n = fused.window_samples
-    calibration = [_speechlike(i, n) for i in range(16)]
-    validation = [_speechlike(1000 + i, n) for i in range(4)]
+    calibration = [speechlike(i, n) for i in range(16)]
+    validation = [speechlike(1000 + i, n) for i in range(4)]
     x = validation[0].reshape(1, -1)
     info: dict[str, Any] = {"model": model, "weights": fm.weights_source.kind, "layer": layer,
                             "n_layers": fm.spec.n_layers, "window_s": window_s, "threads": threads,
                             "torch": torch.__version__, "host_cpus": os.cpu_count()}
 
-    with torch.no_grad():
-        info["eager_fp32"] = _latency(lambda a: fused(torch.from_numpy(a)), x, warmup=3, repeats=repeats)
+    runs: dict[str, Callable[[np.ndarray], Any]] = {}
     for precision in ("fp32", "int8"):
         result = convert(fused=fused, target="executorch", precision=precision, out=out / f"et-{precision}",
                          calibration_waveforms=calibration, validation_waveforms=validation,
                          source_info=fused.source, overwrite=True)
-        runner = get_backend("executorch").runner(result.out, num_threads=threads)
+        runs[f"et_{precision}"] = get_backend("executorch").runner(result.out, num_threads=threads)
         d = result.manifest["delegation"]
         info[f"et_{precision}"] = {
-            **_latency(runner, x, warmup=3, repeats=repeats), "lowering_s": result.timings_s["lower"],
+            "lowering_s": result.timings_s["lower"],
             "quantize_s": result.timings_s.get("quantize"), "pte_bytes": result.size_bytes,
             "parity": result.manifest["parity"], "delegated_share": d["delegated_share"],
             "delegated_subgraphs": d["delegated_subgraphs"], "portable_ops": d["portable_ops"],
         }
+
+    def eager(a: np.ndarray) -> Any:
+        with torch.no_grad():
+            return fused(torch.from_numpy(a))
+
+    latency = _interleaved_latency({"eager_fp32": eager, **runs}, x, warmup=3, repeats=repeats)
+    info["eager_fp32"] = latency["eager_fp32"]
+    for name in runs:
+        info[name].update(latency[name])
     if coreml:
         for precision in ("fp32", "palette4"):
             result = convert(fused=fused, target="coreml", precision=precision, out=out / f"coreml-{precision}",

@@ -124,6 +124,22 @@ def weights_tag(fm) -> str:
     return sha[:10] if sha else "random"
 
 
+def code_tag() -> str:
+    """Hash of the sources that shape an artifact (converters, model, front ends, foundation
+    models): a cached artifact from older conversion code is never timed as the current one."""
+    import hashlib
+
+    import edge_ser
+    import edge_ser.converters
+
+    digest = hashlib.sha256()
+    roots = [Path(edge_ser.converters.__file__).parent, Path(edge_ser.__file__).parent / "fm"]
+    files = [Path(edge_ser.__file__).parent / rel for rel in ("train/model.py", "frontend.py")]
+    for path in sorted(files + [f for root in roots for f in root.glob("*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
 def artifact_for(foundation, head, *, target: str, precision: str, window_s: float) -> tuple[Path, dict]:
     """The cached artifact folder (converted now if missing or unreadable) and its conversion timings."""
     from edge_ser.converters.pipeline import convert
@@ -131,7 +147,7 @@ def artifact_for(foundation, head, *, target: str, precision: str, window_s: flo
     from edge_ser.runtime import read_manifest
 
     fm, layer = foundation
-    name = f"{CONFIG.model}-L{layer}-{CONFIG.head}-{weights_tag(fm)}-w{window_s:g}-{target}-{precision}"
+    name = f"{CONFIG.model}-L{layer}-{CONFIG.head}-{weights_tag(fm)}-{code_tag()}-w{window_s:g}-{target}-{precision}"
     out = CONFIG.build_dir / name
     timings_path = CONFIG.build_dir / f"{name}.timings.json"
     try:
