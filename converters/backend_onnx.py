@@ -24,7 +24,8 @@ class OnnxBackend(Backend):
         "int8": PrecisionSpec(
             "int8", "onnxruntime-dynamic-int8", False,
             "onnxruntime quantize_dynamic on MatMul/Gemm: per-channel int8 weights, activations quantized at run "
-            "time; convolutions (the STFT/mel front end) stay float32",
+            "time; convolutions (the STFT/mel front end) and the MatMuls fed by a GELU (feed-forward "
+            "down-projections) stay float32",
         ),
     }
 
@@ -53,8 +54,9 @@ class OnnxBackend(Backend):
         model = onnx.load(str(fp32_path))
         name_io(model, inputs=[INPUT_NAME], outputs=list(OUTPUT_NAMES))
         onnx.save(model, str(fp32_path))
+        quantization: dict[str, Any] = {}
         if precision.name == "int8":
-            quantize_onnx_dynamic_int8(fp32_path, final)
+            quantization = quantize_onnx_dynamic_int8(fp32_path, final)
             fp32_path.unlink()
         model = onnx.load(str(final))
         onnx.checker.check_model(model)
@@ -65,6 +67,7 @@ class OnnxBackend(Backend):
             "lowering_s": round(time.perf_counter() - start, 3),
             "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None),
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+            **quantization,
         })
 
 
