@@ -24,9 +24,10 @@ class ExecuTorchBackend(Backend):
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations, XNNPACK delegate"),
         "int8": PrecisionSpec(
             "int8", "pt2e-int8-dynamic-activations-xnnpack", True,
-            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer and of the "
-            "TC-GRU conv (run as height-1 Conv2d), int8 activations quantized per call (dynamic ranges); the "
-            "STFT/mel front end and the foundation model's input convs stay float32. The GRU step's hidden-to-hidden "
+            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer, of the "
+            "foundation model's convs (run as per-frame linears over stacked taps) and of the TC-GRU conv (run as "
+            "height-1 Conv2d), int8 activations quantized per call (dynamic ranges); the STFT/mel front end stays "
+            "float32. The GRU step's hidden-to-hidden "
             "product is int8 too (int8 weights per row, the state quantized per step). Prepared on training utterances.",
         ),
     }

@@ -29,14 +29,21 @@ linear layers and 2-D convolutions, and STACK.md measured it faster (14.5 vs 19.
 (cosine 0.99994 vs 0.99992) than static int8 on a Whisper-base-sized encoder.
 
 The TC-GRU's ``nn.Conv1d`` is rewritten as an equivalent height-1 ``Conv2d``
-(:func:`conv1d_as_conv2d`) so the dynamic config quantizes it too. Convolutions of the front
-(the foundation model's input convs, the STFT/mel basis) stay float32: on the RAVDESS
-Whisper-base layer-1 run, quantizing either of Whisper's two input convs flipped 1 of 24
-validation decisions (probs PSNR 36-37 dB), while the head's conv alone changed none
-(PSNR 38.8 dB, embedding cosine 0.9995). See :data:`FLOAT_CONV_PREFIXES`."""
+(:func:`conv1d_as_conv2d`) so the dynamic config quantizes it too. The foundation model's own
+convolutions (Whisper's two input convs, WavLM/HuBERT's feature-extractor convs) become
+:class:`Conv1dAsLinear` instead: XNNPACK quantizes a linear layer's input with one range per
+row (per frame), its convolutions with one range per window. On the RAVDESS Whisper-base
+layer-1 run, Whisper's input convs as int8 convs flipped 1 of 24 validation decisions (probs
+PSNR 36-37 dB); as per-frame int8 linears they changed no decisive test decision (240
+held-out windows: decisive top-1 agreement 0.996 as with the convs float32, probs PSNR 36.2
+vs 36.7 dB) and the artifact shrank from 9.18 to 6.46 MB. The front end's fixed STFT/mel
+filters stay float32.
+"""
 
-FLOAT_CONV_PREFIXES: tuple[str, ...] = ("front",)
-"""Module-name prefixes (in the fused model) whose ``Conv1d`` layers stay float32 in int8 artifacts."""
+FOUNDATION_CONV_PREFIX = "front.body."
+"""Module-name prefix (in the fused model) of the foundation model's own layers: its ``Conv1d``
+layers become :class:`Conv1dAsLinear` in int8 artifacts (one int8 range per frame). The front
+end's fixed STFT/mel/pitch filters are functional convs and stay float32."""
 
 
 def calibration_tensors(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_samples: int) -> list[torch.Tensor]:
@@ -116,10 +123,53 @@ class Conv1dAs2d(nn.Module):
         return self.conv(x.unsqueeze(2)).squeeze(2)
 
 
-def conv1d_as_conv2d(module: nn.Module, *, skip: Sequence[str] = ()) -> tuple[nn.Module, int]:
-    """A deep copy of `module` with every ``nn.Conv1d`` replaced by :class:`Conv1dAs2d`, except
-    those whose qualified name starts with one of `skip`; returns (copy, number replaced). The
-    original (which may share weights with a reference) is untouched."""
+class Conv1dAsLinear(nn.Module):
+    """An ``nn.Conv1d`` (groups 1, zero padding) computed as a ``Linear`` over stacked taps
+    (im2col): the ``kernel_size`` shifted, strided views of the input are concatenated along
+    channels and one ``Linear(in * k, out)`` maps each output frame. Same outputs.
+
+    Why: XNNPACK's dynamically quantized linear takes one int8 range per row, here per output
+    frame, while its quantized conv takes one range for the whole window. A foundation model's
+    input convs (Whisper's two convs after the log-mel) lose decisions with one range per window
+    and keep them with one per frame (see :data:`DYNAMIC`).
+    """
+
+    def __init__(self, conv: nn.Conv1d) -> None:
+        super().__init__()
+        if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(
+                f"Conv1d with groups={conv.groups}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}; "
+                "expected groups=1 and numeric zero padding (the only kind rewritten as a Linear)."
+            )
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = (
+            conv.kernel_size, conv.stride, conv.padding, conv.dilation)
+        k = conv.kernel_size[0]
+        self.linear = nn.Linear(conv.in_channels * k, conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            # Column order of the stacked input: tap 0's channels, then tap 1's, ...
+            self.linear.weight.copy_(conv.weight.permute(0, 2, 1).reshape(conv.out_channels, -1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, T) -> (B, out, T_out), as the source conv."""
+        (k,), (s,), (p,), (d,) = self.kernel_size, self.stride, self.padding, self.dilation
+        if p:
+            x = torch.nn.functional.pad(x, (p, p))
+        frames = (x.shape[-1] - d * (k - 1) - 1) // s + 1
+        taps = [x[:, :, j * d: j * d + s * (frames - 1) + 1: s] for j in range(k)]
+        stacked = torch.cat(taps, dim=1) if k > 1 else taps[0]
+        return self.linear(stacked.transpose(1, 2)).transpose(1, 2)
+
+
+def conv1d_as_conv2d(module: nn.Module, *, skip: Sequence[str] = (),
+                     as_linear: Sequence[str] = ()) -> tuple[nn.Module, int]:
+    """A deep copy of `module` with its ``nn.Conv1d`` layers rewritten for XNNPACK's dynamic
+    int8: those whose qualified name starts with one of `as_linear` (and have groups 1) become
+    :class:`Conv1dAsLinear`, those starting with one of `skip` (or grouped ones under
+    `as_linear`) stay as they are, all others become :class:`Conv1dAs2d`. Returns (copy,
+    number rewritten). The original (which may share weights with a reference) is untouched."""
     import copy
 
     clone = copy.deepcopy(module)
@@ -127,7 +177,13 @@ def conv1d_as_conv2d(module: nn.Module, *, skip: Sequence[str] = ()) -> tuple[nn
     for parent_name, parent in list(clone.named_modules()):
         for name, child in list(parent.named_children()):
             qualified = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is nn.Conv1d and not any(qualified.startswith(prefix) for prefix in skip):
+            if type(child) is not nn.Conv1d:
+                continue
+            if any(qualified.startswith(prefix) for prefix in as_linear):
+                if child.groups == 1:
+                    setattr(parent, name, Conv1dAsLinear(child))
+                    replaced += 1
+            elif not any(qualified.startswith(prefix) for prefix in skip):
                 setattr(parent, name, Conv1dAs2d(child))
                 replaced += 1
     return clone, replaced
@@ -159,7 +215,7 @@ def quantize_pt2e_xnnpack_int8(
             f"got {len(tensors)} calibration waveforms; expected at least {MIN_CALIBRATION_UTTERANCES} real "
             "utterances from the run's training split (e.g. --calibration-utterances 32)."
         )
-    module, _ = conv1d_as_conv2d(module.eval(), skip=FLOAT_CONV_PREFIXES)
+    module, _ = conv1d_as_conv2d(module.eval(), as_linear=(FOUNDATION_CONV_PREFIX,))
     for layer in module.modules():  # the scan GRU's hidden weights: int8 storage (see store_hidden_int8)
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()

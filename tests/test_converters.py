@@ -374,3 +374,38 @@ def test_executorch_loop_constants_inlined_or_lowered_as_inputs(op, tmp_path):
     with torch.no_grad():
         want = module(x)
     assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "stride", "padding", "dilation", "bias"), [
+    (80, 16, 3, 1, 1, 1, True),    # Whisper conv1
+    (16, 16, 3, 2, 1, 1, True),    # Whisper conv2
+    (1, 8, 10, 5, 0, 1, False),    # WavLM/HuBERT first feature-extractor conv
+    (8, 8, 2, 2, 0, 1, False),
+    (8, 4, 3, 1, 2, 2, True),      # dilation
+])
+def test_conv1d_as_linear_is_exact(cin, cout, k, stride, padding, dilation, bias):
+    from edge_ser.converters.quantize import Conv1dAsLinear
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias).eval()
+    x = torch.randn(2, cin, 101)
+    with torch.no_grad():
+        assert torch.allclose(Conv1dAsLinear(conv)(x), conv(x), atol=1e-5)
+
+
+def test_conv_rewrite_policy_and_grouped_convs():
+    from edge_ser.converters.quantize import Conv1dAs2d, Conv1dAsLinear, conv1d_as_conv2d
+
+    model = torch.nn.Module()
+    model.front = torch.nn.Module()
+    model.front.body = torch.nn.Module()
+    model.front.body.conv = torch.nn.Conv1d(4, 4, 3)
+    model.front.body.pos = torch.nn.Conv1d(4, 4, 3, groups=2)  # grouped: not a plain linear
+    model.head = torch.nn.Conv1d(4, 4, 3)
+    rewritten, n = conv1d_as_conv2d(model, as_linear=("front.body.",))
+    assert n == 2
+    assert isinstance(rewritten.front.body.conv, Conv1dAsLinear)
+    assert type(rewritten.front.body.pos) is torch.nn.Conv1d
+    assert isinstance(rewritten.head, Conv1dAs2d)
+    with pytest.raises(ValueError, match="groups=2"):
+        Conv1dAsLinear(model.front.body.pos)
