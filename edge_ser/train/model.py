@@ -288,11 +288,12 @@ class _ScanGRULayer(nn.Module):
 
     Gate order r, z, n as in ``nn.GRU``. The input projections of every frame are one
     ``nn.Linear(in, 3H)`` (b_hr and b_hz folded into its bias); the scan body is one GRU step:
-    ``linear(h, W_hh, [0, 0, b_hn])``, the gates, and the new state. The carry is (1, H) and
-    the per-step output is a (1, 1, H) copy of it (scan outputs may not alias).
+    ``h W_hh^T + [0, 0, b_hn]`` (as a 1x1 conv, see :meth:`_hidden_product`), the gates, and the
+    new state. The carry is (1, H, 1, 1) and the per-step output a (1, H) copy of it (scan
+    outputs may not alias).
 
     ``W_hh`` enters the body as a loop input when exported; the ExecuTorch lowering turns it
-    back into a constant of the body (:class:`edge_ser.converters.backend_executorch.InlineScanConstants`)
+    back into a constant of the body (:func:`edge_ser.converters.backend_executorch.inline_scan_constants_pass`)
     so XNNPACK packs it once instead of at every frame.
     """
 
@@ -313,8 +314,8 @@ class _ScanGRULayer(nn.Module):
         """Make the step's hidden-to-hidden product int8: ``W_hh`` stored int8 (symmetric, one
         scale per output row, the PT2E per-channel scheme) and the state quantized per step with
         a dynamic per-tensor range, written with the same quantize/dequantize ops PT2E emits, so
-        XNNPACK runs it as one dynamically quantized fully-connected op (the PT2E quantizer
-        itself does not look inside loop bodies)."""
+        XNNPACK runs it as one dynamically quantized 1x1 conv (the PT2E quantizer itself does
+        not look inside loop bodies)."""
         from torchao.quantization.pt2e import quantize_pt2e  # noqa: F401  registers quantized_decomposed ops
 
         w = self.w_hh  # (3H, H, 1, 1)
