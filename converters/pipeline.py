@@ -130,7 +130,8 @@ def convert(
     with torch.no_grad():
         example_outputs = fused(example)
     start = time.perf_counter()
-    exported = torch.export.export(module, (example,), strict=False)
+    with torch.no_grad():  # an inference graph: the scan GRU's backward is not traced
+        exported = torch.export.export(module, (example,), strict=False)
     timings["export"] = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,7 @@ def quantize_pt2e_xnnpack_int8(
             "utterances from the run's training split (e.g. --calibration-utterances 32)."
         )
     module, _ = conv1d_as_conv2d(module.eval(), as_linear=(FOUNDATION_CONV_PREFIX,))
+    module.requires_grad_(False)  # a copy; without this, export traces the scan's backward too
     for layer in module.modules():  # the scan GRU's hidden weights: int8 storage (see store_hidden_int8)
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()
