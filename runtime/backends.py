@@ -7,7 +7,9 @@ to its runner; an unknown target lists the known ones.
 
 from __future__ import annotations
 
+import logging
 import sys
+import weakref
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -15,6 +17,8 @@ import numpy as np
 
 from edge_ser.errors import EdgeSerError
 from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
 
 
 class BackendUnavailableError(EdgeSerError, RuntimeError):
@@ -28,6 +32,37 @@ class Runner(Protocol):
         """waveform: (1, window_samples) float32 -> {"probs", "avd", "embedding"}."""
 
 
+_LIVE_EXECUTORCH_RUNNERS: "weakref.WeakSet[ExecuTorchRunner]" = weakref.WeakSet()
+
+
+def _size_threadpool(threads: int) -> int:
+    """Size ExecuTorch's process-wide thread pool; returns the size in effect.
+
+    Resizing replaces the pool that loaded XNNPACK programs hold (the pybinding calls it
+    ``_unsafe_reset_threadpool``): doing it while another program is loaded crashed the
+    process (a segmentation fault in a benchmark that kept an fp32 and an int8 program open).
+    So the pool is resized only while no other ExecuTorch runner is alive; otherwise the
+    current size is kept, with a warning.
+    """
+    try:
+        from executorch.extension.pybindings.portable_lib import (
+            _threadpool_get_thread_count,
+            _unsafe_reset_threadpool,
+        )
+    except ImportError:  # pragma: no cover - older executorch
+        return threads
+    current = int(_threadpool_get_thread_count())
+    if current == threads:
+        return threads
+    if len(_LIVE_EXECUTORCH_RUNNERS):
+        log.warning("ExecuTorch's thread pool has %d threads and another program is loaded; keeping %d "
+                    "instead of the %d asked for (resizing it under a loaded program is unsafe).",
+                    current, current, threads)
+        return current
+    _unsafe_reset_threadpool(threads)
+    return threads
+
+
 class ExecuTorchRunner:
     """Runs a ``.pte`` through ``executorch.runtime`` (XNNPACK delegate built in)."""
 
@@ -35,19 +70,14 @@ class ExecuTorchRunner:
         import torch
         from executorch.runtime import Runtime
 
-        self.threads = int(threads or torch.get_num_threads())
-        try:  # XNNPACK's thread pool is process-wide; size it like the eager reference.
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-            _unsafe_reset_threadpool(self.threads)
-        except ImportError:  # pragma: no cover - older executorch
-            pass
+        self.threads = _size_threadpool(int(threads or torch.get_num_threads()))
         try:  # kernels for quantize/dequantize ops a program keeps outside XNNPACK (int8 WavLM does)
             import executorch.kernels.quantized  # noqa: F401
         except ImportError:  # pragma: no cover - a runtime build without them fails at load_method instead
             pass
         program = Runtime.get().load_program(Path(model_path))
         self._method = program.load_method("forward")
+        _LIVE_EXECUTORCH_RUNNERS.add(self)
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         import torch

@@ -275,3 +275,23 @@ def test_cli_bench_three_runs(artifacts, tmp_path):
     report = json.loads(out.read_text())
     assert report["runs"] == 3 and report["threads"] == 1 and report["audio_s"] == pytest.approx(WINDOW_S)
     assert 0 < report["min_ms"] <= report["p50_ms"] <= report["p90_ms"]
+
+
+def test_executorch_thread_pool_is_not_resized_under_a_loaded_program(artifacts):
+    # XNNPACK's pool is process-wide; resizing it under a loaded program crashed the process.
+    import gc
+
+    from edge_ser.runtime.backends import _LIVE_EXECUTORCH_RUNNERS, ExecuTorchRunner
+
+    gc.collect()
+    alone = len(_LIVE_EXECUTORCH_RUNNERS) == 0
+    path = artifacts["executorch"] / "model.pte"
+    first = ExecuTorchRunner(path, threads=1)
+    second = ExecuTorchRunner(path, threads=2)
+    assert second.threads == first.threads
+    window = voiced(3, WINDOW)[None, :]
+    assert np.array_equal(first.run(window)["probs"], second.run(window)["probs"])
+    del first, second
+    gc.collect()
+    if alone:  # no other program loaded: the pool takes the size asked for
+        assert ExecuTorchRunner(path, threads=2).threads == 2
