@@ -409,3 +409,20 @@ def test_conv_rewrite_policy_and_grouped_convs():
     assert isinstance(rewritten.head, Conv1dAs2d)
     with pytest.raises(ValueError, match="groups=2"):
         Conv1dAsLinear(model.front.body.pos)
+
+
+@pytest.mark.parametrize("target", ["executorch", "onnx"])
+def test_mfbf0_front_converts_to_int8_within_tolerance(target, tmp_path):
+    # The in-graph MFBF0 front end (STFT, mel, pitch) stays float32 in int8 artifacts; only the
+    # head is quantized, so parity holds.
+    from edge_ser.train.model import TCGRU
+
+    torch.manual_seed(0)
+    head = TCGRU(42, conv_channels=16, gru_hidden=16, gru_layers=1, embed_dim=16).eval()
+    fused = build_fused_model(feature_model="mfbf0", layer=None, head=head, window_s=WINDOW_S)
+    result = convert(fused=fused, target=target, precision="int8", out=tmp_path / "a",
+                     calibration_waveforms=[voiced_utterance(s) for s in range(4)],
+                     validation_waveforms=[voiced_utterance(s) for s in (100, 101, 102)], source_info=fused.source)
+    parity = result.manifest["parity"]
+    assert parity["ran"] and parity["passed"], parity
+    assert parity["embedding_cosine"] > 0.999
