@@ -189,6 +189,66 @@ def conv1d_as_conv2d(module: nn.Module, *, skip: Sequence[str] = (),
     return clone, replaced
 
 
+_FOLDABLE = ("aten.cat.", "aten.split.", "aten.split_with_sizes.", "aten.chunk.", "aten.slice.", "getitem")
+
+
+def fold_constant_biases(graph: torch.fx.GraphModule) -> int:
+    """Fold cat/split/chunk/slice/getitem chains over constants into constants, in place;
+    returns how many nodes were folded.
+
+    transformers' WavLM and HuBERT attention passes ``torch.cat((b_q, b_k, b_v))`` to
+    ``multi_head_attention_forward``, which chunks it again, so the q/k/v ``linear`` biases
+    are computed tensors. XNNPACK delegates a quantized linear only with a constant bias: in
+    WavLM-large cut at block 12, 36 int8 linears ran as portable ``addmm`` on dequantized
+    weights because of this. Only these shape-moving ops are folded (no arithmetic, nothing
+    that grows a tensor), so folding cannot change values or inflate the artifact.
+    """
+    import operator
+
+    def attribute(target: str) -> Any:
+        owner = graph
+        for part in target.split("."):
+            owner = getattr(owner, part, None)
+        return owner
+
+    def constant(node: Any) -> bool:
+        return node.op == "get_attr" and isinstance(attribute(node.target), torch.Tensor)
+
+    folded = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function":
+            continue
+        name = "getitem" if node.target is operator.getitem else str(node.target)
+        if not any(name.startswith(prefix) or name == prefix for prefix in _FOLDABLE):
+            continue
+        inputs = node.all_input_nodes
+        if not inputs or not all(constant(n) or (n.op == "call_function" and n.meta.get("_edge_ser_folded"))
+                                 for n in inputs):
+            continue
+        env = {n: attribute(n.target) if constant(n) else n.meta["_edge_ser_value"] for n in inputs}
+        args = torch.fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n])
+        value = node.target(*args, **kwargs)
+        if isinstance(value, torch.Tensor):
+            attr = f"_folded_{node.name}"
+            graph.register_buffer(attr, value.detach().clone().contiguous())
+            with graph.graph.inserting_before(node):
+                replacement = graph.graph.get_attr(attr)
+            replacement.meta = dict(node.meta)
+            node.replace_all_uses_with(replacement)
+            graph.graph.erase_node(node)
+            folded += 1
+        else:  # a tuple/list (split, chunk): keep the node, remember its value for its getitems
+            node.meta["_edge_ser_folded"] = True
+            node.meta["_edge_ser_value"] = value
+    for node in list(graph.graph.nodes):  # drop folded tuple producers nobody reads any more
+        if node.op == "call_function" and node.meta.get("_edge_ser_folded") and not node.users:
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.recompile()
+    return folded
+
+
 def quantize_pt2e_xnnpack_int8(
     module: torch.nn.Module,
     *,
@@ -221,6 +281,7 @@ def quantize_pt2e_xnnpack_int8(
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()
     graph = torch.export.export(module.eval(), (tensors[0],), strict=False).module()
+    fold_constant_biases(graph)
     quantizer = _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names)
     # Loop bodies (the scan GRU step) are not annotated: an observer inside a loop body cannot be
     # traced, and the step's int8 form is written by the model itself (store_hidden_int8).

@@ -426,3 +426,22 @@ def test_mfbf0_front_converts_to_int8_within_tolerance(target, tmp_path):
     parity = result.manifest["parity"]
     assert parity["ran"] and parity["passed"], parity
     assert parity["embedding_cosine"] > 0.999
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_wavlm_attention_linears_are_delegated(precision, tmp_path):
+    # transformers' WavLM builds the q/k/v biases as chunks of one cat; folded to constants,
+    # XNNPACK takes those linears instead of leaving them to portable addmm kernels.
+    from edge_ser.fm import load_foundation_model
+    from edge_ser.train.model import TCGRU
+
+    fm = load_foundation_model("tiny-wavlm", random_init=True, seed=0)
+    torch.manual_seed(0)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=16, gru_hidden=16, gru_layers=1, embed_dim=16).eval()
+    fused = build_fused_model(feature_model=fm, layer=1, head=head, window_s=WINDOW_S)
+    result = convert(fused=fused, target="executorch", precision=precision, out=tmp_path / "a",
+                     calibration_waveforms=[voiced_utterance(s) for s in range(3)],
+                     validation_waveforms=[voiced_utterance(s) for s in (100, 101)], source_info=fused.source)
+    portable = result.manifest["delegation"]["portable_ops"]
+    assert not any("addmm" in op or "linear" in op or "dequantize_per_channel" in op for op in portable), portable
+    assert result.manifest["parity"]["passed"], result.manifest["parity"]
