@@ -83,7 +83,7 @@ def inline_scan_constants_pass() -> Any:
     parameter, buffer or constant of the program by a ``get_attr`` constant inside the body
     (dropping the top-level input if nothing else uses it); :func:`scan_xnnpack_partitioner`
     then hands the constant to the delegate with its op, XNNPACK packs it once at load, and
-    an int8 weight there becomes a dynamically quantized fully-connected op. Same outputs:
+    an int8 weight there becomes a dynamically quantized op. Same outputs:
     only where the tensor lives changes.
     """
     import torch
@@ -144,20 +144,23 @@ def inline_scan_constants_pass() -> Any:
     return InlineScanConstants()
 
 
-def undelegated_body_constants(graph_module: Any) -> list[str]:
-    """Names of tensor constants (``get_attr``) left outside a delegate in any loop body."""
-    import torch
+def _loop_bodies(graph_module: Any) -> Any:
+    """(name, submodule) of every loop body under `graph_module`, nested bodies included."""
     from executorch.exir.graph_module import get_control_flow_submodules
 
-    stranded = []
     pending = list(get_control_flow_submodules(graph_module))
     while pending:
         name, submodule, _ = pending.pop()
-        for node in submodule.graph.nodes:
-            if node.op == "get_attr" and isinstance(getattr(submodule, node.target, None), torch.Tensor):
-                stranded.append(f"{name}.{node.target}")
+        yield name, submodule
         pending.extend(get_control_flow_submodules(submodule))
-    return stranded
+
+
+def undelegated_body_constants(graph_module: Any) -> list[str]:
+    """Names of tensor constants (``get_attr``) left outside a delegate in any loop body."""
+    import torch
+
+    return [f"{name}.{node.target}" for name, submodule in _loop_bodies(graph_module) for node in submodule.graph.nodes
+            if node.op == "get_attr" and isinstance(getattr(submodule, node.target, None), torch.Tensor)]
 
 
 def scan_xnnpack_partitioner() -> Any:
@@ -174,7 +177,6 @@ def scan_xnnpack_partitioner() -> Any:
     from executorch.exir.backend.canonical_partitioners.pattern_op_partitioner import (
         generate_grouped_partitions_from_list_of_nodes,
     )
-    from executorch.exir.graph_module import get_control_flow_submodules
 
     class _BodyProgram:
         """The owning ExportedProgram seen through one submodule's graph (what the configs read)."""
@@ -189,9 +191,7 @@ def scan_xnnpack_partitioner() -> Any:
     class ScanXnnpackPartitioner(XnnpackPartitioner):
         def partition(self, exported_program: Any) -> Any:
             result = super().partition(exported_program)
-            pending = list(get_control_flow_submodules(exported_program.graph_module))
-            while pending:
-                name, submodule, _ = pending.pop()
+            for name, submodule in _loop_bodies(exported_program.graph_module):
                 matched = self.get_matched_nodes_from_configs(_BodyProgram(exported_program, submodule))
                 for partition in generate_grouped_partitions_from_list_of_nodes(submodule, matched):
                     tag = f"{name}_tag{partition.id}"
@@ -202,7 +202,6 @@ def scan_xnnpack_partitioner() -> Any:
                             if arg.op == "get_attr" and all(u.meta.get("delegation_tag") == tag for u in arg.users):
                                 arg.meta["delegation_tag"] = tag
                     result.partition_tags[tag] = self.delegation_spec
-                pending.extend(get_control_flow_submodules(submodule))
             return result
 
     return ScanXnnpackPartitioner()
@@ -215,14 +214,7 @@ def delegation_summary(graph_module: Any) -> dict[str, Any]:
     "portable_ops": {op: count}, "delegated_ops": {op: count}}``, counted over the top-level
     graph and the bodies of its loops (a scan body counts once, however many frames it runs).
     """
-    from executorch.exir.graph_module import get_control_flow_submodules
-
-    parts = [_summary_one(graph_module)]
-    pending = list(get_control_flow_submodules(graph_module))
-    while pending:
-        _, submodule, _ = pending.pop()
-        parts.append(_summary_one(submodule))
-        pending.extend(get_control_flow_submodules(submodule))
+    parts = [_summary_one(graph_module)] + [_summary_one(body) for _, body in _loop_bodies(graph_module)]
     portable: collections.Counter[str] = collections.Counter()
     delegated: collections.Counter[str] = collections.Counter()
     for part in parts:

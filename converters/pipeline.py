@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from edge_ser.converters.backends import Runner, get_backend
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
-from edge_ser.converters.quantize import calibration_tensors, fold_constant_biases, quantize_pt2e_xnnpack_int8
+from edge_ser.converters.quantize import calibration_tensors, export_folded, quantize_pt2e_xnnpack_int8
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
 from edge_ser.io import sha256_file, write_json_atomic
@@ -127,9 +127,7 @@ def convert(
         module = quantize_pt2e_xnnpack_int8(lowered_model, calibration_waveforms=calibration, window_samples=window)
         timings["quantize"] = time.perf_counter() - start
     elif backend.name == "executorch":  # XNNPACK takes a linear only with a constant bias
-        with torch.no_grad():
-            module = torch.export.export(lowered_model, (fused.example_input(),), strict=False).module()
-        fold_constant_biases(module)
+        module = export_folded(lowered_model, fused.example_input())
     example = fused.example_input()
     with torch.no_grad():
         example_outputs = fused(example)

@@ -219,7 +219,7 @@ def fold_constant_biases(graph: torch.fx.GraphModule) -> int:
         if node.op != "call_function":
             continue
         name = "getitem" if node.target is operator.getitem else str(node.target)
-        if not any(name.startswith(prefix) or name == prefix for prefix in _FOLDABLE):
+        if not name.startswith(_FOLDABLE):
             continue
         inputs = node.all_input_nodes
         if not inputs or not all(constant(n) or (n.op == "call_function" and n.meta.get("_edge_ser_folded"))
@@ -241,12 +241,18 @@ def fold_constant_biases(graph: torch.fx.GraphModule) -> int:
         else:  # a tuple/list (split, chunk): keep the node, remember its value for its getitems
             node.meta["_edge_ser_folded"] = True
             node.meta["_edge_ser_value"] = value
-    for node in list(graph.graph.nodes):  # drop folded tuple producers nobody reads any more
-        if node.op == "call_function" and node.meta.get("_edge_ser_folded") and not node.users:
-            graph.graph.erase_node(node)
-    graph.graph.eliminate_dead_code()
+    graph.graph.eliminate_dead_code()  # folded split/chunk nodes nobody reads any more
     graph.recompile()
     return folded
+
+
+def export_folded(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """``module`` exported for an XNNPACK lowering (inference graph, constant bias chains folded,
+    :func:`fold_constant_biases`), as a GraphModule to export again or to quantize."""
+    with torch.no_grad():
+        graph = torch.export.export(module.eval(), (example,), strict=False).module()
+    fold_constant_biases(graph)
+    return graph
 
 
 def quantize_pt2e_xnnpack_int8(
@@ -280,8 +286,7 @@ def quantize_pt2e_xnnpack_int8(
     for layer in module.modules():  # the scan GRU's hidden weights: int8 storage (see store_hidden_int8)
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()
-    graph = torch.export.export(module.eval(), (tensors[0],), strict=False).module()
-    fold_constant_biases(graph)
+    graph = export_folded(module, tensors[0])
     quantizer = _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names)
     # Loop bodies (the scan GRU step) are not annotated: an observer inside a loop body cannot be
     # traced, and the step's int8 form is written by the model itself (store_hidden_int8).
