@@ -81,6 +81,13 @@ class Backend:
         except BackendUnavailableError:
             return None
 
+    def kernel_path_runners(self, artifact_dir: Path, *, precision: PrecisionSpec,
+                            num_threads: int = 1) -> dict[str, Runner]:
+        """Runners that compute the artifact as *other* CPUs' kernels would (name -> runner), for
+        precisions whose arithmetic depends on the instruction set; parity is checked under each.
+        Default: none (the backend's kernels agree across CPUs, or cannot be emulated)."""
+        return {}
+
     def verify(self, artifact_dir: Path, *, lowered: Lowered, precision: PrecisionSpec) -> dict[str, Any]:
         """Structural checks that do not need to run the model (default: none)."""
         return {}

@@ -23,8 +23,8 @@ class OnnxBackend(Backend):
         "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations"),
         "int8": PrecisionSpec(
             "int8", "onnxruntime-dynamic-int8", False,
-            "onnxruntime quantize_dynamic on MatMul/Gemm: per-channel int8 weights, activations quantized at run "
-            "time; convolutions (the STFT/mel front end) and the MatMuls fed by a GELU (feed-forward "
+            "onnxruntime quantize_dynamic on MatMul/Gemm: per-channel 7-bit int8 weights (no int16 saturation on "
+            "any CPU), activations quantized to uint8 at run time; convolutions (the STFT/mel front end) and the MatMuls fed by a GELU (feed-forward "
             "down-projections) stay float32",
         ),
     }
@@ -70,6 +70,25 @@ class OnnxBackend(Backend):
             **quantization,
         })
 
+
+
+    def kernel_path_runners(self, artifact_dir: Path, *, precision: PrecisionSpec,
+                            num_threads: int = 1) -> dict[str, Runner]:
+        """int8: the artifact rewritten to each CPU class's int8 accumulation
+        (:mod:`edge_ser.converters.int8_emulation`), so parity is checked for every kernel path
+        ONNX Runtime dispatches to, not only this CPU's."""
+        if precision.name != "int8":
+            return {}
+        import onnx
+
+        from edge_ser.converters.int8_emulation import emulate_int8_accumulation
+        from edge_ser.cpu_features import INT8_ACCUMULATION_PATHS
+        from edge_ser.runtime.backends import OnnxRunner
+
+        model = onnx.load(str(Path(artifact_dir) / ONNX_FILE))
+        return {path: OnnxRunner(emulate_int8_accumulation(model, path).SerializeToString(),
+                                 threads=num_threads).run
+                for path in INT8_ACCUMULATION_PATHS}
 
 
 def name_io(model: Any, *, inputs: list[str], outputs: list[str]) -> None:

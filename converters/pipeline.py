@@ -27,6 +27,7 @@ from edge_ser.converters.backends import Runner, get_backend
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
 from edge_ser.converters.quantize import calibration_tensors, export_folded, quantize_pt2e_xnnpack_int8
+from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
 from edge_ser.io import sha256_file, write_json_atomic
@@ -62,6 +63,7 @@ def validate(
     *,
     target: str,
     precision: str,
+    comparison: str = "artifact vs PyTorch reference (conversion check)",
 ) -> ParityReport:
     """Run the artifact and the eager model on the same ``(1, S)`` waveforms and compare them
     with the runtime's parity check (:func:`edge_ser.runtime.parity.compare`, tolerance table
@@ -79,7 +81,7 @@ def validate(
             reference[name].append(np.asarray(r, dtype=np.float64).reshape(-1))
             candidate[name].append(np.asarray(o, dtype=np.float64).reshape(-1))
     return compare({k: np.stack(v) for k, v in reference.items()}, {k: np.stack(v) for k, v in candidate.items()},
-                   target=target, precision=precision, comparison="artifact vs PyTorch reference (conversion check)")
+                   target=target, precision=precision, comparison=comparison)
 
 
 def convert(
@@ -149,6 +151,8 @@ def convert(
         if runner is not None:
             report = validate(runner, fused, validation, target=target, precision=precision)
             parity = report.to_dict()
+            report = _validate_kernel_paths(backend, tmp, spec=spec, fused=fused, validation=validation,
+                                            native=report, parity=parity, num_threads=num_threads)
         else:
             parity = {"ran": False, "passed": None,
                       "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}
@@ -156,7 +160,7 @@ def convert(
         parity["ran"] = runner is not None
         verified_ok = verification.get("passed", True)
         write_json_atomic(tmp / PARITY_FILE, {"target": target, "precision": precision, "parity": parity,
-                                               "verification": verification})
+                                               "verification": verification, "cpu": cpu_features().to_dict()})
         manifest = build_manifest(
             artifact_dir=tmp, target=target, precision=precision, backend=backend.versions(),
             source=_manifest_source(source_info), window_samples=window,
@@ -166,6 +170,7 @@ def convert(
             verification=_verification_summary(verification) if verification else None,
         )
         manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
+        manifest["converted_on"] = cpu_features().to_dict()
         write_manifest(tmp, manifest)
         if report is not None and not report.passed:
             raise ParityError(report)
@@ -181,6 +186,26 @@ def convert(
     log.info("wrote %s (%d bytes)", out, manifest["size_bytes"])
     return ConversionResult(out=out, target=target, precision=precision, size_bytes=int(manifest["size_bytes"]),
                             manifest=manifest, parity=parity, timings_s={k: round(v, 3) for k, v in timings.items()})
+
+
+def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, fused: FusedSER,
+                           validation: Sequence[torch.Tensor], native: ParityReport, parity: dict[str, Any],
+                           num_threads: int) -> ParityReport:
+    """Parity of the artifact as other CPUs' int8 kernels compute it (the backend's emulations);
+    records each in ``parity["kernel_paths"]`` and returns the first failing report, else ``native``."""
+    runners = backend.kernel_path_runners(artifact_dir, precision=spec, num_threads=num_threads)
+    if not runners:
+        return native
+    parity["kernel_paths"] = {"this_cpu": cpu_features().onnxruntime_u8s8_path}
+    worst = native
+    for path, path_runner in runners.items():
+        report = validate(path_runner, fused, validation, target=backend.name, precision=spec.name,
+                          comparison=f"artifact with {path} int8 accumulation (emulated) vs PyTorch reference")
+        parity["kernel_paths"][path] = _parity_summary({**report.to_dict(), "ran": True})
+        if worst.passed and not report.passed:
+            worst = report
+    parity["passed"] = parity["passed"] and worst.passed
+    return worst
 
 
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:
@@ -232,7 +257,12 @@ def _parity_summary(parity: Mapping[str, Any]) -> dict[str, Any]:
             "embedding_cosine": outputs["embedding"]["cosine"],
             "top1_agreement": parity["task"]["top1_agreement"],
             "top1_agreement_decisive": parity["task"]["top1_agreement_decisive"],
-            "tolerance": parity["tolerance"]}
+            "tolerance": parity["tolerance"],
+            **({"kernel_paths": {k: ({"passed": v["passed"], "psnr_db": v["psnr_db"],
+                                      "top1_agreement_decisive": v["top1_agreement_decisive"]}
+                                     if isinstance(v, Mapping) else v)
+                                 for k, v in parity["kernel_paths"].items()}}
+               if "kernel_paths" in parity else {})}
 
 
 def _verification_summary(verification: Mapping[str, Any]) -> dict[str, Any]:

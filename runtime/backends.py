@@ -8,6 +8,7 @@ to its runner; an unknown target lists the known ones.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import weakref
 from pathlib import Path
@@ -87,19 +88,35 @@ class ExecuTorchRunner:
                 for name, out in zip(OUTPUT_NAMES, outputs)}
 
 
-class OnnxRunner:
-    """Runs a ``.onnx`` with ONNX Runtime's CPU provider."""
-
-    def __init__(self, model_path: Path, *, threads: int | None = None) -> None:
-        import onnxruntime as ort
+def _default_threads() -> int:
+    """torch's intra-op thread count where torch is installed (it honours OMP_NUM_THREADS and
+    what a test or app set), else the CPU count."""
+    try:
         import torch
+    except ImportError:
+        return os.cpu_count() or 1
+    return torch.get_num_threads()
 
-        self.threads = int(threads or torch.get_num_threads())
+
+class OnnxRunner:
+    """Runs a ``.onnx`` with ONNX Runtime's CPU provider.
+
+    ``model_path`` may also be the serialized model as ``bytes`` (the converters run int8 models
+    rewritten to another CPU's kernel arithmetic that way, :mod:`edge_ser.converters.int8_emulation`).
+    """
+
+    def __init__(self, model_path: Path | bytes, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.threads = int(threads or _default_threads())
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(model_path), sess_options=options,
-                                             providers=["CPUExecutionProvider"])
+        # ONNX Runtime's own log (e.g. "Removing initializer ... not used") goes to stderr at
+        # WARNING; its errors still raise as Python exceptions.
+        options.log_severity_level = 3
+        source = model_path if isinstance(model_path, bytes) else str(model_path)
+        self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
 

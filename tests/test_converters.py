@@ -175,6 +175,17 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
         by_name = {n.name: n.op_type for n in graph.node}
         assert kept and all(by_name.get(name) == "MatMul" for name in kept), kept
         assert sum(op == "MatMulInteger" for op in by_name.values()) >= 3
+        # 7-bit weights: no uint8 x int8 pair can leave int16, so every CPU computes the same sums;
+        # parity was checked under both int8 accumulation paths (emulated), not only this CPU's.
+        lowering = manifest["backend"]["lowering"]
+        assert lowering["weight_bits"] == 7 and not lowering["int16_pair_headroom"]["saturation_possible"]
+        paths = result.parity["kernel_paths"]
+        assert paths["this_cpu"] in ("int32-exact", "u8s8-int16-pairs")
+        assert paths["int32-exact"]["passed"] and paths["u8s8-int16-pairs"]["passed"], paths
+        assert manifest["parity"]["kernel_paths"]["u8s8-int16-pairs"]["passed"]
+    # The CPU that converted and validated is on record (int8 kernels differ between CPUs).
+    assert manifest["converted_on"]["isa_class"] and "flags" in manifest["converted_on"]
+    assert json.loads((out / "parity.json").read_text())["cpu"] == manifest["converted_on"]
     if target == "coreml" and sys.platform != "darwin":
         assert parity["ran"] is False
         verification = json.loads((out / "parity.json").read_text())["verification"]

@@ -73,3 +73,71 @@ def test_tolerance_table_has_reasons_and_unknown_pair_lists_known():
         assert len(tol.reason) > 40, key
     with pytest.raises(ValueError, match="executorch/fp32"):
         tolerance_for("tflite", "int8")
+
+
+# ---------------------------------------------------------------------------------------
+# ΔUAR / ΔCCC gates decided with a paired bootstrap (issue: noise on small sets is not failure)
+
+
+def _labelled_set(rng, n=80, classes=9):
+    labels = rng.integers(0, classes, n)
+    logits = rng.standard_normal((n, classes))
+    logits[np.arange(n), labels] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return labels, {"probs": probs, "avd": rng.uniform(0, 1, (n, 3)), "embedding": rng.standard_normal((n, 64))}
+
+
+def test_one_near_tie_flip_on_a_small_set_is_reported_not_refused():
+    rng = np.random.default_rng(5)
+    labels, ref = _labelled_set(rng)
+    p = ref["probs"]
+    # The reference's least decisive correct answer in the smallest class: swapping its top two
+    # probabilities (a near-tie flip) moves UAR by more than a point on 80 utterances.
+    counts = np.bincount(labels, minlength=9)
+    smallest = min((c for c in range(9) if counts[c] and np.any((p.argmax(1) == c) & (labels == c))),
+                   key=lambda c: counts[c])
+    right = np.where((p.argmax(1) == labels) & (labels == smallest))[0]
+    top2 = np.sort(p, 1)[:, -2:]
+    i = right[np.argmin(top2[right, 1] - top2[right, 0])]
+    cand = {k: v.copy() for k, v in ref.items()}
+    first, second = np.argsort(-p[i])[:2]
+    cand["probs"][i, first], cand["probs"][i, second] = p[i, second], p[i, first]
+    report = compare(ref, cand, target="executorch", precision="int8", label_idx=labels)
+    assert report.task.uar_drop_points > 1.0  # the old rule refused this artifact
+    low, high = report.task.uar_drop_ci
+    assert low <= 0 < high
+    assert report.passed, report.failures
+
+
+def test_a_truly_degraded_artifact_is_still_refused_on_a_small_set():
+    rng = np.random.default_rng(6)
+    labels, ref = _labelled_set(rng)
+    cand = {k: v.copy() for k, v in ref.items()}
+    idx = rng.choice(len(labels), 25, replace=False)
+    cand["probs"][idx] = np.roll(ref["probs"][idx], 1, axis=1)
+    report = compare(ref, cand, target="onnx", precision="int8", label_idx=labels)
+    assert report.task.uar_drop_ci[0] > 0
+    assert any(f.startswith("UAR drop") and "excludes 0" in f for f in report.failures)
+
+
+def test_ccc_noise_on_a_small_set_is_not_refused():
+    rng = np.random.default_rng(7)
+    n = 30
+    ref = _outputs(rng, n=n)
+    dims = ref["avd"] + 0.3 * rng.standard_normal(ref["avd"].shape)
+    cand = {k: v.copy() for k, v in ref.items()}
+    cand["avd"] = ref["avd"] + 0.02 * rng.standard_normal(ref["avd"].shape)  # int8-like noise, no bias
+    report = compare(ref, cand, target="onnx", precision="int8", dims=dims)
+    assert not any("CCC" in f for f in report.failures)
+    for dim, (low, high) in report.task.ccc_drop_ci.items():
+        assert low <= report.task.ccc_reference[dim] - report.task.ccc_candidate[dim] <= high
+
+
+def test_bootstrap_interval_is_reproducible():
+    rng = np.random.default_rng(8)
+    labels, ref = _labelled_set(rng)
+    cand = {k: v.copy() for k, v in ref.items()}
+    cand["probs"][:3] = np.roll(ref["probs"][:3], 2, axis=1)
+    first = compare(ref, cand, target="onnx", precision="int8", label_idx=labels).task.uar_drop_ci
+    second = compare(ref, cand, target="onnx", precision="int8", label_idx=labels).task.uar_drop_ci
+    assert first == second
