@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from edge_ser.converters.fused import build_fused_model
+from edge_ser.cpu_features import cpu_features
 from edge_ser.converters.pipeline import convert
 from edge_ser.io import write_json_atomic
 
@@ -129,7 +130,8 @@ def run_benchmark(*, out: Path, layer: int = 3, threads: int = 2, window_s: floa
     x = validation[0].reshape(1, -1)
     info: dict[str, Any] = {"model": model, "weights": fm.weights_source.kind, "layer": layer,
                             "n_layers": fm.spec.n_layers, "window_s": window_s, "threads": threads,
-                            "torch": torch.__version__, "host_cpus": os.cpu_count()}
+                            "torch": torch.__version__, "host_cpus": os.cpu_count(),
+                            "cpu": cpu_features().to_dict()}
 
     runs: dict[str, Callable[[np.ndarray], Any]] = {}
     for precision in ("fp32", "int8"):

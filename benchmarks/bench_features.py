@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 
+from edge_ser.cpu_features import cpu_features
+
 THREADS = 2
 
 
@@ -73,6 +75,7 @@ def test_whisper_base_all_layer_throughput(benchmark, bench_corpus, tmp_path):
         "realtime_factor_per_round": [t["realtime_factor"] for t in runs],
         "utterances_per_s_per_round": [t["utterances_per_s"] for t in runs],
         "target_realtime_factor": 30.0, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": cpu_features().to_dict(),
         "machine": platform.machine(), "cpus": os.cpu_count(),
         "corpus": "ravdess" if os.environ.get("EDGE_SER_RAVDESS") else "synthetic",
     })

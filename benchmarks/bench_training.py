@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+from edge_ser.cpu_features import cpu_features
+
 from edge_ser.train.losses import multitask_loss
 from edge_ser.train.model import TCGRU
 
@@ -70,7 +72,7 @@ def test_training_throughput(benchmark, threads, precision):
     estimates = {epochs: FOLDS / workers * epochs * per_epoch_s / 60 for epochs in (50, 20, 10)}
     benchmark.extra_info.update({
         "torch": torch.__version__, "threads": threads, "precision": precision, "workers": workers,
-        "machine": platform.machine(), "width": WIDTH,
+        "machine": platform.machine(), "cpu": cpu_features().to_dict(), "width": WIDTH,
         "frames_mean": float(lengths.float().mean()), "batch": BATCH, "params": model.count_parameters(),
         "utterances_per_s": utt_per_s,
         "ravdess_6fold_minutes": {str(k): v for k, v in estimates.items()},

@@ -12,6 +12,10 @@ Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances from
 :data:`edge_ser.runtime.parity.TOLERANCES`):
 
 - ``"artifact vs PyTorch reference"``: always first; its pass/fail is the verdict;
+- for int8 artifacts whose arithmetic depends on the CPU (ONNX int8): the artifact as each
+  other CPU class's int8 kernels compute it (``"artifact with <path> int8 accumulation
+  (emulated) vs PyTorch reference"``, :mod:`edge_ser.converters.int8_emulation`); these count
+  towards the verdict, since a user's device may be any of them;
 - with ``baseline`` (an fp32 artifact of the same run and window):
   ``"artifact vs fp32 artifact"`` (quantization error, the artifact's tolerance) and
   ``"fp32 artifact vs PyTorch reference"`` (conversion error, the fp32 tolerance of the
@@ -29,6 +33,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from tqdm.auto import tqdm
 
+from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import OUTPUTS, ParityReport, compare
 
@@ -38,6 +43,11 @@ __all__ = ["VerifyResult", "verify_artifact", "REFERENCE_COMPARISON", "QUANTIZAT
 REFERENCE_COMPARISON = "artifact vs PyTorch reference"
 QUANTIZATION_COMPARISON = "artifact vs fp32 artifact"
 CONVERSION_COMPARISON = "fp32 artifact vs PyTorch reference"
+KERNEL_PATH_COMPARISON_PREFIX = "artifact with "
+
+
+def kernel_path_comparison(path: str) -> str:
+    return f"{KERNEL_PATH_COMPARISON_PREFIX}{path} int8 accumulation (emulated) vs PyTorch reference"
 
 Outputs = dict[str, np.ndarray]
 
@@ -60,20 +70,28 @@ class VerifyResult:
     reports: tuple[ParityReport, ...]
     baseline: str | None = None
     wall_s: float = 0.0
+    cpu: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """:func:`edge_ser.cpu_features.cpu_features` of the machine that verified."""
 
     @property
     def verdict(self) -> ParityReport:
-        return self.reports[0]
+        """The failing deciding report if any (reference comparison, then each kernel path), else the first."""
+        return next((r for r in self._deciding() if not r.passed), self.reports[0])
+
+    def _deciding(self) -> list[ParityReport]:
+        return [r for r in self.reports if r.comparison == REFERENCE_COMPARISON
+                or r.comparison.startswith(KERNEL_PATH_COMPARISON_PREFIX)]
 
     @property
     def passed(self) -> bool:
-        return self.verdict.passed
+        return all(r.passed for r in self._deciding())
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "artifact": self.artifact, "baseline": self.baseline, "run": self.run, "corpus": self.corpus,
             "split": self.split, "n_utterances": self.n_utterances, "n_windows": self.n_windows,
-            "passed": self.passed, "wall_s": self.wall_s, "reports": [r.to_dict() for r in self.reports],
+            "passed": self.passed, "wall_s": self.wall_s, "cpu": dict(self.cpu),
+            "reports": [r.to_dict() for r in self.reports],
         }
 
 
@@ -173,6 +191,7 @@ def verify_artifact(
     threads: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    kernel_paths: bool = True,
 ) -> VerifyResult:
     """Compare an artifact with the PyTorch reference of ``run_dir`` on a corpus split.
 
@@ -185,6 +204,8 @@ def verify_artifact(
         baseline: optional fp32 artifact of the same run and window: adds the quantization and
             conversion comparisons.
         threads: intra-op threads of the artifact runtimes (default: torch's setting).
+        kernel_paths: also run the artifact as other CPUs' int8 kernels compute it, where the
+            target's int8 arithmetic depends on the CPU (ONNX int8); slower (int32 emulation).
 
     Returns a :class:`VerifyResult`; it does not raise on a parity breach (the caller decides:
     ``edge_ser.runtime.parity.check(result.verdict)`` raises ``ParityError``).
@@ -224,6 +245,14 @@ def verify_artifact(
     candidates: dict[str, Callable[[np.ndarray], Outputs]] = {"reference": reference, "artifact": model.run_window}
     if base_model is not None:
         candidates["baseline"] = base_model.run_window
+    if kernel_paths:
+        from edge_ser.converters.backends import get_backend
+
+        backend = get_backend(model.manifest.target)
+        emulated = backend.kernel_path_runners(artifact, precision=backend.precision(model.manifest.precision),
+                                               num_threads=threads or 1)
+        for path, run in emulated.items():
+            candidates[path] = lambda w, run=run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
 
     corpus = load_corpus(corpus_dir)
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
@@ -267,8 +296,12 @@ def verify_artifact(
                                comparison=QUANTIZATION_COMPARISON, **task_kwargs))
         reports.append(compare(stacked["reference"], stacked["baseline"], target=bm.target, precision="fp32",
                                comparison=CONVERSION_COMPARISON, **task_kwargs))
+    for path in (name for name in candidates if name not in ("reference", "artifact", "baseline")):
+        reports.append(compare(stacked["reference"], stacked[path], target=m.target, precision=m.precision,
+                               comparison=kernel_path_comparison(path), **task_kwargs))
     return VerifyResult(
         artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
         n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
         baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
+        cpu=cpu_features().to_dict(),
     )

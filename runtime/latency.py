@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_ser.cpu_features import cpu_features
+
 
 @dataclasses.dataclass(frozen=True)
 class LatencyReport:
@@ -44,6 +46,8 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "system": platform.system(),
         "cpu_count": os.cpu_count(),
+        # int8 kernels (and so latency and, for some schemes, numerics) differ by instruction set
+        "cpu": cpu_features().to_dict(),
     }
     for module in ("torch", "executorch", "onnxruntime", "coremltools", "numpy"):
         try:

@@ -85,14 +85,22 @@ def test_fp32_artifact_passes_against_reference(pipeline):
 
 def test_int8_with_baseline_separates_quantization_and_conversion_error(pipeline):
     from edge_ser.converters.verify import (
-        CONVERSION_COMPARISON, QUANTIZATION_COMPARISON, REFERENCE_COMPARISON, verify_artifact,
+        CONVERSION_COMPARISON, QUANTIZATION_COMPARISON, REFERENCE_COMPARISON, kernel_path_comparison, verify_artifact,
     )
 
     result = verify_artifact(artifact=pipeline / "int8", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
                              baseline=pipeline / "fp32", progress=False)
-    verdict, quant, conv = result.reports
-    assert [r.comparison for r in result.reports] == [REFERENCE_COMPARISON, QUANTIZATION_COMPARISON,
-                                                       CONVERSION_COMPARISON]
+    verdict, quant, conv, *paths = result.reports
+    assert [r.comparison for r in result.reports] == [
+        REFERENCE_COMPARISON, QUANTIZATION_COMPARISON, CONVERSION_COMPARISON,
+        kernel_path_comparison("int32-exact"), kernel_path_comparison("u8s8-int16-pairs")]
+    # The ONNX int8 artifact as every CPU class computes it (7-bit weights: identical sums), and
+    # the CPU that verified is on record.
+    for path in paths:
+        assert path.passed, path.to_text()
+        assert next(o for o in path.outputs if o.name == "probs").max_abs == pytest.approx(
+            next(o for o in verdict.outputs if o.name == "probs").max_abs, abs=1e-5)
+    assert result.cpu["isa_class"] and result.to_dict()["cpu"] == result.cpu
     assert verdict.tolerance == quant.tolerance == parity.TOLERANCES[("onnx", "int8")]
     assert conv.tolerance == parity.TOLERANCES[("onnx", "fp32")] and conv.passed, conv.to_text()
     for name in ("probs", "avd", "embedding"):
@@ -141,7 +149,8 @@ def test_cli_exit_code_follows_the_verdict(pipeline, tmp_path, monkeypatch):
     ok = CliRunner().invoke(root, [*args, "--out", str(out)])
     assert ok.exit_code == 0, ok.output
     assert "onnx/fp32: artifact vs PyTorch reference, 2 utterances -> PASS" in ok.output
-    assert json.loads(out.read_text())[0]["passed"] is True
+    assert json.loads(out.read_text())["reports"][0]["passed"] is True
+    assert "verifying on CPU:" in ok.output and json.loads(out.read_text())["cpu"]["flags"] is not None
 
     impossible = dataclasses.replace(parity.TOLERANCES[("onnx", "fp32")], max_abs_error_of_scale=0.0)
     monkeypatch.setitem(parity.TOLERANCES, ("onnx", "fp32"), impossible)

@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from edge_ser import __version__
+from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import ManifestError
 from edge_ser.evaluation import metrics as eval_metrics
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
@@ -49,14 +50,9 @@ _RESUMABLE_CHANGES = ("max_epochs", "patience")
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16, read from
-    /proc/cpuinfo); elsewhere bf16 autocast is emulated and slower than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((line for line in handle if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+    """Whether this CPU computes bfloat16 natively (x86 AVX512-BF16 or AMX-BF16); elsewhere
+    bf16 autocast is emulated and slower than float32."""
+    return cpu_features().native_bf16
 
 
 @dataclasses.dataclass(frozen=True)
