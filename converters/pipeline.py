@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from edge_ser.progress import progress_bar
 
 from edge_ser.converters.backends import Runner, get_backend
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
@@ -71,7 +71,7 @@ def validate(
     reference: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
     candidate: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
     reference_module.eval()
-    for wave in tqdm(waveforms, desc="validating", unit="utt", leave=False):
+    for wave in progress_bar(waveforms, desc="validating", unit="utt", leave=False):
         x = torch.as_tensor(np.asarray(wave, dtype=np.float32)).reshape(1, -1)
         with torch.no_grad():
             ref = [t.numpy() for t in reference_module(x)]
@@ -339,7 +339,8 @@ def run_waveforms(
         )
     picked = rows.sample(n=min(n, len(rows)), random_state=seed)
     waves = []
-    for _, row in tqdm(picked.iterrows(), total=len(picked), desc=f"loading {split} audio", unit="utt", leave=False):
+    for _, row in progress_bar(picked.iterrows(), total=len(picked), desc=f"loading {split} audio", unit="utt",
+                               leave=False):
         wave = load_audio(corpus.audio_path(row.to_dict()))
         waves.append(fit_to_window(wave, window_samples))
     return waves

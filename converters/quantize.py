@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from edge_ser.progress import progress_bar
 
 from edge_ser.errors import AudioError
 
@@ -294,7 +294,7 @@ def quantize_pt2e_xnnpack_int8(
     quantizer.set_filter_function(lambda node: node.graph is top_level)
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for t in tqdm(tensors, desc="calibrating int8", unit="utt", leave=False):
+        for t in progress_bar(tensors, desc="calibrating int8", unit="utt", leave=False):
             prepared(t)
     return convert_pt2e(prepared)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from tqdm.auto import tqdm
+from edge_ser.progress import progress_bar
 
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
@@ -258,8 +258,8 @@ def verify_artifact(
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
     collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUTS} for k in candidates}
     n_windows = 0
-    for _, row in tqdm(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", disable=not progress,
-                       leave=False):
+    for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", enabled=progress,
+                               leave=False):
         clip = model.prepare(load_audio(corpus.audio_path(row.to_dict())), model.sample_rate)
         spans = model.windows(clip)
         windows = [model.fit_window(clip[s:e]) for s, e in spans]

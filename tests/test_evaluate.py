@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from edge_ser.data.conditions import make_condition_corpus
 from edge_ser.data.noise import make_noisy_corpus
 from edge_ser.data.splits import fold_assignment, speaker_folds
 from edge_ser.data.synthetic import synthesize_corpus
@@ -64,6 +65,7 @@ def pipeline(tmp_path_factory, _one_thread):
     train_run(source=CacheFeatureSource(root / "feats", layer=LAYER), out=root / "run", config=TINY, progress=False)
     train_folds(cache_dir=root / "feats", layer=LAYER, out=root / "folds", config=TINY, progress=False)
     make_noisy_corpus(corpus_dir=corpus.root, snr_db=5.0, out=root / "noisy5", noise="white", split="all", seed=0)
+    make_condition_corpus(corpus_dir=corpus.root, condition="gain+20dB", out=root / "loud", split="all")
     extract_features(corpus_dir=corpus.root, model="mfbf0", out=root / "mfbf0", show_progress=False)
     train_run(source=CacheFeatureSource(root / "mfbf0", layer=0), out=root / "mfbf0_run", config=TINY, progress=False)
     return root
@@ -141,8 +143,23 @@ def test_evaluate_run_writes_clean_and_noisy_report(pipeline, tmp_path):
         table = pd.read_csv(out / "predictions" / f"{name}.csv")
         assert len(table) == n_test and set(PRED) <= set(table.columns)
     md = (out / "report.md").read_text()
-    assert "## Clean vs noise" in md and "| snr5dB | 5 |" in md and "## Test sets" in md
+    assert "## Clean vs noise" in md and "| snr5dB | SNR 5 dB |" in md and "## Test sets" in md
     assert (out / "clean_vs_noise.png").stat().st_size > 1000 and (out / "conditions.png").is_file()
+
+
+def test_condition_copies_are_scored_next_to_clean(pipeline, tmp_path):
+    out = evaluate_run(run_dir=pipeline / "run", test_dirs=[pipeline / "corpus", pipeline / "loud",
+                                                          pipeline / "noisy5"],
+                       out=tmp_path / "eval", bootstrap=10, progress=False)
+    sets = json.loads((out / "test_sets.json").read_text())["test_sets"]
+    assert sets["gain+20dB"]["condition"] == "gain+20dB" and sets["gain+20dB"]["feature_source"] == "audio"
+    assert not sets["gain+20dB"]["cross_corpus"] and sets["gain+20dB"]["base_corpus"] == "synthetic"
+    md = (out / "report.md").read_text()
+    # clean first, then the condition copies, then noise (loudest SNR first), each with its change vs clean
+    block = md[md.index("## Clean vs noise"):]
+    assert block.index("| corpus | clean |") < block.index("| gain+20dB | gain+20dB |") < block.index("| snr5dB |")
+    notes = load_report(out)["test_sets"]["gain+20dB"]["notes"]
+    assert any("under condition gain+20dB" in n and "clipped samples" in n for n in notes)
 
 
 def test_cross_corpus_scores_only_shared_classes(pipeline, tmp_path):

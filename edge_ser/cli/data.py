@@ -73,6 +73,32 @@ def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, spli
         click.echo(f"{corpus.root}: {len(corpus.table)} utterances at {snr:g} dB SNR ({noise})")
 
 
+@data.command("conditions")
+@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--condition", "conditions", multiple=True,
+              help="gain+<dB>dB, gain-<dB>dB or telephone; repeat for several. Default: the standard sweep "
+                   "gain-20dB, gain-10dB, gain+10dB, gain+20dB, telephone.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="One sub-folder per condition (e.g. gain+10dB/) is written here.")
+@click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
+def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: str) -> None:
+    """Copies of a corpus split under recording conditions (level, telephone band) for robustness tests."""
+    from edge_ser.data.conditions import STANDARD_CONDITIONS, make_condition_corpus, parse_condition
+
+    names = conditions or STANDARD_CONDITIONS
+    parsed = []
+    for name in names:
+        try:
+            parsed.append(parse_condition(name))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--condition") from None
+    for cond in parsed:
+        corpus = make_condition_corpus(corpus_dir=corpus_dir, condition=cond.name, out=out / cond.name, split=split)
+        clipped = corpus.manifest["condition"]["clipped_fraction"]
+        click.echo(f"{corpus.root}: {len(corpus.table)} utterances under {cond.name} "
+                   f"({clipped['utterances_clipped']} with clipped samples)")
+
+
 @data.command("stats")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write stats.png into the folder.")

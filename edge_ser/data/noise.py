@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from edge_ser.audio import load_audio, write_audio
 from edge_ser.data.table import SPLITS, Corpus, load_corpus, save_corpus
 from edge_ser.errors import AudioError, CorpusError
+from edge_ser.progress import progress_bar
 
 AUDIO_DIR = "audio"
 NOISE_FILE_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
@@ -287,8 +287,8 @@ def make_noisy_corpus(
     new_rows = []
     measured = []
     used_names: set[str] = set()
-    for _, row in tqdm(rows.iterrows(), total=len(rows), desc=f"noisy {float(snr_db):g} dB", unit="utt",
-                       disable=None, leave=False):
+    for _, row in progress_bar(rows.iterrows(), total=len(rows), desc=f"noisy {float(snr_db):g} dB", unit="utt",
+                               leave=False):
         utt_id = str(row["utt_id"])
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), _stable_int(utt_id)]))
         clean = load_audio(base.audio_path(row)).astype(np.float64)

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import soundfile as sf
-from tqdm.auto import tqdm
 
 from edge_ser.audio import MIN_DURATION_S
 from edge_ser.data.splits import fold_assignment, speaker_folds, speaker_split
 from edge_ser.data.table import Corpus, normalise_table, save_corpus
 from edge_ser.errors import CorpusError
 from edge_ser.labels import SAMPLE_RATE
+from edge_ser.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def check_audio_headers(reading: CorpusReading, *, strict: bool) -> tuple[list[d
     too_short: list[str] = []
     multichannel: list[str] = []
     other_rate: list[str] = []
-    for row in tqdm(reading.rows, desc=f"{reading.corpus}: audio headers", unit="file", leave=False):
+    for row in progress_bar(reading.rows, desc=f"{reading.corpus}: audio headers", unit="file", leave=False):
         rel = Path(str(row["path"]))
         path = rel if rel.is_absolute() else reading.audio_root / rel
         try:

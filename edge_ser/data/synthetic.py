@@ -31,7 +31,6 @@ from typing import Any, Mapping
 
 import numpy as np
 from scipy.signal import lfilter, sosfilt
-from tqdm.auto import tqdm
 
 from edge_ser.audio import write_audio
 from edge_ser.data import soft_labels
@@ -39,6 +38,7 @@ from edge_ser.data.splits import speaker_split
 from edge_ser.data.table import Corpus, empty_row, format_votes, normalise_table, save_corpus
 from edge_ser.errors import CorpusError
 from edge_ser.labels import CATEGORIES, DIMENSIONS, SAMPLE_RATE, category_index
+from edge_ser.progress import progress_bar
 
 GENERATOR_NAME = "edge-ser-synthetic"
 GENERATOR_VERSION = 1
@@ -341,8 +341,7 @@ def synthesize_corpus(
     prior = np.array([CATEGORY_PRIOR[c] for c in names])
 
     rows = []
-    progress = tqdm(total=n_speakers * utterances_per_speaker, desc="synthesising", unit="utt",
-                    disable=None, leave=False)
+    progress = progress_bar(total=n_speakers * utterances_per_speaker, desc="synthesising", unit="utt", leave=False)
     for s_index, speaker in enumerate(speakers):
         for u_index in range(utterances_per_speaker):
             rng = _rng(seed, 1, s_index, u_index)

@@ -24,10 +24,10 @@ import math
 from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from edge_ser.errors import EdgeSerError
 from edge_ser.labels import CATEGORIES, CATEGORY_INDEX, REPORTED_CATEGORIES
+from edge_ser.progress import progress_bar
 
 NO_LABEL: int = -1
 """Index used for "no reference label"."""
@@ -537,7 +537,7 @@ def bootstrap_ci(
     estimate = float(metric_fn(np.arange(len(keys), dtype=np.int64)))
     rng = np.random.default_rng(seed)
     values = np.full(n, np.nan)
-    for b in tqdm(range(n), desc="bootstrap", disable=not progress, leave=False):
+    for b in progress_bar(range(n), desc="bootstrap", enabled=progress, leave=False):
         draw = rng.integers(0, len(group_rows), size=len(group_rows))
         idx = np.concatenate([group_rows[g] for g in draw])
         try:

@@ -39,11 +39,11 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.io import read_json, sha256_file
 from edge_ser.labels import CATEGORIES, DIMENSIONS
+from edge_ser.progress import progress_bar
 
 __all__ = [
     "PREDICTION_SOURCES", "RunFeatures", "SourceChoice", "FoldRun", "run_features", "choose_source",
@@ -334,7 +334,7 @@ def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus,
     probs = np.zeros((n, len(CATEGORIES)), dtype=np.float64)
     avd = np.zeros((n, len(DIMENSIONS)), dtype=np.float64)
     n_frames = np.zeros(n, dtype=np.int64)
-    bar = tqdm(total=n, desc=desc, unit="utt", disable=not progress, leave=False)
+    bar = progress_bar(total=n, desc=desc, unit="utt", enabled=progress, leave=False)
     for part in _batches(n, batch_size):
         feats = [frames_of(str(r["utt_id"]), corpus.audio_path(r)) for r in rows.iloc[part].to_dict("records")]
         if part.start == 0 and (feats[0].ndim != 2 or feats[0].shape[1] != model.input_dim):
@@ -383,7 +383,7 @@ def predict_corpus(
         source: ``auto``, ``cache`` or ``audio`` (module docstring).
         batch_size: utterances per head batch.
         features_dir: the run's feature cache folder, when it moved since training.
-        progress: show a tqdm bar.
+        progress: show progress (edge_ser.progress: a bar on a terminal).
 
     Returns:
         DataFrame with one row per selected utterance, in corpus-table order. ``df.attrs["edge_ser"]``
@@ -485,7 +485,7 @@ def predict_folds(
     _check_speaker_folds(corpus.table, chosen[0], features_dir=features_dir)
     memo: dict[tuple, _AudioFrames] = {} if _memo is None else _memo
     parts = []
-    for fold in tqdm(range(k), desc=f"folds ({corpus.name})", unit="fold", disable=not progress, leave=False):
+    for fold in progress_bar(range(k), desc=f"folds ({corpus.name})", unit="fold", enabled=progress, leave=False):
         rows = corpus.table[corpus.table["fold"] == fold].reset_index(drop=True)
         if len(rows) == 0:  # e.g. a noisy copy of only some speakers
             continue

@@ -71,17 +71,33 @@ class TestSetInfo:
     classes: tuple[str, ...]
     predictions_file: str
     training_seed: int | None = None
+    condition: str | None = None
+    """Recording condition of a copy made by :func:`edge_ser.data.conditions.make_condition_corpus`
+    (``gain+10dB``, ``telephone``); None for clean and noisy sets."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def test_set_name(corpus_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> str:
-    """``snr<X>dB`` for a noisy copy, else the folder name."""
+    """``snr<X>dB`` for a noisy copy, the condition (``gain+10dB``, ``telephone``) for a condition
+    copy, else the folder name."""
     noisy = manifest.get("noisy")
     if isinstance(noisy, Mapping) and noisy.get("snr_db") is not None:
         return f"snr{float(noisy['snr_db']):g}dB"
+    condition = manifest.get("condition")
+    if isinstance(condition, Mapping) and condition.get("name"):
+        return str(condition["name"])
     return Path(corpus_dir).resolve().name
+
+
+def _derivation(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``noisy`` or ``condition`` block of a corpus made from another one, else None."""
+    for key in ("noisy", "condition"):
+        block = manifest.get(key)
+        if isinstance(block, Mapping) and block.get("base_corpus"):
+            return block
+    return None
 
 
 def _unique_names(dirs: Sequence[Path], manifests: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -148,8 +164,10 @@ def _run_evaluation(
     for corpus, name in zip(corpora, names):
         name = name + name_suffix
         noisy = corpus.manifest.get("noisy") if isinstance(corpus.manifest.get("noisy"), Mapping) else None
-        base_corpus = str(noisy.get("base_corpus")) if noisy else corpus.name
-        base_sha = noisy.get("base_table_sha256") if noisy else corpus.manifest.get("table_sha256")
+        condition = corpus.manifest.get("condition") if isinstance(corpus.manifest.get("condition"), Mapping) else None
+        derived = _derivation(corpus.manifest)
+        base_corpus = str(derived.get("base_corpus")) if derived else corpus.name
+        base_sha = derived.get("base_table_sha256") if derived else corpus.manifest.get("table_sha256")
         cross = features.corpus is not None and base_corpus != features.corpus
         rows = split
         notes: list[str] = []
@@ -173,6 +191,11 @@ def _run_evaluation(
             measured = (noisy.get("snr_db_measured") or {}).get("mean")
             notes.append(f"Noisy copy of {base_corpus!r}: {noisy.get('noise')} noise at {float(noisy['snr_db']):g} dB "
                          f"SNR (measured mean {math.nan if measured is None else measured:.2f} dB).")
+        if condition:
+            clipped = (condition.get("clipped_fraction") or {})
+            notes.append(f"Copy of {base_corpus!r} under condition {condition.get('name')}: "
+                         f"{clipped.get('utterances_clipped', 0)} utterances with clipped samples "
+                         f"(mean share {100 * float(clipped.get('mean', 0.0)):.3f} %).")
         notes.append(f"Features: {source.get('reason', 'unknown')}.")
         report = dataclasses.replace(report, notes=report.notes + tuple(class_notes + notes))
         pred_file = f"{PREDICTIONS_DIR}/{_slug(name)}.csv"
@@ -183,6 +206,7 @@ def _run_evaluation(
             rows="all" if rows is None else f"split={rows}", n_utterances=int(len(table)),
             feature_source=",".join(sorted(set(table["feature_source"]))), source_reason=str(source.get("reason")),
             classes=scored, predictions_file=pred_file, training_seed=training_seed,
+            condition=str(condition["name"]) if condition else None,
         )
         results[name] = (report, info)
     return results
@@ -197,14 +221,15 @@ def _write(results: Mapping[str, tuple[TestSetReport, TestSetInfo]], *, out: Pat
     write_json_atomic(out / TEST_SETS_JSON, {"run_info": dict(run_info),
                                              "test_sets": {n: i.to_dict() for n, i in infos.items()}})
     lines = [(out / REPORT_MD).read_text(encoding="utf-8").rstrip("\n"), "", "## Test sets", "",
-             "| Test set | corpus | base corpus | SNR dB | cross-corpus | rows | n | features | scored classes | "
+             "| Test set | corpus | base corpus | condition | cross-corpus | rows | n | features | scored classes | "
              "predictions |", "|---|---|---|---|---|---|---|---|---|---|"]
     for n, i in infos.items():
-        lines.append(f"| {n} | {i.corpus} | {i.base_corpus} | {'–' if i.snr_db is None else f'{i.snr_db:g}'} | "
+        lines.append(f"| {n} | {i.corpus} | {i.base_corpus} | {_condition_text(i)} | "
                      f"{'yes' if i.cross_corpus else 'no'} | {i.rows} | {i.n_utterances} | {i.feature_source} | "
                      f"{', '.join(i.classes)} | [{Path(i.predictions_file).name}]({i.predictions_file}) |")
     if noise_plot is not None:
-        lines += ["", "## Clean vs noise", "", "Change relative to the clean set in brackets (%).", ""]
+        lines += ["", "## Clean vs noise and recording conditions", "",
+                  "Change relative to the clean set in brackets (%).", ""]
         lines += noise_plot[1] + ["", f"![clean vs noise]({CLEAN_VS_NOISE_PNG})"]
     write_text_atomic(out / REPORT_MD, "\n".join(lines) + "\n")
     return out
@@ -212,20 +237,21 @@ def _write(results: Mapping[str, tuple[TestSetReport, TestSetInfo]], *, out: Pat
 
 def _clean_vs_noise(reports: Mapping[str, TestSetReport], infos: Mapping[str, TestSetInfo], *, out: Path,
                     title: str) -> tuple[Path, list[str]] | None:
-    """Bars + markdown rows: each clean set followed by its noisy copies, loudest SNR first."""
+    """Bars + markdown rows: each clean set followed by its condition copies (gain from quiet to
+    loud, telephone) and its noisy copies, loudest SNR first."""
     from edge_ser.evaluation.plots import plot_condition_bars
 
-    noisy = [n for n, i in infos.items() if i.snr_db is not None]
+    noisy = [n for n, i in infos.items() if i.snr_db is not None or i.condition is not None]
     if not noisy:
         return None
-    # A noisy set belongs to the clean set it was made from (same table sha256, same training seed).
+    # A derived set belongs to the clean set it was made from (same table sha256, same training seed).
     clean_of = {(i.base_table_sha256, i.training_seed): n for n, i in infos.items()
-                if i.snr_db is None and i.base_table_sha256}
+                if i.snr_db is None and i.condition is None and i.base_table_sha256}
     groups: dict[str | None, list[str]] = {}
-    for n in sorted(noisy, key=lambda n: -infos[n].snr_db):  # type: ignore[operator]
+    for n in sorted(noisy, key=lambda n: _condition_order(infos[n])):
         groups.setdefault(clean_of.get((infos[n].base_table_sha256, infos[n].training_seed)), []).append(n)
     values: dict[str, dict[str, float | None]] = {}
-    rows: list[str] = ["| Test set | SNR dB | " + " | ".join(_BAR_METRICS) + " |",
+    rows: list[str] = ["| Test set | condition | " + " | ".join(_BAR_METRICS) + " |",
                        "|---|---|" + "---|" * len(_BAR_METRICS)]
     for clean, members in groups.items():
         ref = summary_metrics(reports[clean].to_dict()) if clean is not None else None
@@ -240,10 +266,25 @@ def _clean_vs_noise(reports: Mapping[str, TestSetReport], infos: Mapping[str, Te
                 if v is not None and base not in (None, 0):
                     text += f" ({100 * (v - base) / abs(base):+.1f})"
                 cells.append(text)
-            snr = infos[n].snr_db
-            rows.append(f"| {n} | {'clean' if snr is None else f'{snr:g}'} | " + " | ".join(cells) + " |")
+            rows.append(f"| {n} | {_condition_text(infos[n])} | " + " | ".join(cells) + " |")
     path = plot_condition_bars(values, path=out / CLEAN_VS_NOISE_PNG, title=f"{title}: clean vs noise")
     return path, rows
+
+
+def _condition_text(info: TestSetInfo) -> str:
+    if info.snr_db is not None:
+        return f"SNR {info.snr_db:g} dB"
+    return info.condition or "clean"
+
+
+def _condition_order(info: TestSetInfo) -> tuple[int, float, str]:
+    if info.condition is not None:
+        gain = info.condition.removeprefix("gain").removesuffix("dB")
+        try:
+            return (0, float(gain), "")
+        except ValueError:
+            return (1, 0.0, info.condition)
+    return (2, -float(info.snr_db or 0.0), "")
 
 
 def _check_options(*, source: str, bootstrap: int, classes: Sequence[str] | None) -> None:

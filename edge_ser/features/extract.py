@@ -31,12 +31,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from edge_ser.errors import CorpusError
 from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWriter
 from edge_ser.io import read_json
 from edge_ser.labels import SAMPLE_RATE
+from edge_ser.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def extract_features(
         resume: reuse finished shards of an interrupted run with the same settings
             (and return an already finished identical cache as is); False starts over.
         on_shard: called as ``on_shard(shard, n_shards)`` after each shard is saved.
-        show_progress: tqdm bar and a throughput line on stderr.
+        show_progress: a progress bar (on a terminal) and a throughput line on stderr.
 
     Returns:
         The opened :class:`FeatureCache`; its manifest records throughput
@@ -232,8 +232,7 @@ def extract_features(
     n_states = extractor.n_layers + 1
     threads = torch.get_num_threads()
     todo_utts = sum(len(shards[s]) for s in range(len(shards)) if not writer.is_done(s))
-    bar = tqdm(total=todo_utts, desc=f"extracting {model}", unit="utt", disable=not show_progress or None,
-               leave=False)
+    bar = progress_bar(total=todo_utts, desc=f"extracting {model}", unit="utt", enabled=show_progress, leave=False)
     computed_utts, audio_s, wall_s, computed_shards = 0, 0.0, 0.0, 0
     for shard, rows in enumerate(shards):
         if writer.is_done(shard):

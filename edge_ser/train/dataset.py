@@ -21,10 +21,10 @@ from typing import Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checka
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.labels import CATEGORIES, CATEGORY_INDEX, DIMENSIONS
+from edge_ser.progress import progress_bar
 
 __all__ = [
     "FeatureSource", "ArrayFeatureSource", "CacheFeatureSource", "PaddedBatch", "iterate_batches",
@@ -315,7 +315,7 @@ def feature_statistics(source: FeatureSource, indices: np.ndarray, *, progress: 
     total = np.zeros(source.input_dim, dtype=np.float64)
     total_sq = np.zeros(source.input_dim, dtype=np.float64)
     count = 0
-    for i in tqdm(indices, desc="feature stats", unit="utt", disable=not progress, leave=False):
+    for i in progress_bar(indices, desc="feature stats", unit="utt", enabled=progress, leave=False):
         x = np.asarray(source.frames(int(i)), dtype=np.float64)
         total += x.sum(axis=0)
         total_sq += (x * x).sum(axis=0)

@@ -24,7 +24,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from edge_ser import __version__
 from edge_ser.cpu_features import cpu_features
@@ -32,6 +31,7 @@ from edge_ser.errors import ManifestError
 from edge_ser.evaluation import metrics as eval_metrics
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
 from edge_ser.labels import CATEGORIES, DIMENSIONS, REPORTED_CATEGORIES, CATEGORY_INDEX
+from edge_ser.progress import progress_bar
 from edge_ser.train import runs
 from edge_ser.train.dataset import (
     FeatureSource, feature_statistics, fold_splits, frame_counts, iterate_batches, split_indices, with_splits,
@@ -317,8 +317,8 @@ def train_run(
 
         started = time.perf_counter()
         lengths = frame_counts(source) if config.bucket_batches > 1 else None
-        epochs = tqdm(range(start_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
-                      disable=not progress, initial=start_epoch - 1, total=config.max_epochs)
+        epochs = progress_bar(range(start_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
+                              enabled=progress, initial=start_epoch - 1, total=config.max_epochs)
         for epoch in epochs:
             if stopped_early and bad_epochs >= config.patience:
                 break
@@ -388,10 +388,10 @@ def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: Feature
     model.train()
     total, seen = 0.0, 0
     started = time.perf_counter()
-    batches = tqdm(iterate_batches(source, rows, batch_size=config.batch_size, shuffle=True, seed=config.seed,
-                                   epoch=epoch, bucket_batches=config.bucket_batches, lengths=lengths),
-                   total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
-                   leave=False, disable=not progress)
+    batches = progress_bar(iterate_batches(source, rows, batch_size=config.batch_size, shuffle=True, seed=config.seed,
+                                           epoch=epoch, bucket_batches=config.bucket_batches, lengths=lengths),
+                           total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
+                           leave=False, enabled=progress)
     for batch in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
             out = model(batch.x, batch.lengths)
@@ -461,7 +461,7 @@ def train_folds(
         futures = [pool.submit(_train_fold_worker, cache_dir=str(cache_dir), layer=layer, out=str(out), fold=fold,
                                seed=seed, k=k, config=config, resume=resume) for fold, seed, k in jobs]
         records = []
-        for future in tqdm(futures, desc=f"folds ({workers} workers)", disable=not progress):
+        for future in progress_bar(futures, desc=f"folds ({workers} workers)", unit="fold", enabled=progress):
             records.append(future.result())
     return _finish_folds(out, records, source.info, config)
 
