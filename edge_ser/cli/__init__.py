@@ -14,6 +14,13 @@ import logging
 import click
 
 from edge_ser import __version__
+from edge_ser.progress import quiet_third_party_bars
+from edge_ser.quiet import silence_known_noise
+
+# Before _register_all imports the command modules and with them torch, torchao, coremltools
+# and tqdm: some warn at import, and tqdm reads its settings then.
+silence_known_noise()
+quiet_third_party_bars()
 
 COMMAND_MODULES: tuple[str, ...] = (
     "edge_ser.cli.data",
