@@ -5,6 +5,11 @@ Every step writes its outputs under ``out/`` and then a record ``out/steps/<step
 A re-run skips the steps that have a record and continues with the first that has none;
 a failed step raises with its error and leaves the earlier outputs in place.
 
+An artifact refused by parity (its conversion gate raised :class:`ParityError`, or it failed
+the larger check of the verify step) does not stop the chain: the refusal and its numbers are
+recorded, the other artifacts go on, and the model card lists it with its reasons.
+:attr:`DemoResult.refused` says which; ``edge-ser demo`` exits with a status of its own then.
+
 Default data: the built-in synthetic corpus. ``data_root`` = a RAVDESS speech folder runs
 the same chain with speaker folds (all folds trained, pooled held-out evaluation; the
 fold-0 run is converted). Default foundation model: Whisper-base with the real weights the
@@ -19,10 +24,13 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from edge_ser import __version__
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from edge_ser.runtime.parity import ParityReport
 
 NOISE_SNRS_DB: tuple[float, ...] = (15.0, 5.0)
 # (target, precision) pairs the demo converts. ONNX fp32 is the baseline that separates
@@ -57,10 +65,35 @@ class StepRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class RefusedArtifact:
+    """An artifact that parity refused: at conversion (nothing written) or at verification."""
+
+    key: str  # "<target>-<precision>", as in the convert step's record
+    target: str
+    precision: str
+    stage: str  # "convert" or "verify"
+    reasons: tuple[str, ...]
+
+    def to_text(self) -> str:
+        return f"{self.key} refused at {self.stage}: {'; '.join(self.reasons)}"
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoResult:
     out: Path
     steps: tuple[StepRecord, ...]
     wall_time_s: float
+
+    @property
+    def refused(self) -> tuple[RefusedArtifact, ...]:
+        """Artifacts refused by parity, from the convert and verify records (kept ones included)."""
+        found = []
+        for step in self.steps:
+            if step.name in ("convert", "verify"):
+                for key, entry in step.outputs.get("refused", {}).items():
+                    found.append(RefusedArtifact(key=key, target=entry["target"], precision=entry["precision"],
+                                                 stage=step.name, reasons=tuple(entry["reasons"])))
+        return tuple(found)
 
     def to_text(self) -> str:
         lines = [f"edge-ser demo finished in {self.wall_time_s / 60:.1f} min; outputs in {self.out}/"]
@@ -68,7 +101,9 @@ class DemoResult:
             shown = {k: v for k, v in step.outputs.items() if isinstance(v, (str, int, float)) and k != "note"}
             where = ", ".join(f"{k}={v}" for k, v in list(shown.items())[:4])
             lines.append(f"  {step.name:10s} {step.status:5s} {step.seconds:7.1f} s  {where}")
-        lines.append(f"  model card: {self.out / 'MODEL_CARD.md'}")
+        if any(step.name == "card" for step in self.steps):
+            lines.append(f"  model card: {self.out / 'MODEL_CARD.md'}")
+        lines += [f"  REFUSED {r.to_text()}" for r in self.refused]
         return "\n".join(lines)
 
 
@@ -226,28 +261,35 @@ class _Demo:
 
     def step_convert(self) -> dict[str, Any]:
         from edge_ser.converters.pipeline import convert_run
+        from edge_ser.runtime.parity import ParityError
 
         train = self.outputs("train")
         run_dir = train["runs"][train["main"]]["convert_run"]
-        artifacts = {}
+        artifacts, refused = {}, {}
         for target, precision in self.c.artifacts:
-            out = self.p("artifacts", f"{target}-{precision}")
+            key = f"{target}-{precision}"
+            out = self.p("artifacts", key)
             t0 = time.perf_counter()
-            result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out,
-                                 window_s=self.c.window_s, overwrite=True, seed=self.c.seed)
-            artifacts[f"{target}-{precision}"] = {"dir": str(out), "target": target, "precision": precision,
-                                                  "size_bytes": result.size_bytes,
-                                                  "seconds": round(time.perf_counter() - t0, 1),
-                                                  "parity": _jsonable(result.parity)}
-        return {"run": run_dir, "window_s": self.c.window_s, "artifacts": artifacts}
+            try:
+                result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out,
+                                     window_s=self.c.window_s, overwrite=True, seed=self.c.seed)
+            except ParityError as exc:  # one refused artifact says nothing about the others
+                if out.exists():  # an artifact of an earlier attempt must not pass for this one
+                    shutil.rmtree(out)
+                refused[key] = _refusal(exc.report, seconds=time.perf_counter() - t0)
+                print(f"  {key} refused by its parity gate: {'; '.join(exc.report.failures)}", flush=True)
+                continue
+            artifacts[key] = {"dir": str(out), "target": target, "precision": precision,
+                              "size_bytes": result.size_bytes, "seconds": round(time.perf_counter() - t0, 1),
+                              "parity": _jsonable(result.parity)}
+        return {"run": run_dir, "window_s": self.c.window_s, "artifacts": artifacts, "refused": refused}
 
     def step_verify(self) -> dict[str, Any]:
         from edge_ser.converters.verify import verify_artifact
-        from edge_ser.runtime.parity import ParityError
 
         conv, info = self.outputs("convert"), self.outputs("corpus")
-        results, failed = {}, []
-        for key, art in conv["artifacts"].items():
+        results, refused = {}, {}
+        for key, art in conv["artifacts"].items():  # artifacts refused at conversion are not there
             if art["target"] == "coreml":
                 results[key] = {"note": "Core ML prediction needs macOS; verified structurally at conversion "
                                         "(I/O names and shapes, dequantized weights vs fp32)"}
@@ -258,12 +300,12 @@ class _Demo:
             result = verify_artifact(artifact=art["dir"], run_dir=conv["run"], corpus_dir=info["corpus_dir"],
                                      baseline=baseline, max_utterances=60 if self.c.quick else 200)
             results[key] = [r.to_dict() for r in result.reports]
-            if not result.verdict.passed:
-                failed.append(result.verdict)
+            if not result.passed:  # parity is not a warning: recorded, listed in the card, exit status
+                refused[key] = _refusal(result.verdict, seconds=result.wall_s)
+                print(f"  {key} refused at verification: {'; '.join(result.verdict.failures)}", flush=True)
         write_json_atomic(self.p("verify.json"), results)
-        if failed:  # parity is not a warning: stop here, the reports are in verify.json
-            raise ParityError(failed[0])
-        return {"reports": str(self.p("verify.json")), "artifacts_verified": len(results)}
+        return {"reports": str(self.p("verify.json")), "artifacts_verified": len(results), "refused": refused,
+                "skipped_refused_at_convert": sorted(conv.get("refused", {}))}
 
     def step_bench(self) -> dict[str, Any]:
         import torch
@@ -287,13 +329,20 @@ class _Demo:
                 continue
             table[key] = bench_artifact(art["dir"], runs=runs, threads=threads).to_dict()
         write_json_atomic(self.p("bench.json"), table)
-        return {"bench": str(self.p("bench.json")), "p50_ms": {k: round(v["p50_ms"], 2) for k, v in table.items()}}
+        return {"bench": str(self.p("bench.json")), "p50_ms": {k: round(v["p50_ms"], 2) for k, v in table.items()},
+                "skipped_refused_at_convert": sorted(conv.get("refused", {}))}
 
     def step_card(self) -> dict[str, Any]:
         from edge_ser.model_card import write_model_card
 
         path = write_model_card(self.out, {name: self.outputs(name) for name in STEP_NAMES if name != "card"})
         return {"model_card": str(path)}
+
+
+def _refusal(report: ParityReport, *, seconds: float) -> dict[str, Any]:
+    """The record of a ParityReport that failed: why, and the report's numbers."""
+    return {"target": report.target, "precision": report.precision, "reasons": list(report.failures),
+            "seconds": round(seconds, 1), "report": _jsonable(report.to_dict())}
 
 
 def _jsonable(value: Any) -> Any:

@@ -132,20 +132,49 @@ def _artifact_section(steps: Mapping[str, Mapping[str, Any]], root: Path) -> lis
              "|---|---|---|---|---|---|---|---|"]
     if eager:
         lines.append(f"| eager PyTorch fp32 (reference) | – | {eager:.1f} | 1.00 | – | – | – | – |")
+    refused_at_verify = steps["verify"].get("refused", {})
     for key, art in conv["artifacts"].items():
         lat = bench.get(key, {}).get("p50_ms")
         reports = verify.get(key)
         if isinstance(reports, list) and reports:
             ref = next((r for r in reports if r["comparison"].endswith("reference")), reports[0])
-            probs = next((o for o in ref["outputs"] if o["name"] == "probs"), {})
+            top1, err, psnr = _parity_numbers(ref)
             parity = "pass" if ref["passed"] else "FAIL"
-            top1, err, psnr = ref["task"]["top1_agreement"], probs.get("max_abs"), probs.get("psnr_db")
+            if key in refused_at_verify:
+                parity = "refused at verification: " + _reasons(refused_at_verify[key])
         else:
             parity = "structural (needs macOS to run)" if art["target"] == "coreml" else "–"
             top1 = err = psnr = None
         ratio = f"{lat / eager:.2f}" if lat and eager else "–"
         lines.append(f"| {key} | {art['size_bytes'] / 1e6:.1f} | {_fmt(lat, 1)} | {ratio} | {_fmt(top1)} | "
                      f"{_fmt(err, 6) if err is not None else '–'} | {_fmt(psnr, 1)} | {parity} |")
-    lines += ["", "Parity tolerances and their reasons: docs/parity.md. Core ML prediction needs macOS; on Linux the "
+    refused = conv.get("refused", {})
+    for key, entry in refused.items():
+        top1, err, psnr = _parity_numbers(entry["report"])
+        lines.append(f"| {key} | – | – | – | {_fmt(top1)} | {_fmt(err, 6) if err is not None else '–'} | "
+                     f"{_fmt(psnr, 1)} | refused: {_reasons(entry)} |")
+    lines += [""]
+    if refused:
+        lines += [f"Refused at conversion ({', '.join(refused)}): the artifact's parity gate compared it with the "
+                  "PyTorch reference on held-out utterances and found it outside its tolerance, so no artifact was "
+                  "written and it was neither verified nor benchmarked; the numbers are from that comparison "
+                  f"(full reports: `{_rel(root / 'steps' / 'convert.json', root)}`).", ""]
+    if refused_at_verify:
+        lines += [f"Refused at verification ({', '.join(refused_at_verify)}): the artifact passed its conversion "
+                  "gate but failed the larger check on the test split (windows as the runtime runs them); it is kept "
+                  "for inspection and benchmarked, but not fit to deploy "
+                  f"(reports: `{_rel(steps['verify']['reports'], root)}`).", ""]
+    lines += ["Parity tolerances and their reasons: docs/parity.md. Core ML prediction needs macOS; on Linux the "
               "package is checked structurally (inputs/outputs, dequantized weights against fp32).", ""]
     return lines
+
+
+def _parity_numbers(report: Mapping[str, Any]) -> tuple[float | None, float | None, float | None]:
+    """(top-1 agreement, max abs error of probs, PSNR of probs) of a ParityReport.to_dict()."""
+    probs = next((o for o in report.get("outputs", ()) if o["name"] == "probs"), {})
+    return report.get("task", {}).get("top1_agreement"), probs.get("max_abs"), probs.get("psnr_db")
+
+
+def _reasons(refusal: Mapping[str, Any]) -> str:
+    # A "|" would end the Markdown table cell.
+    return "; ".join(refusal["reasons"]).replace("|", "\\|") or "outside its tolerance"

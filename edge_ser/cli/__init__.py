@@ -57,11 +57,14 @@ _register_all()
 
 
 def main() -> None:  # console-script entry point
-    """Run the CLI; edge-ser's own errors become one clean message and exit code 1."""
+    """Run the CLI; edge-ser's own errors become one clean message and exit code 1.
+
+    A command that ends with ``ctx.exit(code)`` (e.g. ``edge-ser demo``'s status 3) exits with that code.
+    """
     from edge_ser.errors import EdgeSerError
 
     try:
-        root(standalone_mode=False)
+        code = root(standalone_mode=False)  # not standalone: returns ctx.exit's code instead of exiting
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         raise SystemExit(1) from None
@@ -71,3 +74,5 @@ def main() -> None:  # console-script entry point
     except EdgeSerError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(1) from None
+    if isinstance(code, int) and code:
+        raise SystemExit(code)

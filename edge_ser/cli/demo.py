@@ -6,12 +6,23 @@ from pathlib import Path
 
 import click
 
+EXIT_ARTIFACTS_REFUSED = 3
+"""Exit status: the chain finished and MODEL_CARD.md was written, but parity refused at least one
+artifact (0 = every artifact passed, 1 = an error stopped the demo, 2 = bad command line)."""
+
 
 def register(root: click.Group) -> None:
     root.add_command(demo)
 
 
-@click.command()
+@click.command(epilog=(
+    "\b\nExit status:\n"
+    "  0  the chain finished, every artifact passed parity; MODEL_CARD.md written\n"
+    "  1  an error stopped the demo (no model card); run again to continue\n"
+    "  2  bad command-line options\n"
+    f"  {EXIT_ARTIFACTS_REFUSED}  the chain finished and MODEL_CARD.md was written, but parity refused\n"
+    "     N artifact(s): listed in the card and on stderr with their reasons"))
+@click.pass_context
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option("--data", "data_root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="RAVDESS speech folder; default: the built-in synthetic corpus.")
@@ -22,12 +33,14 @@ def register(root: click.Group) -> None:
 @click.option("--artifacts", default=None,
               help="Comma-separated target:precision pairs to convert (default: "
                    "onnx:fp32,onnx:int8,executorch:int8,coreml:palette4).")
-def demo(out: Path, data_root: Path | None, model: str | None, fresh: bool, quick: bool,
+def demo(ctx: click.Context, out: Path, data_root: Path | None, model: str | None, fresh: bool, quick: bool,
          artifacts: str | None) -> None:
     """Run data -> features -> saliency -> training -> evaluation -> conversion -> parity -> benchmark -> model card.
 
     A failed step stops with its error and keeps the outputs of the earlier steps;
-    running the command again continues from the last finished step.
+    running the command again continues from the last finished step. An artifact that
+    parity refuses (at conversion or verification) does not stop the chain: the others
+    go on and the model card lists it with its reasons (see the exit status below).
     """
     from edge_ser.converters.backends import get_backend
     from edge_ser.demo import DEMO_ARTIFACTS, DemoConfig, run_demo
@@ -44,3 +57,8 @@ def demo(out: Path, data_root: Path | None, model: str | None, fresh: bool, quic
     result = run_demo(DemoConfig(out=out, data_root=data_root, model=model, quick=quick, artifacts=pairs),
                       fresh=fresh)
     click.echo(result.to_text())
+    if result.refused:
+        click.echo(f"{len(result.refused)} artifact(s) refused by parity; the model card lists them:", err=True)
+        for refusal in result.refused:
+            click.echo(f"  {refusal.to_text()}", err=True)
+        ctx.exit(EXIT_ARTIFACTS_REFUSED)
