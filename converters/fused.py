@@ -163,6 +163,12 @@ def build_fused_model(
             f"with {expected_sha[:12]}...; the fused model would not match the trained head. Pass weights=<the folder "
             "used for feature extraction> (--weights), or re-extract features and retrain."
         )
+    if "provenance" in source and isinstance(feature_model, str) and feature_model != "mfbf0":
+        from edge_ser.fm.model import check_input_level
+
+        check_input_level(source["provenance"].get("input_level"), front_source.pop("_loaded"),
+                          where=f"the feature cache {source['provenance']['feature_dir']} of run {run_dir}")
+    front_source.pop("_loaded", None)
     source.update(front_source)
     if hasattr(front, "for_window"):
         front = front.for_window(window_samples)
@@ -201,6 +207,7 @@ def run_provenance(run_info: dict[str, Any], *, run_dir: Path) -> dict[str, Any]
         "feature_manifest_sha256": run_info.get("feature_manifest_sha256"),
         "weights_source": manifest.get("weights_source"), "fold": features.get("fold"),
         "corpus_dir": corpus.get("dir"), "corpus": corpus.get("name"),
+        "input_level": (manifest.get("spec") or {}).get("input_level"),
     }
 
 
@@ -230,6 +237,8 @@ def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, ran
         "layer": int(layer),
         "n_layers_full": int(spec.n_layers),
         "weights_source": _jsonable_weights(getattr(loaded, "weights_source", None)),
+        "input_level": getattr(loaded, "input_level", None),
+        "_loaded": loaded,
     }
     return loaded.truncated(int(layer)), source
 

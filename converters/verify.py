@@ -79,7 +79,7 @@ class VerifyResult:
         return next((r for r in self._deciding() if not r.passed), self.reports[0])
 
     def _deciding(self) -> list[ParityReport]:
-        return [r for r in self.reports if r.comparison == REFERENCE_COMPARISON
+        return [r for r in self.reports if r.comparison.split(" [")[0] == REFERENCE_COMPARISON
                 or r.comparison.startswith(KERNEL_PATH_COMPARISON_PREFIX)]
 
     @property
@@ -192,6 +192,7 @@ def verify_artifact(
     seed: int = 0,
     progress: bool = True,
     kernel_paths: bool = True,
+    condition: str | None = None,
 ) -> VerifyResult:
     """Compare an artifact with the PyTorch reference of ``run_dir`` on a corpus split.
 
@@ -204,6 +205,9 @@ def verify_artifact(
         baseline: optional fp32 artifact of the same run and window: adds the quantization and
             conversion comparisons.
         threads: intra-op threads of the artifact runtimes (default: torch's setting).
+        condition: a recording condition applied to every clip first (``gain+20dB``,
+            ``telephone``; :mod:`edge_ser.data.conditions`), so an artifact is checked on the
+            audio a user would give it; reference and artifact see the same transformed audio.
         kernel_paths: also run the artifact as other CPUs' int8 kernels compute it, where the
             target's int8 arithmetic depends on the CPU (ONNX int8); slower (int32 emulation).
 
@@ -254,13 +258,20 @@ def verify_artifact(
         for path, run in emulated.items():
             candidates[path] = lambda w, run=run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
 
+    transform = None
+    if condition is not None:
+        from edge_ser.data.conditions import apply_condition, parse_condition
+
+        parsed = parse_condition(condition)
+        transform = lambda wave: apply_condition(wave, parsed)[0]  # noqa: E731
     corpus = load_corpus(corpus_dir)
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
     collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUTS} for k in candidates}
     n_windows = 0
     for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", enabled=progress,
                                leave=False):
-        clip = model.prepare(load_audio(corpus.audio_path(row.to_dict())), model.sample_rate)
+        wave = load_audio(corpus.audio_path(row.to_dict()))
+        clip = model.prepare(wave if transform is None else transform(wave), model.sample_rate)
         spans = model.windows(clip)
         windows = [model.fit_window(clip[s:e]) for s, e in spans]
         # Same merge as EmotionModel.predict: weights = real samples per window.
@@ -299,6 +310,8 @@ def verify_artifact(
     for path in (name for name in candidates if name not in ("reference", "artifact", "baseline")):
         reports.append(compare(stacked["reference"], stacked[path], target=m.target, precision=m.precision,
                                comparison=kernel_path_comparison(path), **task_kwargs))
+    if condition is not None:
+        reports = [dataclasses.replace(r, comparison=f"{r.comparison} [{condition}]") for r in reports]
     return VerifyResult(
         artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
         n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),

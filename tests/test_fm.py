@@ -265,7 +265,14 @@ def test_waveform_normalisation_matches_transformers_feature_extractor(tiny_mode
     ref = Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm([wave[0].numpy()], attention_mask=None)[0]
     ours = tiny_models["tiny-wavlm"].front_end(wave)[0].numpy()
     np.testing.assert_allclose(ours, ref, atol=2e-6)
-    assert torch.equal(tiny_models["tiny-hubert"].front_end(wave), wave)  # base-style: no normalisation
+    # base-style: no z-normalisation, only the RMS level normalisation (a pure gain)
+    from edge_ser.fm.model import INPUT_LEVEL_DBFS
+
+    out = tiny_models["tiny-hubert"].front_end(wave)
+    gain = out / wave
+    assert torch.allclose(gain, gain.flatten()[0].expand_as(gain), rtol=1e-5)
+    rms_db = 20 * torch.log10(out.pow(2).mean().sqrt())
+    assert float(rms_db) == pytest.approx(INPUT_LEVEL_DBFS, abs=1e-3)
 
 
 # ---------------------------------------------------------------------------------------
@@ -283,14 +290,16 @@ def test_whisper_short_input_vs_padded_to_30_s(tiny_models):
     error 3.7e-2). The bound 0.995 leaves margin yet would catch a wrong position slice
     (cosine ~0.5). Real Whisper-base differs far more (see tests/test_real_whisper.py).
     """
+    from edge_ser.fm.model import LevelNormalizer
     from edge_ser.frontend import WhisperLogMel
 
     fm = tiny_models["tiny-whisper"]
     wave = _speechlike(48_000, seed=7)
     states, frames = fm.hidden_states(wave)
     t = int(frames[0])
-    padded = torch.nn.functional.pad(wave, (0, 480_000 - wave.shape[1]))
+    # Both see the level-normalised utterance (the normaliser measures the real samples only).
     with torch.no_grad():
+        padded = torch.nn.functional.pad(LevelNormalizer()(wave), (0, 480_000 - wave.shape[1]))
         reference = fm.model(WhisperLogMel(80)(padded), output_hidden_states=True).hidden_states
     assert reference[0].shape[1] == 1500 and t == 150
     torch.testing.assert_close(states[0][0, : t - 1], reference[0][0, : t - 1], atol=1e-5, rtol=0)
@@ -477,3 +486,32 @@ def test_ct2_reader_rejects_bad_files(tiny_models, tmp_path):
         load_ct2_whisper_encoder(tmp_path)
     with pytest.raises(ValueError, match="only read for Whisper"):
         resolve_weights(_small_real_spec("wavlm"), weights=tmp_path / "v5")
+
+
+@pytest.mark.parametrize("name", ["tiny-whisper", "tiny-hubert", "tiny-wavlm"])
+def test_front_end_is_invariant_to_input_gain(name):
+    """Level normalisation in the graph: +/-20 dB on the input leaves layer-k features unchanged
+    (to float rounding), so a model cannot learn loudness from the corpus's recording level."""
+    from edge_ser.fm import load_foundation_model
+
+    fm = load_foundation_model(name, random_init=True, seed=0)
+    wave = _speechlike(16000) * 0.05
+    cut = fm.truncated(fm.spec.n_layers)
+    with torch.no_grad():
+        ref = cut(wave)
+        for gain_db in (-20.0, 20.0):
+            out = cut(wave * 10 ** (gain_db / 20))
+            # the -80 dBFS floor of the level estimate leaves ~1e-4 relative at -50 dBFS input
+            assert (out - ref).abs().max() <= 1e-3 * ref.abs().max(), (name, gain_db)
+    assert fm.input_level["method"] in ("rms", "z-normalisation")
+
+
+def test_features_from_another_input_level_front_end_are_refused():
+    from edge_ser.errors import ManifestError
+    from edge_ser.fm import load_foundation_model
+    from edge_ser.fm.model import check_input_level
+
+    fm = load_foundation_model("tiny-whisper", random_init=True, seed=0)
+    check_input_level(fm.input_level, fm, where="cache")
+    with pytest.raises(ManifestError, match="re-extract the features"):
+        check_input_level(None, fm, where="an old cache")

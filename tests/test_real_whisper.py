@@ -83,7 +83,10 @@ def test_converted_encoder_matches_ctranslate2(whisper_base, ct2_whisper, reques
     wave = _speech(source, lambda: request.getfixturevalue("ravdess_root"))
     if padded:
         wave = torch.nn.functional.pad(wave, (0, 480_000 - wave.shape[1]))
-    mel = WhisperLogMel(80)(wave)
+    # The short path runs edge-ser's whole front end (input level normalisation + log-mel); the
+    # encoder is what is compared, so CTranslate2 gets the same log-mel.
+    with torch.no_grad():
+        mel = WhisperLogMel(80)(wave) if padded else whisper_base.front_end(wave)
     reference = _ct2_encode(ct2_whisper, mel)
     if padded:
         with torch.no_grad():

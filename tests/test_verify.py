@@ -157,3 +157,19 @@ def test_cli_exit_code_follows_the_verdict(pipeline, tmp_path, monkeypatch):
     bad = CliRunner().invoke(root, args)
     assert bad.exit_code == 1, bad.output
     assert "-> FAIL" in bad.output and "of scale > 0" in bad.output
+
+
+def test_verify_under_a_recording_condition(pipeline):
+    """The same artifact checked on louder audio: reference and artifact see the same transformed
+    clips; level normalisation in the graph keeps the outputs where they were at 0 dB."""
+    from edge_ser.converters.verify import verify_artifact
+
+    clean = verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                            progress=False)
+    loud = verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                           progress=False, condition="gain+10dB")
+    assert loud.passed and loud.reports[0].comparison.endswith("[gain+10dB]")
+    assert loud.reports[0].task.uar_reference == pytest.approx(clean.reports[0].task.uar_reference)
+    with pytest.raises(ValueError, match="unknown condition"):
+        verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                        progress=False, condition="louder")

@@ -48,23 +48,33 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="An fp32 artifact: also report quantization error (this artifact vs the baseline).")
 @click.option("--max-utterances", default=200, show_default=True)
+@click.option("--condition", default=None,
+              help="Apply a recording condition to every clip first: gain+<dB>dB, gain-<dB>dB or telephone "
+                   "(edge_ser.data.conditions), e.g. to check an artifact on louder audio than the corpus.")
 @click.option("--kernel-paths/--no-kernel-paths", default=True, show_default=True,
               help="Also check the artifact as other CPUs' int8 kernels compute it (ONNX int8; emulated, slower).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report JSON.")
 def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None, max_utterances: int,
-           kernel_paths: bool, out: Path | None) -> None:
+           condition: str | None, kernel_paths: bool, out: Path | None) -> None:
     """Run the artifact and the PyTorch reference on the same audio; exit 1 on a parity breach.
 
     Prints the CPU it verified on: int8 kernels differ between instruction sets (AVX2,
     AVX-512/VNNI, ARM), so run it again on the device class you ship to."""
     from edge_ser.cpu_features import cpu_features
+    from edge_ser.data.conditions import parse_condition
+
+    if condition is not None:
+        try:
+            parse_condition(condition)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--condition") from None
     from edge_ser.converters.verify import verify_artifact
     from edge_ser.io import write_json_atomic
     from edge_ser.runtime.parity import ParityError
 
     click.echo(f"verifying on CPU: {cpu_features().to_text()}")
     result = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir, baseline=baseline,
-                             max_utterances=max_utterances, kernel_paths=kernel_paths)
+                             max_utterances=max_utterances, kernel_paths=kernel_paths, condition=condition)
     for report in result.reports:
         click.echo(report.to_text())
     if out:

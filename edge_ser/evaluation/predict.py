@@ -262,6 +262,10 @@ class _AudioFrames:
                 f"({recorded.get('detail')}). Restore those weights; features from other weights would not match "
                 "what the head was trained on."
             )
+        from edge_ser.fm.model import check_input_level
+
+        check_input_level((manifest.get("spec") or {}).get("input_level"), loaded,
+                          where=f"the run's feature cache {cache_dir}")
         self.module = loaded.truncated(int(layer))
         self.min_samples = min_samples(loaded.spec)
         self.max_samples = max_samples(loaded.spec)

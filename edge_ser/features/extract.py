@@ -103,6 +103,7 @@ class _Extractor:
             self.frame_rate = float(spec.frame_rate)
             self.family = str(spec.family)
             self.spec = spec.to_dict() if hasattr(spec, "to_dict") else dataclasses.asdict(spec)
+            self.spec["input_level"] = loaded.input_level
             source = loaded.weights_source
             self.weights_source = source.to_dict() if hasattr(source, "to_dict") else dataclasses.asdict(source)
 

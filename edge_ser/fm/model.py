@@ -106,6 +106,59 @@ class WaveformNormalizer(nn.Module):
         return centred / torch.sqrt(var + _ZNORM_EPS)
 
 
+INPUT_LEVEL_DBFS: float = -26.0
+"""RMS level (dBFS) every waveform is scaled to before the foundation model, per utterance in
+training features and per window on the device. -26 dBFS is the usual active-speech level of
+telephone and speech-coding tests (ITU-T P.56 practice); RAVDESS's median is about -39 dBFS,
+a phone held close is 10-20 dB louder. Whisper's log-mel is not level-normalised, and a head
+trained at one level learned loudness as emotion (issue: +18 dB turned 7-class UAR 60 -> 24)."""
+
+LEVEL_FLOOR_DBFS: float = -100.0
+"""Power floor of the level estimate (about the RMS of 16-bit quantisation noise): digital
+silence stays silence, and anything louder is scaled to the target. 41 dB below RAVDESS's
+quietest gain-swept level (-59 dBFS at -20 dB), so the normalisation is scale-invariant to
+4e-5 in amplitude over the whole robustness sweep (a -80 dBFS floor left 0.4 %, enough to move
+a base HuBERT's features by 1e-3 of their scale). Near-silent windows are amplified to speech
+level like any automatic gain control would; the model's answer there means little."""
+
+
+class LevelNormalizer(nn.Module):
+    """Scale each row of ``(batch, samples)`` to :data:`INPUT_LEVEL_DBFS` RMS, in the graph.
+
+    ``y = x * target / sqrt(mean(x^2) + floor^2)``: invariant to the input's gain (up to the
+    floor), exportable (mean, sqrt, div), and the same arithmetic in feature extraction
+    (per utterance), evaluation from audio and every artifact (per window).
+    """
+
+    def __init__(self, target_dbfs: float = INPUT_LEVEL_DBFS, floor_dbfs: float = LEVEL_FLOOR_DBFS) -> None:
+        super().__init__()
+        self.target_dbfs, self.floor_dbfs = float(target_dbfs), float(floor_dbfs)
+        self.target = 10.0 ** (self.target_dbfs / 20.0)
+        self.floor_power = 10.0 ** (self.floor_dbfs / 10.0)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        power = (waveform * waveform).mean(dim=1, keepdim=True)
+        return waveform * (self.target / torch.sqrt(power + self.floor_power))
+
+    def describe(self) -> dict[str, float | str]:
+        return {"method": "rms", "target_dbfs": self.target_dbfs, "floor_dbfs": self.floor_dbfs}
+
+
+def check_input_level(recorded: object, loaded: "LoadedFoundationModel", *, where: str) -> None:
+    """Refuse to pair features extracted with one input-level front end with a model built with
+    another (e.g. a cache from before level normalisation): the head would see other inputs than
+    it was trained on. ``recorded``: the cache manifest's ``spec["input_level"]`` (None when absent)."""
+    from edge_ser.errors import ManifestError
+
+    current = loaded.input_level
+    if recorded != current:
+        raise ManifestError(
+            f"{where} was extracted with input level handling {recorded!r}; this edge-ser's {loaded.spec.name} front "
+            f"end uses {current!r}. Features from another front end do not match what the model computes now: "
+            "re-extract the features (edge-ser features extract ... --no-resume) and retrain the head."
+        )
+
+
 class _PositionRows(nn.Module):
     """The first `n_rows` rows of Whisper's positional table, without copying it.
 
@@ -220,9 +273,20 @@ class LoadedFoundationModel:
         if spec.family == "whisper":
             from edge_ser.frontend import WhisperLogMel
 
-            self.front_end: nn.Module = WhisperLogMel(n_mels=spec.n_mels).eval()
+            self.front_end: nn.Module = nn.Sequential(LevelNormalizer(), WhisperLogMel(n_mels=spec.n_mels)).eval()
+        elif spec.normalize_waveform:  # per-utterance z-normalisation is already gain-invariant
+            self.front_end = WaveformNormalizer(True).eval()
         else:
-            self.front_end = WaveformNormalizer(spec.normalize_waveform).eval()
+            self.front_end = nn.Sequential(LevelNormalizer(), WaveformNormalizer(False)).eval()
+
+    @property
+    def input_level(self) -> dict[str, float | str]:
+        """How the input level is normalised before the model (recorded in feature caches and
+        checked by every later stage: features from another front end would not match)."""
+        for module in self.front_end.modules():
+            if isinstance(module, LevelNormalizer):
+                return module.describe()
+        return {"method": "z-normalisation" if self.spec.normalize_waveform else "none"}
 
     @property
     def n_layers(self) -> int:
