@@ -103,7 +103,9 @@ def progress_bar(iterable: Iterable[T] | None = None, *, desc: str, total: int |
     if enabled and is_interactive(file):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, initial=initial, file=file)
+        # disable=False explicitly: TQDM_DISABLE (quiet_third_party_bars) is meant for other libraries' bars.
+        return tqdm(iterable, desc=desc, total=total, unit=unit, leave=leave, initial=initial, file=file,
+                    disable=False)
     return LineProgress(iterable, desc=desc, total=total, unit=unit, initial=initial, leave=leave and enabled,
                         file=file, clock=clock)
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -57,3 +60,13 @@ def test_disabled_prints_nothing_and_a_terminal_gets_a_tqdm_bar():
 def test_iterating_without_an_iterable_says_what_to_do():
     with pytest.raises(TypeError, match="call update"):
         list(progress_bar(desc="nothing", file=io.StringIO()))
+
+
+def test_a_terminal_bar_shows_even_when_third_party_bars_are_off():
+    """TQDM_DISABLE (set by quiet_third_party_bars when stderr is not a terminal) is for other libraries only."""
+    script = ("import io\nfrom edge_ser.progress import progress_bar\n"
+              "class T(io.StringIO):\n    def isatty(self):\n        return True\n"
+              "t = T()\nlist(progress_bar(range(3), desc='live', file=t))\nprint('live: 100%' in t.getvalue())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.stdout.strip() == "True", done.stderr
