@@ -28,7 +28,7 @@ import dataclasses
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from edge_ser.progress import progress_bar
@@ -37,8 +37,8 @@ from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import OUTPUTS, ParityReport, compare
 
-__all__ = ["VerifyResult", "verify_artifact", "REFERENCE_COMPARISON", "QUANTIZATION_COMPARISON",
-           "CONVERSION_COMPARISON"]
+__all__ = ["VerifyResult", "verify_artifact", "verify_robustness", "robustness_table", "REFERENCE_COMPARISON",
+           "QUANTIZATION_COMPARISON", "CONVERSION_COMPARISON"]
 
 REFERENCE_COMPARISON = "artifact vs PyTorch reference"
 QUANTIZATION_COMPARISON = "artifact vs fp32 artifact"
@@ -318,3 +318,57 @@ def verify_artifact(
         baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
         cpu=cpu_features().to_dict(),
     )
+
+
+CLEAN = "clean"
+
+
+def verify_robustness(
+    *,
+    artifact: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    corpus_dir: str | os.PathLike,
+    conditions: Sequence[str] | None = None,
+    noisy_dirs: Sequence[str | os.PathLike] = (),
+    max_utterances: int = 200,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict[str, VerifyResult]:
+    """The artifact (and its PyTorch reference) under each recording condition: ``clean``, the
+    standard gain sweep and telephone band by default (:data:`edge_ser.data.conditions.STANDARD_CONDITIONS`),
+    plus any noisy corpus copies in ``noisy_dirs`` (``edge-ser data noisy``, named by SNR).
+    Returns ``{condition: VerifyResult}`` in sweep order; :func:`robustness_table` tabulates it."""
+    from edge_ser.data.conditions import STANDARD_CONDITIONS
+    from edge_ser.data.table import load_corpus
+
+    names = [CLEAN, *STANDARD_CONDITIONS] if conditions is None else list(conditions)
+    results: dict[str, VerifyResult] = {}
+    for name in names:
+        results[name] = verify_artifact(
+            artifact=artifact, run_dir=run_dir, corpus_dir=corpus_dir, max_utterances=max_utterances,
+            threads=threads, progress=progress, kernel_paths=False, condition=None if name == CLEAN else name)
+    for folder in noisy_dirs:
+        noisy = load_corpus(folder).manifest.get("noisy") or {}
+        name = f"snr{float(noisy['snr_db']):g}dB" if noisy.get("snr_db") is not None else Path(folder).name
+        results[name] = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=folder,
+                                        max_utterances=max_utterances, threads=threads, progress=progress,
+                                        kernel_paths=False)
+    return results
+
+
+def robustness_table(results: Mapping[str, VerifyResult]) -> str:
+    """Markdown: per condition, UAR of the reference and of the artifact (change vs clean),
+    top-1 agreement and the parity verdict."""
+    clean = results.get(CLEAN)
+    base = None if clean is None else clean.reports[0].task.uar_candidate
+    lines = ["| condition | n | UAR reference | UAR artifact | vs clean (points) | top-1 agreement | parity |",
+             "|---|---|---|---|---|---|---|"]
+    for name, result in results.items():
+        task = result.reports[0].task
+        ref = "–" if task.uar_reference is None else f"{100 * task.uar_reference:.1f}"
+        art = "–" if task.uar_candidate is None else f"{100 * task.uar_candidate:.1f}"
+        delta = ("–" if base is None or task.uar_candidate is None or name == CLEAN
+                 else f"{100 * (task.uar_candidate - base):+.1f}")
+        lines.append(f"| {name} | {result.n_utterances} | {ref} | {art} | {delta} | {task.top1_agreement:.3f} | "
+                     f"{'pass' if result.passed else 'FAIL'} |")
+    return "\n".join(lines)

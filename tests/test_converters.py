@@ -203,6 +203,18 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
         assert max(rel.values()) <= 0.05, rel
         assert outputs["embedding"]["cosine"] >= 0.9995
         assert parity["task"]["top1_agreement_decisive"] == 1.0
+    # Input level normalisation is in the graph: +/-20 dB on the input leaves every output where it
+    # was (float rounding for fp32; int8 activations are quantized after the normalisation, so
+    # the same codes come out up to rounding at bin edges).
+    runner = backend.runner(out)
+    wave = validation[0].reshape(1, -1)
+    base = runner(wave)
+    for gain_db in (-20.0, 20.0):
+        scaled = runner((wave * 10 ** (gain_db / 20)).astype(np.float32))
+        for name in ("probs", "avd", "embedding"):
+            scale = max(float(np.abs(base[name]).max()), 1.0 if name != "embedding" else 0.0)
+            bound = 1e-4 if precision == "fp32" else 0.02
+            assert np.abs(scaled[name] - base[name]).max() <= bound * scale, (name, gain_db)
     # The runner the pipeline validated with reproduces the saved artifact independently.
     runner = backend.runner(out)
     again = validate(runner, fused, [torch.from_numpy(v).reshape(1, -1) for v in validation[:2]],

@@ -173,3 +173,34 @@ def test_verify_under_a_recording_condition(pipeline):
     with pytest.raises(ValueError, match="unknown condition"):
         verify_artifact(artifact=pipeline / "fp32", run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
                         progress=False, condition="louder")
+
+
+@pytest.mark.slow
+def test_robustness_sweep_for_onnx_and_executorch_artifacts(pipeline, tmp_path):
+    """The standard robustness sweep (clean, gain -20..+20 dB, telephone) for an ONNX and an
+    ExecuTorch artifact of the tiny chain, as a table and from the CLI."""
+    from edge_ser.cli import root
+    from edge_ser.converters.pipeline import convert_run
+    from edge_ser.converters.verify import robustness_table, verify_robustness
+    from edge_ser.data.conditions import STANDARD_CONDITIONS
+
+    et = tmp_path / "et-int8"
+    convert_run(run_dir=pipeline / "run", target="executorch", precision="int8", out=et, window_s=WINDOW_S,
+                validation_utterances=2)
+    for artifact in (pipeline / "int8", et):
+        results = verify_robustness(artifact=artifact, run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                                    max_utterances=4, progress=False)
+        assert list(results) == ["clean", *STANDARD_CONDITIONS]
+        table = robustness_table(results)
+        assert table.count("\n") == len(results) + 1 and "| gain+20dB | 4 |" in table
+        # level normalisation in the graph: the reference's answers do not move with the gain
+        clean_uar = results["clean"].reports[0].task.uar_reference
+        for name in ("gain-20dB", "gain-10dB", "gain+10dB"):
+            assert results[name].reports[0].task.uar_reference == pytest.approx(clean_uar), name
+    out = tmp_path / "robustness.json"
+    cli = CliRunner().invoke(root, ["verify", "--artifact", str(et), "--run", str(pipeline / "run"), "--test",
+                                    str(pipeline / "corpus"), "--max-utterances", "2", "--robustness",
+                                    "--out", str(out)])
+    assert cli.exit_code == 0, cli.output
+    assert "| condition | n | UAR reference |" in cli.output and "| telephone |" in cli.output
+    assert set(json.loads(out.read_text())) == {"clean", *STANDARD_CONDITIONS}

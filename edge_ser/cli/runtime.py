@@ -51,11 +51,17 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
 @click.option("--condition", default=None,
               help="Apply a recording condition to every clip first: gain+<dB>dB, gain-<dB>dB or telephone "
                    "(edge_ser.data.conditions), e.g. to check an artifact on louder audio than the corpus.")
+@click.option("--robustness", is_flag=True,
+              help="Sweep: clean, gain -20/-10/+10/+20 dB and telephone band (plus --noisy copies); prints one "
+                   "table of UAR and agreement per condition; exit 1 if any condition breaches parity.")
+@click.option("--noisy", "noisy_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --robustness: noisy copies of the test corpus (edge-ser data noisy) to add to the sweep.")
 @click.option("--kernel-paths/--no-kernel-paths", default=True, show_default=True,
               help="Also check the artifact as other CPUs' int8 kernels compute it (ONNX int8; emulated, slower).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report JSON.")
 def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None, max_utterances: int,
-           condition: str | None, kernel_paths: bool, out: Path | None) -> None:
+           condition: str | None, robustness: bool, noisy_dirs: tuple[Path, ...], kernel_paths: bool,
+           out: Path | None) -> None:
     """Run the artifact and the PyTorch reference on the same audio; exit 1 on a parity breach.
 
     Prints the CPU it verified on: int8 kernels differ between instruction sets (AVX2,
@@ -73,6 +79,18 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
     from edge_ser.runtime.parity import ParityError
 
     click.echo(f"verifying on CPU: {cpu_features().to_text()}")
+    if robustness:
+        from edge_ser.converters.verify import robustness_table, verify_robustness
+
+        results = verify_robustness(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir,
+                                    noisy_dirs=noisy_dirs, max_utterances=max_utterances)
+        click.echo(robustness_table(results))
+        if out:
+            write_json_atomic(out, {name: r.to_dict() for name, r in results.items()})
+        failed = [name for name, r in results.items() if not r.passed]
+        if failed:
+            raise click.ClickException(f"parity breached under {', '.join(failed)}; see the table above.")
+        return
     result = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir, baseline=baseline,
                              max_utterances=max_utterances, kernel_paths=kernel_paths, condition=condition)
     for report in result.reports:
