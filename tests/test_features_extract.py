@@ -15,6 +15,7 @@ from edge_ser.data.table import load_corpus, save_corpus
 from edge_ser.errors import ManifestError
 from edge_ser.features.cache import FeatureCache
 from edge_ser.features.extract import extract_features
+from edge_ser.output_folder import OutputExistsError
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,10 +134,13 @@ def test_interrupted_run_resumes_byte_identical(tmp_path, corpus_dir):
     assert (tmp_path / "run" / "pooled.npy").read_bytes() == (tmp_path / "ref" / "pooled.npy").read_bytes()
     assert not (tmp_path / "run" / "progress.json").exists()
     FeatureCache.open(tmp_path / "run", verify=True)
-    # A finished identical cache is returned as is; other settings start over.
+    # A finished identical cache is returned as is; other settings replace it only with overwrite.
     again = extract_features(out=tmp_path / "run", on_shard=lambda s, n: seen.append(s), **kwargs)
     assert seen == [1, 2] and again.manifest == resumed.manifest
-    other = extract_features(out=tmp_path / "run", **{**kwargs, "layers": None})
+    with pytest.raises(OutputExistsError, match=r"already holds a feature cache \(24 utterances.*--overwrite"):
+        extract_features(out=tmp_path / "run", **{**kwargs, "layers": None})
+    assert FeatureCache.open(tmp_path / "run", verify=True).layers_stored == (2,)
+    other = extract_features(out=tmp_path / "run", overwrite=True, **{**kwargs, "layers": None})
     assert other.layers_stored == () and not list((tmp_path / "run").glob("layer_*"))
 
 

@@ -6,11 +6,23 @@ from pathlib import Path
 
 import click
 
+from edge_ser.cli.options import one_line_errors, overwrite_option
+
 
 def _corpus_names() -> list[str]:
     from edge_ser.data.prepare import CORPUS_READERS
 
     return sorted(CORPUS_READERS)
+
+
+def _snr(ctx: click.Context, param: click.Parameter, values: tuple[float, ...]) -> tuple[float, ...]:
+    from edge_ser.data.noise import check_snr_db
+    from edge_ser.errors import CorpusError
+
+    try:
+        return tuple(check_snr_db(v) for v in values)
+    except CorpusError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def register(root: click.Group) -> None:
@@ -25,14 +37,19 @@ def data() -> None:
 @data.command("synth")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for audio/, utterances.csv and manifest.json.")
-@click.option("--speakers", default=12, show_default=True, help="Number of speakers (half female).")
-@click.option("--per-speaker", default=40, show_default=True, help="Utterances per speaker.")
+@click.option("--speakers", type=click.IntRange(min=3), default=12, show_default=True,
+              help="Number of speakers (half female; train, valid and test need one each).")
+@click.option("--per-speaker", type=click.IntRange(min=1), default=40, show_default=True,
+              help="Utterances per speaker.")
 @click.option("--seed", default=0, show_default=True, help="Same seed = byte-identical corpus.")
-def synth(out: Path, speakers: int, per_speaker: int, seed: int) -> None:
+@overwrite_option
+@one_line_errors
+def synth(out: Path, speakers: int, per_speaker: int, seed: int, overwrite: bool) -> None:
     """Generate the built-in synthetic emotional-speech corpus."""
     from edge_ser.data.synthetic import synthesize_corpus
 
-    corpus = synthesize_corpus(out=out, n_speakers=speakers, utterances_per_speaker=per_speaker, seed=seed)
+    corpus = synthesize_corpus(out=out, n_speakers=speakers, utterances_per_speaker=per_speaker, seed=seed,
+                               overwrite=overwrite)
     _echo_counts(corpus)
 
 
@@ -42,34 +59,46 @@ def synth(out: Path, speakers: int, per_speaker: int, seed: int) -> None:
 @click.option("--root", type=click.Path(exists=True, path_type=Path), required=True,
               help="Corpus root folder (or the manifest CSV/JSONL file for --corpus manifest).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--folds", default=None, type=int,
-              help="Speaker folds for k-fold corpora (RAVDESS default 6); splits also assigned.")
+@click.option("--folds", default=None, type=click.IntRange(min=3),
+              help="Speaker folds for k-fold corpora (RAVDESS default 6; at least 3: test, valid and train); "
+                   "splits also assigned.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Refuse stereo/odd files instead of fixing them with a note.")
-def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: int, strict: bool) -> None:
+@overwrite_option
+@one_line_errors
+def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: int, strict: bool,
+            overwrite: bool) -> None:
     """Read a corpus into the utterance table + manifest."""
     from edge_ser.data.prepare import prepare_corpus
 
-    corpus = prepare_corpus(corpus=corpus_name, root=root, out=out, folds=folds, seed=seed, strict=strict)
+    corpus = prepare_corpus(corpus=corpus_name, root=root, out=out, folds=folds, seed=seed, strict=strict,
+                            overwrite=overwrite)
     _echo_counts(corpus)
 
 
 @data.command("noisy")
 @click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--snr", "snrs", type=float, multiple=True, required=True, help="SNR in dB; repeat for several.")
+@click.option("--snr", "snrs", type=float, multiple=True, required=True, callback=_snr,
+              help="SNR in dB, from -30 to 60; repeat for several.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="One sub-folder per SNR (e.g. snr15dB/) is written here.")
 @click.option("--noise", default="babble", show_default=True,
               help="white, pink, babble (other speakers' utterances) or a folder of noise files.")
 @click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
 @click.option("--seed", default=0, show_default=True)
-def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, split: str, seed: int) -> None:
+@overwrite_option
+@one_line_errors
+def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, split: str, seed: int,
+          overwrite: bool) -> None:
     """Make noisy copies of a corpus split at the given SNRs."""
     from edge_ser.data.noise import make_noisy_corpus
+    from edge_ser.data.table import claim_corpus_folder
 
+    for snr in snrs:  # refuse before the first copy is made, not after
+        claim_corpus_folder(out / f"snr{snr:g}dB", overwrite=overwrite)
     for snr in snrs:
         corpus = make_noisy_corpus(corpus_dir=corpus_dir, snr_db=snr, out=out / f"snr{snr:g}dB", noise=noise,
-                                   split=split, seed=seed)
+                                   split=split, seed=seed, overwrite=overwrite)
         click.echo(f"{corpus.root}: {len(corpus.table)} utterances at {snr:g} dB SNR ({noise})")
 
 
@@ -81,9 +110,12 @@ def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, spli
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="One sub-folder per condition (e.g. gain+10dB/) is written here.")
 @click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
-def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: str) -> None:
+@overwrite_option
+@one_line_errors
+def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: str, overwrite: bool) -> None:
     """Copies of a corpus split under recording conditions (level, telephone band) for robustness tests."""
     from edge_ser.data.conditions import STANDARD_CONDITIONS, make_condition_corpus, parse_condition
+    from edge_ser.data.table import claim_corpus_folder
 
     names = conditions or STANDARD_CONDITIONS
     parsed = []
@@ -92,6 +124,8 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
             parsed.append(parse_condition(name))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--condition") from None
+    for cond in parsed:
+        claim_corpus_folder(out / cond.name, overwrite=overwrite)
     for cond in parsed:
         corpus = make_condition_corpus(corpus_dir=corpus_dir, condition=cond.name, out=out / cond.name, split=split)
         clipped = corpus.manifest["condition"]["clipped_fraction"]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option
+
 
 def register(root: click.Group) -> None:
     root.add_command(features)
@@ -50,19 +52,23 @@ def features() -> None:
               help="Weights folder/file of the foundation model (default: the registry's source).")
 @click.option("--random-init", is_flag=True, help="Random weights (tests, size and latency studies).")
 @click.option("--seed", default=0, show_default=True, help="Seed of random weights.")
-@click.option("--shard-utterances", default=256, show_default=True, help="Utterances per shard file.")
-@click.option("--batch-seconds", default=60.0, show_default=True,
+@click.option("--shard-utterances", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Utterances per shard file.")
+@click.option("--batch-seconds", type=FiniteFloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Most audio per batch of equal-length utterances.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue an interrupted extraction with the same settings, or start over.")
+              help="Continue an interrupted extraction with the same settings, or start it over. A finished "
+                   "cache with the same settings is kept as is; one with other settings needs --overwrite.")
+@overwrite_option
+@one_line_errors
 def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,
-            seed: int, shard_utterances: int, batch_seconds: float, resume: bool) -> None:
+            seed: int, shard_utterances: int, batch_seconds: float, resume: bool, overwrite: bool) -> None:
     """Extract hidden states of every utterance into a feature cache folder."""
     from edge_ser.features.extract import extract_features
 
     cache = extract_features(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers),
                              weights=weights, random_init=random_init, seed=seed, batch_seconds=batch_seconds,
-                             shard_utterances=shard_utterances, resume=resume)
+                             shard_utterances=shard_utterances, resume=resume, overwrite=overwrite)
     speed = cache.manifest["throughput"]
     click.echo(f"{cache.root}: {len(cache)} utterances, {cache.model}, {cache.n_layers + 1} pooled layers of "
                f"width {cache.hidden_size}, frame-level layers {list(cache.layers_stored)}")
@@ -78,8 +84,10 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
               help="Folder for saliency.json and saliency.png.")
 @click.option("--rule", type=click.Choice(["argmax", "earliest-within"]), default="argmax", show_default=True,
               help="argmax of the layer score, or the earliest layer within --tolerance of the best.")
-@click.option("--tolerance", default=0.01, show_default=True, help="Relative tolerance of earliest-within.")
-@click.option("--max-utterances", default=30_000, show_default=True, help="Random sample size (paper: 30K).")
+@click.option("--tolerance", type=FiniteFloatRange(min=0), default=0.01, show_default=True,
+              help="Relative tolerance of earliest-within.")
+@click.option("--max-utterances", type=click.IntRange(min=1), default=30_000, show_default=True,
+              help="Random sample size (paper: 30K).")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--split", default="train", show_default=True, help="Split to sample ('all' for every row).")
 @click.option("--targets", type=click.Choice(["all", "avd"]), default="all", show_default=True,
@@ -87,6 +95,7 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
 @click.option("--savings", is_flag=True, help="Also measure params/FLOPs/CPU time saved by cutting at k*.")
 @click.option("--savings-model", default=None,
               help="Registry model to measure savings on (default: the cache's model), e.g. wavlm-large.")
+@one_line_errors
 def saliency(features_dir: Path, out: Path, rule: str, tolerance: float, max_utterances: int, seed: int,
              split: str, targets: str, savings: bool, savings_model: str | None) -> None:
     """CCS layer saliency of a feature cache: score every layer, pick k*."""

@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edge_ser.audio import load_audio, write_audio
-from edge_ser.data.table import SPLITS, Corpus, load_corpus, save_corpus
+from edge_ser.data.table import SPLITS, Corpus, claim_corpus_folder, load_corpus, save_corpus
 from edge_ser.errors import AudioError, CorpusError
 from edge_ser.progress import progress_bar
 
@@ -37,6 +37,11 @@ AUDIO_DIR = "audio"
 NOISE_FILE_SUFFIXES = (".wav", ".flac", ".ogg", ".aif", ".aiff")
 PEAK_LIMIT = 0.99
 """Mixtures whose peak exceeds 1 are scaled (clean and noise together) to this peak."""
+
+SNR_RANGE_DB = (-30.0, 60.0)
+"""SNRs a noisy corpus may be made at (dB, inclusive). Below -30 dB the speech is gone under the
+noise; above 60 dB the noise of quiet speech falls under one 16-bit step of the stored FLAC, so
+the file would be the clean one and its measured SNR infinite."""
 
 BABBLE_TALKERS = (3, 5)
 """Babble sums between 3 and 5 (inclusive) utterances of distinct other speakers."""
@@ -246,6 +251,27 @@ def resolve_noise(noise: str | os.PathLike, *, corpus: Corpus | None = None) -> 
     )
 
 
+def check_snr_db(snr_db: float) -> float:
+    """`snr_db` as a float when it is a finite number of dB in :data:`SNR_RANGE_DB`; else CorpusError.
+
+    >>> check_snr_db(200)
+    Traceback (most recent call last):
+    ...
+    edge_ser.errors.CorpusError: snr_db=200; expected a finite SNR between -30 and 60 dB (e.g. 15 or 5): above 60 dB the noise vanishes under 16-bit storage, below -30 dB the speech does.
+    """
+    low, high = SNR_RANGE_DB
+    try:
+        value = float(snr_db)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(snr_db, bool) or not math.isfinite(value) or not low <= value <= high:
+        raise CorpusError(
+            f"snr_db={snr_db!r}; expected a finite SNR between {low:g} and {high:g} dB (e.g. 15 or 5): above "
+            f"{high:g} dB the noise vanishes under 16-bit storage, below {low:g} dB the speech does."
+        )
+    return value
+
+
 def make_noisy_corpus(
     *,
     corpus_dir: Path,
@@ -254,6 +280,7 @@ def make_noisy_corpus(
     noise: str = "babble",
     split: str = "test",
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Corpus:
     """Copy one split of a prepared corpus with noise added at `snr_db` dB into `out`.
 
@@ -263,8 +290,11 @@ def make_noisy_corpus(
     snr_db, noise, seed, base corpus name and table sha256). `split` is train/valid/test or
     ``all``. The noise for an utterance depends only on (seed, utt_id), so the same seed
     gives the same noise at every SNR and the same files on every run. The measured SNR is
-    taken on the decoded 16-bit file, so it includes quantisation.
+    taken on the decoded 16-bit file, so it includes quantisation. `snr_db` must lie in
+    :data:`SNR_RANGE_DB`. A corpus already in `out` is replaced only with `overwrite`.
     """
+    check_snr_db(snr_db)
+    claim_corpus_folder(out, overwrite=overwrite)
     base = load_corpus(corpus_dir)
     if split == "all":
         rows = base.table
@@ -301,7 +331,7 @@ def make_noisy_corpus(
         measured.append(snr_measured)
         extras = _parse_extras(row["extras"])
         extras["noisy"] = {
-            "snr_db": float(snr_db), "snr_db_measured": round(snr_measured, 4), "noise": noise_label,
+            "snr_db": float(snr_db), "snr_db_measured": _json_number(round(snr_measured, 4)), "noise": noise_label,
             "noise_detail": detail, "gain": round(gain, 6), "clean_path": str(row["path"]),
         }
         new_row = row.to_dict()
@@ -313,8 +343,8 @@ def make_noisy_corpus(
         "seed": int(seed), "split": split, "base_corpus": base.name, "base_corpus_dir": os.fspath(base.root),
         "base_table_sha256": base.manifest.get("table_sha256"),
         "snr_definition": "whole-signal 10 log10(P_clean / P_noise), noise looped/cropped to the utterance",
-        "snr_db_measured": {"mean": float(np.mean(measured)), "min": float(np.min(measured)),
-                            "max": float(np.max(measured))},
+        "snr_db_measured": {"mean": _json_number(np.mean(measured)), "min": _json_number(np.min(measured)),
+                            "max": _json_number(np.max(measured))},
     }
     return save_corpus(
         new_rows, out, corpus=f"{base.name}-{noise_label.replace('folder:', '')}-snr{float(snr_db):g}dB",
@@ -353,6 +383,12 @@ def _limit_peak(mixture: np.ndarray) -> tuple[np.ndarray, float]:
     return mixture * gain, gain
 
 
+def _json_number(value: float) -> float | None:
+    # Strict JSON has no Infinity/NaN: an SNR that could not be measured (noise lost in storage) is null.
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
 
@@ -376,6 +412,6 @@ def _parse_extras(cell: Any) -> dict[str, Any]:
 
 
 __all__ = [
-    "NOISE_SOURCES", "BabbleNoise", "FolderNoise", "GeneratedNoise", "NoiseSource", "make_noisy_corpus",
-    "measure_snr_db", "mix_at_snr", "pink_noise", "resolve_noise", "scale_noise_to_snr", "white_noise",
+    "NOISE_SOURCES", "SNR_RANGE_DB", "BabbleNoise", "FolderNoise", "GeneratedNoise", "NoiseSource", "check_snr_db",
+    "make_noisy_corpus", "measure_snr_db", "mix_at_snr", "pink_noise", "resolve_noise", "scale_noise_to_snr", "white_noise",
 ]

@@ -28,7 +28,7 @@ import soundfile as sf
 
 from edge_ser.audio import MIN_DURATION_S
 from edge_ser.data.splits import fold_assignment, speaker_folds, speaker_split
-from edge_ser.data.table import Corpus, normalise_table, save_corpus
+from edge_ser.data.table import Corpus, claim_corpus_folder, normalise_table, save_corpus
 from edge_ser.errors import CorpusError
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.progress import progress_bar
@@ -182,13 +182,16 @@ def prepare_corpus(
     seed: int,
     strict: bool,
     reader_options: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Corpus:
     """Read corpus `corpus` from `root`, check its audio, assign splits and save it to `out`.
 
     `folds`: k speaker folds (split = fold 0's train/valid/test); None uses the reader's
     default (6 for RAVDESS, none for MSP-Podcast and manifests). `reader_options` are
-    passed to the reader (e.g. ``{"label_mapping": {...}}`` for ``manifest``).
+    passed to the reader (e.g. ``{"label_mapping": {...}}`` for ``manifest``). A prepared corpus
+    already in `out` is replaced only with `overwrite` (otherwise OutputExistsError).
     """
+    claim_corpus_folder(out, overwrite=overwrite)
     reader = get_reader(corpus)
     reading = reader(Path(root), strict=strict, **dict(reader_options or {}))
     if not reading.rows:

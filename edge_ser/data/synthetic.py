@@ -35,7 +35,9 @@ from scipy.signal import lfilter, sosfilt
 from edge_ser.audio import write_audio
 from edge_ser.data import soft_labels
 from edge_ser.data.splits import speaker_split
-from edge_ser.data.table import Corpus, empty_row, format_votes, normalise_table, save_corpus
+from edge_ser.data.table import (
+    Corpus, claim_corpus_folder, empty_row, format_votes, normalise_table, save_corpus,
+)
 from edge_ser.errors import CorpusError
 from edge_ser.labels import CATEGORIES, DIMENSIONS, SAMPLE_RATE, category_index
 from edge_ser.progress import progress_bar
@@ -317,13 +319,15 @@ def simulate_graders(
 
 
 def synthesize_corpus(
-    *, out: Path, n_speakers: int = 12, utterances_per_speaker: int = 40, seed: int = 0
+    *, out: Path, n_speakers: int = 12, utterances_per_speaker: int = 40, seed: int = 0, overwrite: bool = False
 ) -> Corpus:
     """Write the synthetic corpus into `out` (``audio/*.flac``, ``utterances.csv``, ``manifest.json``).
 
     Speakers are split speaker-disjoint and gender-balanced into train/valid/test with
     :func:`edge_ser.data.splits.speaker_split` (8/2/2 for 12 speakers; at least 3 needed).
     Same arguments = byte-identical audio and table (only the manifest's ``created_utc`` differs).
+    A finished corpus already in `out` is replaced only with `overwrite` (its audio folder is
+    emptied first, so no file of the old corpus is left behind); otherwise OutputExistsError.
     Returns the saved :class:`~edge_ser.data.table.Corpus`.
     """
     if n_speakers < 3:
@@ -333,7 +337,7 @@ def synthesize_corpus(
         )
     if utterances_per_speaker < 1:
         raise CorpusError(f"utterances_per_speaker={utterances_per_speaker}; expected at least 1.")
-    out = Path(out)
+    out = claim_corpus_folder(out, overwrite=overwrite)
     audio_dir = out / AUDIO_DIR
     audio_dir.mkdir(parents=True, exist_ok=True)
     speakers = speaker_profiles(n_speakers=n_speakers, seed=seed)

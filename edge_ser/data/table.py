@@ -222,6 +222,29 @@ def save_corpus(
     return Corpus(root=out, table=table, manifest=manifest)
 
 
+def claim_corpus_folder(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Check that a corpus may be written into `out_dir` before any audio is (see
+    :func:`edge_ser.output_folder.claim_output_folder`); with `overwrite`, remove the old corpus's
+    table, manifest, stats plot and, when it carries its own audio (a relative ``audio_root``
+    such as ``audio``), that audio folder. Audio a prepared corpus points to elsewhere is never touched.
+    """
+    from edge_ser.output_folder import claim_output_folder
+
+    def owned(manifest: dict[str, Any]) -> list[str]:
+        names = [str(manifest.get("table_file", TABLE_FILE)), MANIFEST_FILE, "stats.png"]
+        audio_root = str(manifest.get("audio_root", ""))
+        if audio_root and not Path(audio_root).is_absolute() and Path(audio_root).name == audio_root:
+            names.append(audio_root)
+        return names
+
+    def describe(manifest: dict[str, Any]) -> str:
+        counts = manifest.get("counts") or {}
+        return f"corpus {manifest.get('corpus')!r}, {counts.get('utterances')} utterances"
+
+    return claim_output_folder(out_dir, overwrite=overwrite, kind="a prepared corpus", expected_format=CORPUS_FORMAT,
+                               owned=owned, describe=describe)
+
+
 def load_corpus(corpus_dir: str | os.PathLike, *, verify: bool = True) -> Corpus:
     """Load a prepared corpus folder; check format version and the table's sha256."""
     root = Path(corpus_dir)

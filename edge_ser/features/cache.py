@@ -101,31 +101,31 @@ class FeatureCacheWriter:
 
     `plan` identifies the extraction (model, weights, layers, corpus table, shard
     assignment). A resumed run must present the same plan, otherwise its finished
-    shards would mix two different extractions.
+    shards would mix two different extractions. `resume=False` discards an unfinished
+    extraction; a finished cache (it has ``manifest.json``) is replaced only with
+    `overwrite` (OutputExistsError otherwise), and a folder whose manifest is not a feature
+    cache's (a corpus, say) never.
     """
 
     def __init__(self, out: str | os.PathLike, *, plan: Mapping[str, Any], layers_stored: Sequence[int],
-                 resume: bool = True) -> None:
+                 resume: bool = True, overwrite: bool = False) -> None:
         self.out = Path(out)
         self.plan = json.loads(json.dumps(dict(plan)))  # normalise tuples -> lists for comparison
         self.layers_stored = tuple(int(k) for k in layers_stored)
         self._done: dict[int, ShardRecord] = {}
+        claim_cache_folder(self.out, overwrite=overwrite)  # a finished cache goes only with overwrite
         if self.out.exists() and not resume:
             _remove_cache_contents(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         progress_path = self.out / PROGRESS_FILE
-        if (self.out / MANIFEST_FILE).exists():
-            # A finished cache is being re-extracted with other settings (a matching one is
-            # returned by the caller before we get here): start over.
-            _remove_cache_contents(self.out)
-        elif progress_path.is_file():
+        if progress_path.is_file():
             progress = read_json(progress_path)
             if progress.get("plan") != self.plan:
                 raise ManifestError(
                     f"{self.out} holds an unfinished extraction with other settings "
                     f"(model/layers/corpus/sharding differ: found {_plan_summary(progress.get('plan'))}, "
                     f"requested {_plan_summary(self.plan)}). Pass resume=False (CLI: --no-resume) to "
-                    "overwrite it, or choose another output folder."
+                    "discard it and start over, or choose another output folder."
                 )
             for data in progress.get("shards", []):
                 record = ShardRecord.from_dict(data)
@@ -265,6 +265,23 @@ def _plan_summary(plan: Any) -> str:
     return "{" + ", ".join(f"{k}={plan.get(k)!r}" for k in keys if k in plan) + "}"
 
 
+def claim_cache_folder(out: str | os.PathLike, *, overwrite: bool) -> Path:
+    """Check that a feature cache may be written into `out` (see
+    :func:`edge_ser.output_folder.claim_output_folder`); with `overwrite`, remove the old cache's files."""
+    from edge_ser.output_folder import claim_output_folder
+
+    def describe(manifest: dict[str, Any]) -> str:
+        return (f"{manifest.get('n_utterances')} utterances of {manifest.get('model')}, frame-level layers "
+                f"{manifest.get('layers_stored')}")
+
+    def owned(manifest: dict[str, Any]) -> list[str]:
+        layer_dirs = [p.name for p in Path(out).glob("layer_*") if p.is_dir()]
+        return [MANIFEST_FILE, TABLE_FILE, POOLED_FILE, INDEX_FILE, PROGRESS_FILE, PARTIAL_DIR, *layer_dirs]
+
+    return claim_output_folder(out, overwrite=overwrite, kind="a feature cache", expected_format=FEATURES_FORMAT,
+                               owned=owned, describe=describe)
+
+
 def _remove_cache_contents(out: Path) -> None:
     # Only our own files: never wipe a folder that is not a feature cache.
     for name in (MANIFEST_FILE, TABLE_FILE, POOLED_FILE, INDEX_FILE, PROGRESS_FILE):
@@ -302,7 +319,7 @@ class FeatureCache:
             fix = "It holds an unfinished extraction (progress.json): run the extraction again to resume it."
         else:
             fix = (f"Re-extract the features with this edge-ser ({__version__}): "
-                   "`edge-ser features extract ... --no-resume`.")
+                   "`edge-ser features extract ... --overwrite`.")
         manifest = read_versioned_manifest(
             manifest_path, kind="a feature cache folder made by `edge-ser features extract`",
             expected_format=FEATURES_FORMAT, supported_versions=(FEATURES_FORMAT_VERSION,), fix=fix,
@@ -335,7 +352,7 @@ class FeatureCache:
             if actual != expected:
                 raise ManifestError(
                     f"{path} has sha256 {actual[:12]}..., the manifest records {expected[:12]}...: the file was "
-                    "modified or truncated after extraction. Re-extract (`edge-ser features extract --no-resume`)."
+                    "modified or truncated after extraction. Re-extract (`edge-ser features extract ... --overwrite`)."
                 )
 
     @property

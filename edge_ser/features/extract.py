@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -162,6 +163,7 @@ def extract_features(
     resume: bool = True,
     on_shard: Callable[[int, int], None] | None = None,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> FeatureCache:
     """Extract hidden states of every utterance of a prepared corpus into a cache folder.
 
@@ -178,9 +180,12 @@ def extract_features(
         batch_seconds: most audio (s) per batch of equal-length utterances.
         shard_utterances: utterances per shard file.
         resume: reuse finished shards of an interrupted run with the same settings
-            (and return an already finished identical cache as is); False starts over.
+            (and return an already finished identical cache as is); False discards an
+            unfinished extraction and starts over.
         on_shard: called as ``on_shard(shard, n_shards)`` after each shard is saved.
         show_progress: a progress bar (on a terminal) and a throughput line on stderr.
+        overwrite: replace a finished cache of other settings (or, without `resume`, of the
+            same ones) already in `out`; without it that raises OutputExistsError before any work.
 
     Returns:
         The opened :class:`FeatureCache`; its manifest records throughput
@@ -189,10 +194,10 @@ def extract_features(
     from edge_ser.audio import audio_duration_s, load_audio
     from edge_ser.data.table import load_corpus
 
-    if shard_utterances < 1:
-        raise ValueError(f"shard_utterances={shard_utterances}; expected a positive integer.")
-    if not batch_seconds > 0:
-        raise ValueError(f"batch_seconds={batch_seconds}; expected a positive number of seconds.")
+    if isinstance(shard_utterances, bool) or not isinstance(shard_utterances, (int, np.integer)) or shard_utterances < 1:
+        raise ValueError(f"shard_utterances={shard_utterances!r}; expected a positive integer such as 256.")
+    if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
+        raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
     corpus = load_corpus(corpus_dir)
     table = corpus.table
     if len(table) == 0:
@@ -226,7 +231,7 @@ def extract_features(
         if existing.get("plan") == plan:
             logger.info("%s already holds this extraction; reusing it", out)
             return FeatureCache.open(out)
-    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume)
+    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume, overwrite=overwrite)
 
     resumed = len(writer.finished_shards)
     max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
