@@ -164,6 +164,7 @@ class _Demo:
                 "kfold": bool(self.c.data_root)}
 
     def step_noisy(self) -> dict[str, Any]:
+        from edge_ser.data.conditions import STANDARD_CONDITIONS, make_condition_corpus
         from edge_ser.data.noise import make_noisy_corpus
 
         corpus_dir = Path(self.outputs("corpus")["corpus_dir"])
@@ -176,7 +177,17 @@ class _Demo:
             corpus = make_noisy_corpus(corpus_dir=corpus_dir, snr_db=snr, out=out, noise="babble", split=split,
                                        seed=self.c.seed)
             sets[f"snr{snr:g}dB"] = {"dir": str(out), "utterances": len(corpus.table)}
-        return {"noise": "babble", "split": split, "sets": sets}
+        # Recording conditions for the robustness table: input level -20..+20 dB, telephone band.
+        conditions = {}
+        for name in STANDARD_CONDITIONS:
+            out = self.p("conditions", name)
+            if out.exists():
+                shutil.rmtree(out)
+            corpus = make_condition_corpus(corpus_dir=corpus_dir, condition=name, out=out, split=split)
+            conditions[name] = {"dir": str(out), "utterances": len(corpus.table),
+                                "clipped_utterances": corpus.manifest["condition"]["clipped_fraction"][
+                                    "utterances_clipped"]}
+        return {"noise": "babble", "split": split, "sets": sets, "conditions": conditions}
 
     def step_features(self) -> dict[str, Any]:
         from edge_ser.features.extract import extract_features
@@ -244,7 +255,8 @@ class _Demo:
         from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run
 
         info, noisy, train = self.outputs("corpus"), self.outputs("noisy"), self.outputs("train")
-        tests = [info["corpus_dir"]] + [s["dir"] for s in noisy["sets"].values()]
+        tests = ([info["corpus_dir"]] + [s["dir"] for s in noisy.get("conditions", {}).values()]
+                 + [s["dir"] for s in noisy["sets"].values()])
         bootstrap = 200 if self.c.quick else 1000
         reports = {}
         for name, run in train["runs"].items():

@@ -97,7 +97,9 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
         f"{corpus['hours']} h; license: {DATA_LICENSES.get(corpus['corpus'], 'see the corpus')}.",
         f"- Statistics plot: `{_rel(corpus['stats_png'], root)}`",
         f"- Noisy test copies: babble noise at {', '.join(steps['noisy']['sets'])} "
-        f"(split: {steps['noisy']['split']}).", "",
+        f"(split: {steps['noisy']['split']}).",
+        f"- Recording-condition copies: {', '.join(steps['noisy'].get('conditions', {})) or 'none'} "
+        "(input level and telephone band; see the robustness table).", "",
         "## Foundation model and layer kept", "",
         f"- Foundation model: **{model}** (weights: "
         f"{'random initialisation (tiny test model): no pretrained weights' if model.startswith('tiny-') else WEIGHTS_LICENSES.get(family, 'see its model card')}).",
@@ -114,9 +116,39 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
     for name, report_dir in steps["evaluate"]["reports"].items():
         lines += _accuracy_section(Path(report_dir), root, heading=f"{name} ({'k-fold' if train['runs'][name]['kfold'] else 'test split'})")
     lines += [f"Side by side: `{_rel(Path(steps['evaluate']['comparison']) / 'comparison.md', root)}`", ""]
+    lines += _robustness_section(steps)
     lines += _artifact_section(steps, root)
     write_text_atomic(root / "MODEL_CARD.md", "\n".join(lines) + "\n")
     return root / "MODEL_CARD.md"
+
+
+def _robustness_section(steps: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """UAR@1 per model on clean audio and under every condition / noise copy of the test set."""
+    from edge_ser.evaluation.report import summary_metrics
+
+    reports = {name: read_json(Path(d) / "report.json")["test_sets"] for name, d in steps["evaluate"]["reports"].items()}
+    if not reports:
+        return []
+    columns = list(next(iter(reports.values())))
+    if len(columns) < 2:
+        return []
+    lines = ["## Robustness to input level, channel and noise", "",
+             "UAR@1 on the same test utterances, clean (first column) and transformed: input gain (samples past "
+             "full scale clipped, as a recorder would), telephone band (300-3400 Hz, 8 kHz round trip) and babble "
+             "noise. The input level is normalised inside the model (RMS to -26 dBFS), so gain changes only "
+             "matter where they clip.", "",
+             "| model | " + " | ".join(["clean", *columns[1:]]) + " |", "|---|" + "---|" * len(columns)]
+    for name, sets in reports.items():
+        cells = []
+        clean = summary_metrics(sets[columns[0]]).get("UAR@1") if columns[0] in sets else None
+        for column in columns:
+            value = summary_metrics(sets[column]).get("UAR@1") if column in sets else None
+            text = _fmt(value)
+            if column != columns[0] and value is not None and clean is not None:
+                text += f" ({100 * (value - clean):+.1f})"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + ["", "(change vs clean in UAR points in brackets)", ""]
 
 
 def _artifact_section(steps: Mapping[str, Mapping[str, Any]], root: Path) -> list[str]:

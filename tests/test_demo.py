@@ -49,6 +49,8 @@ def test_demo_runs_and_resumes_from_records(quick_demo):
     for run in runs.values():
         assert (out / "runs" / run["dir"].split("/runs/")[-1] / "run.json").is_file()
     assert [s.status for s in third.steps] == ["kept"] * 5 + ["done"]
+    conditions = first.steps[1].outputs["conditions"]
+    assert list(conditions) == ["gain-20dB", "gain-10dB", "gain+10dB", "gain+20dB", "telephone"]
 
 
 def _refusing_onnx_int8(real_convert_run):
@@ -99,6 +101,12 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
     assert "1 artifact(s) refused by parity" in result.stderr
     assert "onnx-int8 refused at convert: top-1 agreement" in result.stderr
     assert "\r" not in result.output  # no progress-bar redraws when the output is not a terminal
+    # The robustness table: every model on clean audio and under gain, telephone band and noise.
+    table = card[card.index("## Robustness to input level"):]
+    header = next(line for line in table.splitlines() if line.startswith("| model |"))
+    assert header.split("|")[2:-1] == [" clean ", " gain-20dB ", " gain-10dB ", " gain+10dB ", " gain+20dB ",
+                                       " telephone ", " snr15dB ", " snr5dB "]
+    assert sum(line.startswith("| mfbf0 |") for line in table.splitlines()) == 1
 
 
 def _result_with(tmp_path, refused: dict) -> DemoResult:
