@@ -44,6 +44,18 @@ CLIP_WARN_FRACTION: float = 0.001
 SILENCE_PEAK: float = 0.5 / 32768.0
 """A peak below half an int16 step is digital silence: nothing survives 16-bit storage."""
 
+SAMPLE_RATE_RANGE: tuple[int, int] = (4_000, 384_000)
+"""Sample rates (Hz, inclusive) audio may have. Below 4 kHz nothing of speech above 2 kHz is left;
+384 kHz is the highest rate audio interfaces record. The bounds also cap the resampling factor:
+a file whose header claimed 1 Hz would otherwise be resampled 16,000-fold (a 48 KB WAV grew
+past 3.7 GB)."""
+
+MAX_DURATION_S: float = 600.0
+"""Longest audio (seconds) :func:`load_audio` decodes, and the runtime takes, in one call: 10 min
+is about 38 MB at 16 kHz, 230 MB as 48 kHz stereo float while it is decoded. Pass
+``max_duration_s=None`` to lift it, or read longer recordings block by block with
+:meth:`edge_ser.runtime.EmotionModel.timeline_file`."""
+
 _WRITE_FORMATS = {".flac": ("FLAC", "PCM_16"), ".wav": ("WAV", "FLOAT")}
 
 
@@ -86,14 +98,59 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(np.float32).mean(axis=axis), dtype=np.float32)
 
 
+def check_sample_rate(sample_rate: object, *, name: str = "audio") -> int:
+    """`sample_rate` as an int when it is a whole number of Hz within :data:`SAMPLE_RATE_RANGE`.
+
+    Refuses booleans, fractional rates (16000.5 is not 16000) and implausible ones with an
+    AudioError; a float holding a whole number (16000.0) is accepted.
+
+    >>> check_sample_rate(16000.0)
+    16000
+    >>> check_sample_rate(True)
+    Traceback (most recent call last):
+    ...
+    edge_ser.errors.AudioError: audio: sample_rate=True is not a sample rate; expected an integer number of Hz from 4000 to 384000, e.g. 16000.
+    """
+    low, high = SAMPLE_RATE_RANGE
+    expected = f"expected an integer number of Hz from {low} to {high}, e.g. 16000"
+    if isinstance(sample_rate, (bool, np.bool_)) or not isinstance(sample_rate, (int, float, np.integer, np.floating)):
+        raise AudioError(f"{name}: sample_rate={sample_rate!r} is not a sample rate; {expected}.")
+    rate = float(sample_rate)
+    if not np.isfinite(rate) or rate != int(rate):
+        raise AudioError(f"{name}: sample_rate={sample_rate!r} is not a whole number of Hz; {expected}. "
+                         "Pass the rate the audio was recorded at, as an int.")
+    if not low <= rate <= high:
+        raise AudioError(
+            f"{name}: sample_rate={sample_rate!r} Hz is outside the range edge-ser accepts; {expected}. A header "
+            "claiming such a rate is broken (resampling from it would multiply the data thousands of times): "
+            "re-encode the file at its true rate (e.g. `sox in.wav -r 16000 out.flac`)."
+        )
+    return int(rate)
+
+
+def check_duration(n_samples: int, sample_rate: int, *, max_duration_s: float | None, name: str = "audio") -> None:
+    """Refuse audio longer than `max_duration_s` seconds (no limit when None) before it is decoded or resampled."""
+    if max_duration_s is None:
+        return
+    duration = n_samples / float(sample_rate)
+    if duration > max_duration_s:
+        raise AudioError(
+            f"{name} is {duration:.1f} s long ({n_samples} samples at {sample_rate} Hz); expected at most "
+            f"{max_duration_s:g} s per call. Read longer recordings block by block with "
+            "EmotionModel.timeline_file(path) (edge_ser.runtime), cut them into parts, or pass max_duration_s=None "
+            "if the memory is there."
+        )
+
+
 def resample(x: np.ndarray, *, orig_sr: int, target_sr: int) -> np.ndarray:
     """Resample (samples,) or (samples, channels) from `orig_sr` to `target_sr` Hz with soxr (HQ).
 
     Returns float32; the output has round(samples * target_sr / orig_sr) samples.
     """
     for label, rate in (("orig_sr", orig_sr), ("target_sr", target_sr)):
-        if not isinstance(rate, (int, np.integer)) or rate <= 0:
+        if not isinstance(rate, (int, np.integer)) or isinstance(rate, bool) or rate <= 0:
             raise AudioError(f"{label}={rate!r} is not a positive integer sample rate in Hz; e.g. 16000.")
+        check_sample_rate(rate, name=label)
     arr = np.asarray(x, dtype=np.float32)
     if orig_sr == target_sr:
         return np.ascontiguousarray(arr)
@@ -108,6 +165,7 @@ def validate_waveform(
     strict: bool = False,
     min_duration_s: float | None = None,
     name: str = "waveform",
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Check a waveform and return it as contiguous (samples,) float32 mono at `target_sr` Hz.
 
@@ -117,7 +175,9 @@ def validate_waveform(
     rate (soxr), float input holding int16-range whole numbers (divided by 32768).
     Always an error: non-numeric, empty, >2 dims, NaN/inf, digital silence, other values
     outside [-1, 1], shorter than `min_duration_s` seconds (no check when None; pass
-    :data:`MIN_DURATION_S` for model input). Many clipped samples only log a warning.
+    :data:`MIN_DURATION_S` for model input), longer than `max_duration_s` (no check when None),
+    a sample rate that is not a whole number of Hz in :data:`SAMPLE_RATE_RANGE`. Many clipped
+    samples only log a warning.
     """
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.dtype == object or arr.dtype.kind not in "fiu":
@@ -133,8 +193,11 @@ def validate_waveform(
             f"{name} has {arr.ndim} dimensions (shape {arr.shape}); expected (samples,), (samples, channels) "
             "or (channels, samples). Pass one utterance at a time; squeeze batch axes."
         )
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
+    if not isinstance(sample_rate, (int, np.integer)) or isinstance(sample_rate, bool) or sample_rate <= 0:
         raise AudioError(f"{name}: sample_rate={sample_rate!r} is not a positive integer in Hz; e.g. 16000.")
+    check_sample_rate(sample_rate, name=name)
+    n_samples = arr.shape[0] if arr.ndim == 1 else max(arr.shape)
+    check_duration(int(n_samples), int(sample_rate), max_duration_s=max_duration_s, name=name)
 
     if arr.dtype.kind in "iu":
         arr = _pcm_to_float(arr)
@@ -225,12 +288,15 @@ def load_audio(
     target_sr: int = SAMPLE_RATE,
     strict: bool = False,
     min_duration_s: float | None = None,
+    max_duration_s: float | None = MAX_DURATION_S,
 ) -> np.ndarray:
     """Read an audio file as (samples,) float32 mono at `target_sr` Hz, then :func:`validate_waveform` it.
 
     Stereo files are averaged and other rates resampled (logged at INFO); with `strict`
     both raise AudioError instead. Missing or unreadable files raise AudioError with
-    libsndfile's reason.
+    libsndfile's reason. The header is checked before anything is decoded: a sample rate
+    outside :data:`SAMPLE_RATE_RANGE` or a duration over `max_duration_s` seconds
+    (:data:`MAX_DURATION_S` by default; None lifts it) is refused.
     """
     path = Path(path)
     if not path.is_file():
@@ -238,6 +304,15 @@ def load_audio(
             f"audio file {path} does not exist (or is not a file); expected a readable WAV/FLAC file. "
             "Check the path, or the corpus's audio_root in its manifest.json."
         )
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        raise AudioError(
+            f"cannot read audio file {path}: libsndfile says {str(exc).strip()!r}. Expected a WAV/FLAC/OGG file "
+            "libsndfile can decode; re-encode it (e.g. `sox in.xyz -c 1 -r 16000 out.flac`) or drop it from the corpus."
+        ) from exc
+    check_sample_rate(info.samplerate, name=str(path))
+    check_duration(int(info.frames), int(info.samplerate), max_duration_s=max_duration_s, name=str(path))
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
@@ -305,4 +380,4 @@ def audio_duration_s(path: str | os.PathLike) -> float:
             f"cannot read the header of {path}: {str(exc).strip()!r}. Expected an existing WAV/FLAC file; "
             "check the path or re-encode the file."
         ) from exc
-    return float(info.frames) / float(info.samplerate)
+    return float(info.frames) / float(check_sample_rate(info.samplerate, name=str(path)))

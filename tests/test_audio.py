@@ -10,6 +10,7 @@ import pytest
 from edge_ser.audio import (
     MIN_DURATION_S,
     audio_duration_s,
+    check_sample_rate,
     load_audio,
     resample,
     to_mono,
@@ -197,3 +198,47 @@ def test_write_rejects_bad_input(tmp_path):
     with pytest.raises(AudioError, match="NaN/inf"):
         write_audio(tmp_path / "a.wav", np.full(100, np.nan, dtype=np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- limits: implausible sample rates and durations (issue 17 items 4 and 7) -------------
+
+def _header_claims(path, rate: int) -> None:
+    """Rewrite a PCM WAV header's sample rate (and byte rate), as a broken or hostile file has it."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    data[24:28], data[28:32] = struct.pack("<I", rate), struct.pack("<I", rate * 2)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("rate", [1, 100, 3999, 400_000])
+def test_a_header_with_an_implausible_rate_is_refused_before_decoding(tmp_path, rate):
+    path = write_audio(tmp_path / "odd.wav", tone(1.5), subtype="PCM_16")  # 48 KB
+    _header_claims(path, rate)
+    pattern = (rf"odd\.wav: sample_rate={rate} Hz is outside the range edge-ser accepts; expected an integer number "
+               r"of Hz from 4000 to 384000, e.g. 16000\. A header claiming such a rate is broken .*re-encode")
+    with pytest.raises(AudioError, match=pattern):
+        load_audio(path)  # was resampled 16,000-fold at 1 Hz: 3.7 GB and still running at 60 s
+    with pytest.raises(AudioError, match=pattern):
+        audio_duration_s(path)
+
+
+def test_audio_longer_than_the_limit_is_refused_before_decoding(tmp_path):
+    path = write_audio(tmp_path / "long.flac", tone(3.0))
+    with pytest.raises(AudioError, match=r"long\.flac is 3\.0 s long \(48000 samples at 16000 Hz\); expected at most "
+                                         r"2 s per call\. Read longer recordings block by block with "
+                                         r"EmotionModel\.timeline_file\(path\).*max_duration_s=None"):
+        load_audio(path, max_duration_s=2.0)
+    assert load_audio(path, max_duration_s=None).shape == (48_000,)
+    with pytest.raises(AudioError, match=r"waveform is 3\.0 s long .*expected at most 2 s"):
+        validate_waveform(tone(3.0), sample_rate=SAMPLE_RATE, max_duration_s=2.0)
+
+
+@pytest.mark.parametrize("rate, reason", [(16000.5, "is not a whole number of Hz"), (True, "is not a sample rate"),
+                                          (1, "is outside the range")])
+def test_sample_rate_arguments_are_checked(rate, reason):
+    with pytest.raises(AudioError, match=rf"sample_rate={rate!r}.* {reason}"):
+        check_sample_rate(rate)
+    with pytest.raises(AudioError):
+        validate_waveform(tone(), sample_rate=rate)
+    assert check_sample_rate(16000.0) == 16000 and check_sample_rate(np.int64(8000)) == 8000

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 import soundfile as sf
 
-from edge_ser.audio import MIN_DURATION_S
+from edge_ser.audio import MIN_DURATION_S, SAMPLE_RATE_RANGE
 from edge_ser.data.splits import fold_assignment, speaker_folds, speaker_split
 from edge_ser.data.table import Corpus, claim_corpus_folder, normalise_table, save_corpus
 from edge_ser.errors import CorpusError
@@ -124,8 +124,10 @@ def check_audio_headers(reading: CorpusReading, *, strict: bool) -> tuple[list[d
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
             unreadable.append(f"{path} ({str(exc).strip() or type(exc).__name__})")
             continue
-        if info.frames <= 0 or info.samplerate <= 0:
-            unreadable.append(f"{path} (header reports {info.frames} frames at {info.samplerate} Hz)")
+        low, high = SAMPLE_RATE_RANGE
+        if info.frames <= 0 or not low <= info.samplerate <= high:
+            unreadable.append(f"{path} (header reports {info.frames} frames at {info.samplerate} Hz; "
+                              f"expected {low}..{high} Hz)")
             continue
         duration = info.frames / info.samplerate
         if duration < MIN_DURATION_S:
