@@ -48,7 +48,8 @@ def test_synth_refuses_a_finished_corpus_and_replaces_it_whole_with_overwrite(tm
 def test_prepare_refuses_a_finished_corpus(corpus, tmp_path):
     table = load_corpus(corpus).table
     listing = tmp_path / "list.csv"
-    rows = ["path,speaker,label"] + [f"{corpus / 'audio' / p},{s},neutral" for p, s in zip(table["path"], table["speaker"])]
+    rows = ["path,speaker,label"]
+    rows += [f"{corpus / 'audio' / p},{s},neutral" for p, s in zip(table["path"], table["speaker"])]
     listing.write_text("\n".join(rows) + "\n")
     args = ["data", "prepare", "--corpus", "manifest", "--root", str(listing), "--out", str(tmp_path / "p")]
     assert CliRunner().invoke(root, args).exit_code == 0

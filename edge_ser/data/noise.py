@@ -413,5 +413,6 @@ def _parse_extras(cell: Any) -> dict[str, Any]:
 
 __all__ = [
     "NOISE_SOURCES", "SNR_RANGE_DB", "BabbleNoise", "FolderNoise", "GeneratedNoise", "NoiseSource", "check_snr_db",
-    "make_noisy_corpus", "measure_snr_db", "mix_at_snr", "pink_noise", "resolve_noise", "scale_noise_to_snr", "white_noise",
+    "make_noisy_corpus", "measure_snr_db", "mix_at_snr", "pink_noise", "resolve_noise", "scale_noise_to_snr",
+    "white_noise",
 ]

@@ -194,7 +194,8 @@ def extract_features(
     from edge_ser.audio import audio_duration_s, load_audio
     from edge_ser.data.table import load_corpus
 
-    if isinstance(shard_utterances, bool) or not isinstance(shard_utterances, (int, np.integer)) or shard_utterances < 1:
+    if (isinstance(shard_utterances, bool) or not isinstance(shard_utterances, (int, np.integer))
+            or shard_utterances < 1):
         raise ValueError(f"shard_utterances={shard_utterances!r}; expected a positive integer such as 256.")
     if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
         raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
