@@ -1,21 +1,26 @@
 """The artifact folder's ``manifest.json`` (format "edge-ser-artifact" v1, docs/architecture.md).
 
 Written by the conversion pipeline, read and checked by the runtime: what the graph takes
-and returns, which labels, which precision and backend, where it came from, and the sha256
-and size of every file (each file inside a ``.mlpackage`` directory separately).
+and returns, which labels, which precision and backend, where it came from, the sha256
+and size of every file (each file inside a ``.mlpackage`` directory separately), and
+``manifest_sha256``, the digest of the manifest's own content, so that no field can be
+edited without the runtime refusing the artifact (docs/security.md).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from edge_ser import __version__
-from edge_ser.io import sha256_file, write_json_atomic
+from edge_ser.io import _json_default, sha256_file, write_json_atomic
 from edge_ser.labels import CATEGORIES, DIMENSIONS, SAMPLE_RATE
 
-from edge_ser.runtime.artifact import ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_FILE  # the one reader
+from edge_ser.runtime.artifact import (  # the one reader
+    ARTIFACT_FORMAT, ARTIFACT_FORMAT_VERSION, MANIFEST_DIGEST_KEY, MANIFEST_FILE, manifest_digest,
+)
 
 PARITY_FILE = "parity.json"
 
@@ -98,4 +103,9 @@ def build_manifest(
 
 
 def write_manifest(artifact_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
-    return write_json_atomic(Path(artifact_dir) / MANIFEST_FILE, dict(manifest))
+    """Write the manifest with its ``manifest_sha256``: the digest of its content as it will be read
+    back (JSON round trip), which binds labels, rate, window and file hashes to the artifact."""
+    content = json.loads(json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_DIGEST_KEY},
+                                    default=_json_default))
+    content[MANIFEST_DIGEST_KEY] = manifest_digest(content)
+    return write_json_atomic(Path(artifact_dir) / MANIFEST_FILE, content)

@@ -5,11 +5,11 @@ training: an app prototype needs only this package, the audio helpers and the
 backend's runtime (executorch, onnxruntime or coremltools on macOS).
 """
 
-from edge_ser.runtime.artifact import ArtifactManifest, read_manifest
+from edge_ser.runtime.artifact import ArtifactError, ArtifactManifest, read_manifest
 from edge_ser.runtime.backends import BackendUnavailableError, get_runner
 from edge_ser.runtime.model import EmotionModel, Prediction, TimelinePoint, load
 
 __all__ = [
-    "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "Prediction", "TimelinePoint",
+    "ArtifactError", "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "Prediction", "TimelinePoint",
     "get_runner", "load", "read_manifest",
 ]

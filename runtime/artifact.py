@@ -1,16 +1,35 @@
-"""The artifact folder contract: manifest reading, version and sha256 checks.
+"""The artifact folder contract: manifest reading, version, binding and sha256 checks.
 
 An artifact folder holds ``manifest.json`` plus the model file(s) of one target
 (``model.pte``, ``model.onnx`` or ``model.mlpackage/``). The converters write it
-(`edge_ser.converters`); this module is the single reader. See docs/architecture.md.
+(`edge_ser.converters`); this module is the single reader. See docs/architecture.md
+and docs/security.md.
+
+What :func:`read_manifest` guarantees (each refusal is an :class:`ArtifactError`):
+
+- integrity: the manifest's own fields are bound to it by ``manifest_sha256`` (a digest of
+  its canonical JSON), and every file it lists by its sha256 and size, so an edited label
+  list, sample rate or window, or a modified model file, is refused;
+- consistency: labels are distinct strings, one per class probability; the window, the
+  sample rate and the declared tensor shapes agree (the runtime then checks them against
+  the model's real inputs and outputs, :func:`edge_ser.runtime.load`);
+- containment: every listed file is a regular file inside the folder (no ``..``, no
+  absolute path, no symlink), and the folder holds nothing the manifest does not list.
+
+It is not a signature: whoever can rewrite the model, every sha256 and the digest can make
+a different artifact that passes (docs/security.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
 import os
-from pathlib import Path
-from typing import Any
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping
 
 from edge_ser.errors import ManifestError
 from edge_ser.io import read_versioned_manifest, sha256_file
@@ -18,9 +37,31 @@ from edge_ser.io import read_versioned_manifest, sha256_file
 ARTIFACT_FORMAT = "edge-ser-artifact"
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+MANIFEST_DIGEST_KEY = "manifest_sha256"
 MODEL_FILES: dict[str, str] = {"executorch": "model.pte", "onnx": "model.onnx", "coreml": "model.mlpackage"}
 OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
 INPUT_NAME = "waveform"
+ARTIFACT_SAMPLE_RATES: tuple[int, ...] = (16_000,)
+"""Rates an artifact's graph may take: every edge-ser model reads 16 kHz audio."""
+
+_FIX = "Restore the artifact folder from where it came from (copy it again) or re-run `edge-ser convert`."
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ArtifactError(ManifestError):
+    """An artifact folder is not what its manifest says: edited, corrupted, incomplete, or pointing
+    outside itself. The runtime refuses it instead of running it."""
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, compact), without ``manifest_sha256``.
+
+    The converters store it as ``manifest_sha256``; :func:`read_manifest` recomputes it, so any
+    edit of the manifest's fields (labels, rate, window, file hashes) is refused.
+    """
+    body = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,65 +96,196 @@ class ArtifactManifest:
 def read_manifest(artifact_dir: str | os.PathLike, *, verify: bool = True) -> ArtifactManifest:
     """Read and check an artifact's manifest; with `verify`, check every file's sha256.
 
-    Raises ManifestError for a missing/invalid manifest, another format version, an
-    unknown target, or a file whose bytes do not match (tampered or half-copied).
+    Raises ArtifactError (a ManifestError) for a missing/invalid manifest, another format
+    version, a manifest edited after conversion, inconsistent fields, an unknown target, a
+    listed path outside the folder, or a file whose bytes do not match (tampered or half-copied).
+    The manifest's own checks run with or without `verify`; `verify` adds the file hashes.
     """
     root = Path(artifact_dir)
     path = root / MANIFEST_FILE
-    raw = read_versioned_manifest(
-        path, kind="an edge-ser artifact folder", expected_format=ARTIFACT_FORMAT,
-        supported_versions=(ARTIFACT_FORMAT_VERSION,),
-        fix="Re-convert the run with this version of edge-ser: `edge-ser convert --run R --target T --out A`.",
-        name_reader=True,
-    )
+    try:
+        raw = read_versioned_manifest(
+            path, kind="an edge-ser artifact folder", expected_format=ARTIFACT_FORMAT,
+            supported_versions=(ARTIFACT_FORMAT_VERSION,),
+            fix="Re-convert the run with this version of edge-ser: `edge-ser convert --run R --target T --out A`.",
+            name_reader=True,
+        )
+    except ArtifactError:
+        raise
+    except ManifestError as exc:
+        raise ArtifactError(str(exc)) from None
+    _check_digest(raw, path)
     target = raw.get("target")
-    if target not in MODEL_FILES:
-        raise ManifestError(f"{path}: unknown target {target!r}; expected one of {sorted(MODEL_FILES)}.")
+    if not isinstance(target, str) or target not in MODEL_FILES:
+        raise ArtifactError(f"{path}: unknown target {target!r}; expected one of {sorted(MODEL_FILES)}. {_FIX}")
     missing = [key for key in ("precision", "sample_rate", "window_samples", "labels", "files", "outputs")
                if key not in raw]
     if missing:
-        raise ManifestError(f"{path} lacks {missing}; the artifact is incomplete. Re-run `edge-ser convert`.")
+        raise ArtifactError(f"{path} lacks {missing}; the artifact is incomplete. Re-run `edge-ser convert`.")
     manifest = ArtifactManifest(
         root=root,
         target=target,
         precision=str(raw["precision"]),
-        sample_rate=int(raw["sample_rate"]),
-        window_samples=int(raw["window_samples"]),
-        labels=tuple(raw["labels"]),
-        dimensions=tuple(raw.get("dimensions", ("arousal", "valence", "dominance"))),
-        inputs=tuple(raw.get("inputs", ())),
-        outputs=tuple(raw["outputs"]),
-        files=dict(raw["files"]),
+        sample_rate=_positive_int(raw, "sample_rate", path),
+        window_samples=_positive_int(raw, "window_samples", path),
+        labels=_names(raw, "labels", path),
+        dimensions=_names({"dimensions": raw.get("dimensions", ["arousal", "valence", "dominance"])},
+                          "dimensions", path),
+        inputs=_tensor_specs(raw.get("inputs", []), "inputs", path),
+        outputs=_tensor_specs(raw["outputs"], "outputs", path),
+        files=_file_records(raw["files"], path),
         raw=raw,
     )
+    check_consistency(manifest)
+    check_containment(manifest)
     if verify:
         verify_files(manifest)
     return manifest
 
 
+def _check_digest(raw: dict[str, Any], path: Path) -> None:
+    recorded = raw.get(MANIFEST_DIGEST_KEY)
+    if recorded is None:
+        raise ArtifactError(
+            f"{path} has no {MANIFEST_DIGEST_KEY!r}, so an edit of its labels, sample rate or window could not be "
+            f"detected; expected a manifest bound to its content by that digest (it says it was written by edge-ser "
+            f"{raw.get('edge_ser_version')!r}; older versions did not write one, and removing it is an edit too). "
+            "Re-convert the run with this edge-ser: `edge-ser convert --run R --target T --out A`."
+        )
+    actual = manifest_digest(raw)
+    if recorded != actual:
+        raise ArtifactError(
+            f"{path} was edited after conversion: its content hashes to {actual[:16]}..., its "
+            f"{MANIFEST_DIGEST_KEY} records {str(recorded)[:16]}...; expected the manifest as converted (an edited "
+            f"label list, sample rate or window would mislabel the model's outputs or feed it other audio). {_FIX}"
+        )
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, path: Path) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArtifactError(f"{path}: {key}={value!r}; expected a positive integer. {_FIX}")
+    return value
+
+
+def _names(raw: Mapping[str, Any], key: str, path: Path) -> tuple[str, ...]:
+    value = raw[key]
+    if (not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value)
+            or len(set(value)) != len(value)):
+        raise ArtifactError(f"{path}: {key}={value!r}; expected a list of distinct, non-empty names. {_FIX}")
+    return tuple(value)
+
+
+def _tensor_specs(value: Any, key: str, path: Path) -> tuple[dict[str, Any], ...]:
+    ok = isinstance(value, list) and all(
+        isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("shape"), list)
+        and len(spec["shape"]) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spec["shape"])
+        for spec in value)
+    if not ok:
+        raise ArtifactError(f"{path}: {key} is {value!r:.200}; expected a list of {{name, shape, dtype}} with positive "
+                            f"integer shapes. {_FIX}")
+    return tuple(value)
+
+
+def _file_records(value: Any, path: Path) -> dict[str, dict[str, Any]]:
+    ok = isinstance(value, dict) and all(
+        isinstance(rel, str) and isinstance(rec, dict) and isinstance(rec.get("sha256"), str)
+        and _SHA256.fullmatch(rec["sha256"]) is not None
+        and isinstance(rec.get("bytes"), int) and not isinstance(rec.get("bytes"), bool) and rec["bytes"] >= 0
+        for rel, rec in value.items())
+    if not ok:
+        raise ArtifactError(f"{path}: files is {value!r:.200}; expected {{relative path: {{sha256 (64 hex digits), "
+                            f"bytes}}}}. {_FIX}")
+    return dict(value)
+
+
+def check_consistency(manifest: ArtifactManifest) -> None:
+    """The manifest's fields agree with each other: rate, window, input shape, one label per class
+    probability, one dimension per A/V/D output. Raises ArtifactError."""
+    where = manifest.root / MANIFEST_FILE
+    problems = []
+    if manifest.sample_rate not in ARTIFACT_SAMPLE_RATES:
+        problems.append(f"sample_rate {manifest.sample_rate} Hz is not a rate edge-ser models take "
+                        f"({list(ARTIFACT_SAMPLE_RATES)})")
+    by_name = {spec["name"]: spec for spec in manifest.outputs}
+    absent = [name for name in OUTPUT_NAMES if name not in by_name]
+    if absent:
+        problems.append(f"outputs lack {absent} (expected {list(OUTPUT_NAMES)})")
+    else:
+        if by_name["probs"]["shape"][-1] != len(manifest.labels):
+            problems.append(f"{len(manifest.labels)} labels for {by_name['probs']['shape'][-1]} class probabilities")
+        if by_name["avd"]["shape"][-1] != len(manifest.dimensions):
+            problems.append(f"{len(manifest.dimensions)} dimensions for {by_name['avd']['shape'][-1]} A/V/D outputs")
+    if manifest.inputs:
+        shape = manifest.inputs[0]["shape"]
+        if shape[-1] != manifest.window_samples:
+            problems.append(f"input shape {shape} does not end in window_samples={manifest.window_samples}")
+    window_s = manifest.raw.get("window_s")
+    if isinstance(window_s, (int, float)) and not (
+            math.isfinite(window_s) and abs(window_s - manifest.window_samples / manifest.sample_rate) < 1e-6):
+        problems.append(f"window_s={window_s} is not window_samples / sample_rate = "
+                        f"{manifest.window_samples / manifest.sample_rate:g}")
+    if problems:
+        raise ArtifactError(f"{where} is inconsistent: {'; '.join(problems)}. {_FIX}")
+
+
+def check_containment(manifest: ArtifactManifest) -> None:
+    """Every listed file is a relative path to a regular file inside the artifact folder (no ``..``,
+    no absolute path, no symlink), and the model file is listed. Raises ArtifactError."""
+    root = manifest.root.resolve()
+    for rel in manifest.files:
+        pure = PurePosixPath(rel)
+        if (not rel or rel.startswith("/") or "\\" in rel or pure.is_absolute() or ".." in pure.parts
+                or re.match(r"^[A-Za-z]:", rel) or rel == MANIFEST_FILE):
+            raise ArtifactError(
+                f"{manifest.root / MANIFEST_FILE} lists the file {rel!r}; expected a relative path inside the artifact "
+                f"folder (no '..', no absolute path, not the manifest itself). Nothing outside an artifact is read. "
+                f"{_FIX}"
+            )
+        path = manifest.root / rel
+        parts = [manifest.root.joinpath(*pure.parts[:i + 1]) for i in range(len(pure.parts))]
+        linked = next((p for p in parts if p.is_symlink()), None)
+        if linked is not None or not path.resolve().is_relative_to(root):
+            raise ArtifactError(
+                f"artifact file {path} is a symbolic link (to {os.path.realpath(linked or path)}); expected regular "
+                f"files inside {manifest.root}. Nothing outside an artifact is read. Copy the folder with its files "
+                "(cp -rL) or re-run `edge-ser convert`."
+            )
+    model_file = MODEL_FILES[manifest.target]
+    if not any(rel == model_file or rel.startswith(model_file + "/") for rel in manifest.files):
+        raise ArtifactError(f"{manifest.root / MANIFEST_FILE} does not list {model_file}, the model file of target "
+                            f"{manifest.target!r}, so its bytes could not be checked. {_FIX}")
+
+
 def verify_files(manifest: ArtifactManifest) -> None:
-    """Check that every file the manifest lists exists with the recorded sha256, and that the
-    folder holds no file it does not list (a stale or injected file)."""
-    on_disk = {p.relative_to(manifest.root).as_posix() for p in manifest.root.rglob("*") if p.is_file()}
+    """Check that every file the manifest lists exists with the recorded size and sha256, and that
+    the folder holds no file it does not list (a stale or injected file)."""
+    root = manifest.root
+    on_disk = set()
+    for dirpath, dirnames, filenames in os.walk(root):  # os.walk does not follow symlinked folders
+        base = Path(dirpath)
+        linked = [d for d in dirnames if (base / d).is_symlink()]
+        on_disk.update((base / name).relative_to(root).as_posix() for name in filenames + linked)
     unlisted = sorted(on_disk - set(manifest.files) - {MANIFEST_FILE})
     if unlisted:
-        raise ManifestError(
+        raise ArtifactError(
             f"{manifest.root} holds unlisted {unlisted}; expected exactly the files of its manifest. Re-run "
             "`edge-ser convert --overwrite` or copy the artifact folder again."
         )
     for rel, record in manifest.files.items():
         path = manifest.root / rel
         if not path.is_file():
-            raise ManifestError(
+            raise ArtifactError(
                 f"artifact file {path} is missing; the manifest lists it. Copy the whole artifact folder "
                 "or re-run `edge-ser convert`."
             )
-        actual = sha256_file(path)
-        if actual != record.get("sha256"):
-            raise ManifestError(
-                f"artifact file {path} has sha256 {actual[:16]}..., the manifest records "
-                f"{str(record.get('sha256'))[:16]}...: the file was modified or only partly copied. "
+        actual, size = sha256_file(path), path.stat().st_size
+        if actual != record["sha256"] or size != record["bytes"]:
+            raise ArtifactError(
+                f"artifact file {path} has sha256 {actual[:16]}... ({size} bytes), the manifest records "
+                f"{record['sha256'][:16]}... ({record['bytes']} bytes): the file was modified or only partly copied. "
                 "Re-copy the artifact folder or re-run `edge-ser convert`."
             )
     if not manifest.model_path.exists():
-        raise ManifestError(f"{manifest.model_path} is missing for target {manifest.target!r}.")
+        raise ArtifactError(f"{manifest.model_path} is missing for target {manifest.target!r}.")

@@ -12,12 +12,12 @@ import os
 import sys
 import weakref
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from edge_ser.errors import EdgeSerError
-from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
+from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES, ArtifactError
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,80 @@ class BackendUnavailableError(EdgeSerError, RuntimeError):
 
 class Runner(Protocol):
     threads: int
+    input_shape: tuple[int | None, ...] | None
+    """The model's real input shape (None where the backend does not say; a dimension None when symbolic)."""
+    output_shapes: tuple[tuple[int | None, ...], ...] | None
+    """The model's real output shapes in :data:`OUTPUT_NAMES` order, or None."""
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         """waveform: (1, window_samples) float32 -> {"probs", "avd", "embedding"}."""
+
+
+PTE_FILE_IDENTIFIERS: tuple[bytes, ...] = (b"ET12",)
+"""Flatbuffer file identifiers of the ExecuTorch program schema this runtime reads."""
+_PTE_HEADER_MAGIC = b"eh00"
+_PTE_HEADER_MIN_LENGTH = 24
+
+
+def check_pte_file(path: Path) -> None:
+    """Check a ``.pte``'s framing before ExecuTorch parses it: flatbuffer identifier, extended header,
+    and that the program and segment sizes it declares fit the file.
+
+    ExecuTorch verifies the flatbuffer itself (``Verification.InternalConsistency``), but a wrong
+    file identifier aborted the process (SIGABRT) instead of raising; this turns that and other
+    framing damage into an ArtifactError.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(64)
+    problem = None
+    if len(head) < 8 + _PTE_HEADER_MIN_LENGTH:
+        problem = f"it has {size} bytes, fewer than an ExecuTorch program's header"
+    elif head[4:8] not in PTE_FILE_IDENTIFIERS:
+        problem = (f"its flatbuffer identifier is {bytes(head[4:8])!r}; this runtime reads "
+                   f"{[i.decode() for i in PTE_FILE_IDENTIFIERS]}")
+    else:
+        root_offset = int.from_bytes(head[0:4], "little")
+        header = head[8:]
+        length = int.from_bytes(header[4:8], "little")
+        if header[0:4] == _PTE_HEADER_MAGIC:
+            program_size = int.from_bytes(header[8:16], "little")
+            segment_base = int.from_bytes(header[16:24], "little")
+            segment_size = int.from_bytes(header[24:32], "little") if length > _PTE_HEADER_MIN_LENGTH else 0
+            if length < _PTE_HEADER_MIN_LENGTH or 8 + length > len(head):
+                problem = f"its extended header claims {length} bytes"
+            elif not root_offset < program_size <= size:
+                problem = (f"its header declares a {program_size}-byte program (root table at {root_offset}) in a "
+                           f"{size}-byte file")
+            elif segment_base and not (program_size <= segment_base <= size and segment_base + segment_size <= size):
+                problem = (f"its header places {segment_size} bytes of segments at offset {segment_base} of a "
+                           f"{size}-byte file")
+        elif not 8 <= root_offset < size:
+            problem = f"its root table offset {root_offset} lies outside the {size}-byte file"
+    if problem:
+        raise ArtifactError(f"{path} is not a readable ExecuTorch program: {problem}. Expected the .pte written by "
+                            "`edge-ser convert`; the file is corrupted. Copy the artifact again or re-convert it.")
+
+
+def check_onnx_file(path: Path) -> None:
+    """Parse and check an ONNX model (``onnx.checker``) before ONNX Runtime loads it, where the
+    ``onnx`` package is installed (an app that ships only onnxruntime skips this check)."""
+    try:
+        import onnx
+    except ImportError:  # pragma: no cover - onnx is a dependency of edge-ser itself
+        return
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf DecodeError, ValidationError, ...: all mean "not a valid model"
+        raise ArtifactError(
+            f"{path} is not a valid ONNX model: {type(exc).__name__}: {str(exc).strip()[:300]}. Expected the .onnx "
+            "written by `edge-ser convert`; the file is corrupted. Copy the artifact again or re-convert it."
+        ) from None
+
+
+MODEL_FILE_CHECKS: dict[str, Callable[[Path], None]] = {"executorch": check_pte_file, "onnx": check_onnx_file}
+"""Target -> a structural check of its model file, run by :func:`edge_ser.runtime.load` before the backend."""
 
 
 _LIVE_EXECUTORCH_RUNNERS: "weakref.WeakSet[ExecuTorchRunner]" = weakref.WeakSet()
@@ -79,6 +150,10 @@ class ExecuTorchRunner:
         program = Runtime.get().load_program(Path(model_path))
         self._method = program.load_method("forward")
         _LIVE_EXECUTORCH_RUNNERS.add(self)
+        meta = self._method.metadata
+        self.input_shape = tuple(int(d) for d in meta.input_tensor_meta(0).sizes()) if meta.num_inputs() else None
+        self.output_shapes = tuple(tuple(int(d) for d in meta.output_tensor_meta(i).sizes())
+                                   for i in range(meta.num_outputs()))
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         import torch
@@ -119,6 +194,10 @@ class OnnxRunner:
         self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self.input_shape = _static_shape(self._session.get_inputs()[0].shape)
+        by_name = {o.name: _static_shape(o.shape) for o in self._session.get_outputs()}
+        named = all(n in by_name for n in OUTPUT_NAMES)
+        self.output_shapes = tuple(by_name[n] for n in OUTPUT_NAMES) if named else tuple(by_name.values())
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(None, {self._input: np.ascontiguousarray(waveform, dtype=np.float32)})
@@ -126,6 +205,10 @@ class OnnxRunner:
         if all(name in named for name in OUTPUT_NAMES):
             return {name: np.asarray(named[name], dtype=np.float32) for name in OUTPUT_NAMES}
         return {name: np.asarray(v, dtype=np.float32) for name, v in zip(OUTPUT_NAMES, values)}
+
+
+def _static_shape(shape: Sequence[object]) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) else None for d in shape)
 
 
 class CoreMLRunner:
@@ -141,6 +224,7 @@ class CoreMLRunner:
         import coremltools as ct  # pragma: no cover - macOS only
 
         self.threads = int(threads or 0)  # pragma: no cover
+        self.input_shape, self.output_shapes = None, None  # pragma: no cover
         self._model = ct.models.MLModel(str(model_path))  # pragma: no cover
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - macOS only
@@ -160,4 +244,13 @@ def get_runner(target: str, model_path: Path, *, threads: int | None = None) -> 
         factory = RUNNERS[target]
     except KeyError:
         raise ValueError(f"no runner for target {target!r}; known targets: {sorted(RUNNERS)}.") from None
-    return factory(model_path, threads=threads)
+    try:
+        return factory(model_path, threads=threads)
+    except (EdgeSerError, ImportError):
+        raise
+    except Exception as exc:  # the backend's own parse/verify/load failure: a corrupted file
+        raise ArtifactError(
+            f"{model_path}: the {target} runtime could not load it ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+            "expected the model written by `edge-ser convert`. The file is corrupted or from an incompatible "
+            "exporter: copy the artifact again or re-convert it."
+        ) from None

@@ -27,7 +27,7 @@ LAYER = 1
 
 
 def _int8_from_fp32(fp32_dir, out):
-    from edge_ser.converters.manifest import file_hashes
+    from edge_ser.converters.manifest import file_hashes, write_manifest
     from edge_ser.converters.quantize import quantize_onnx_dynamic_int8
 
     shutil.copytree(fp32_dir, out)
@@ -37,7 +37,7 @@ def _int8_from_fp32(fp32_dir, out):
     manifest["quantization"] = {"scheme": "onnxruntime-dynamic-int8", "calibration": None}
     manifest["files"] = file_hashes(out)
     manifest["size_bytes"] = manifest["files"]["model.onnx"]["bytes"]
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(out, manifest)  # with its manifest_sha256: an edited manifest is refused
     return out
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors
+
 
 def register(root: click.Group) -> None:
     root.add_command(predict)
@@ -17,9 +19,11 @@ def register(root: click.Group) -> None:
 @click.command()
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.argument("audio", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--top", default=3, show_default=True, help="How many labels to print.")
-@click.option("--timeline", "hop_s", type=float, default=None, help="Print a timeline with windows every HOP_S s.")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="How many labels to print.")
+@click.option("--timeline", "hop_s", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Print a timeline with windows every HOP_S s (at most the artifact's window).")
 @click.option("--strict", is_flag=True, help="Refuse stereo or other-rate audio instead of converting it.")
+@one_line_errors
 def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | None, strict: bool) -> None:
     """Classify audio files with an artifact."""
     from edge_ser.audio import load_audio
@@ -27,7 +31,7 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
 
     model = load(artifact, strict=strict, resample=not strict)
     for path in audio:
-        if hop_s:
+        if hop_s is not None:
             clip = load_audio(path, target_sr=model.sample_rate, strict=strict)
             for point in model.timeline(clip, model.sample_rate, hop_s=hop_s):
                 p = point.prediction
@@ -47,7 +51,7 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
               help="A prepared corpus folder; its test split is used (all rows if it has none).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="An fp32 artifact: also report quantization error (this artifact vs the baseline).")
-@click.option("--max-utterances", default=200, show_default=True)
+@click.option("--max-utterances", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--condition", default=None,
               help="Apply a recording condition to every clip first: gain+<dB>dB, gain-<dB>dB or telephone "
                    "(edge_ser.data.conditions), e.g. to check an artifact on louder audio than the corpus.")
@@ -59,6 +63,7 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
 @click.option("--kernel-paths/--no-kernel-paths", default=True, show_default=True,
               help="Also check the artifact as other CPUs' int8 kernels compute it (ONNX int8; emulated, slower).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report JSON.")
+@one_line_errors
 def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None, max_utterances: int,
            condition: str | None, robustness: bool, noisy_dirs: tuple[Path, ...], kernel_paths: bool,
            out: Path | None) -> None:
@@ -103,10 +108,11 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
 
 @click.command()
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--runs", default=20, show_default=True)
-@click.option("--warmup", default=3, show_default=True)
-@click.option("--threads", default=2, show_default=True)
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
+@one_line_errors
 def bench(artifact: Path, runs: int, warmup: int, threads: int, out: Path | None) -> None:
     """Latency of one window through an artifact (p50/p90/p99, real-time factor)."""
     from edge_ser.io import write_json_atomic
