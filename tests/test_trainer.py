@@ -317,3 +317,40 @@ def test_length_buckets_cover_every_row_once_and_cut_padding():
     assert [b.index.tolist() for b in again] == [b.index.tolist() for b in bucketed]  # deterministic
     assert padded_bucketed < 0.9 * padded_plain
     assert lengths.sum() <= padded_bucketed
+
+
+def test_resume_refuses_another_layer_or_feature_cache(tmp_path):
+    # Issue 17 item 3: resuming on other data trained one model on two sources and recorded only the new one.
+    from edge_ser.cli import root
+    from edge_ser.features.cache import FeatureCacheWriter
+
+    table, frames = synthetic_table_and_frames(48, seed=3)
+    for name, shift in (("feats", 0.0), ("other", 1.0)):
+        writer = FeatureCacheWriter(tmp_path / name, plan={"model": "synthetic", "shift": shift}, layers_stored=(2, 3))
+        shifted = [(f.astype(np.float32) + shift).astype(np.float16) for f in frames]
+        pooled = np.stack([np.repeat(f.astype(np.float32).mean(0)[None], 5, axis=0) for f in shifted])
+        writer.write_shard(shard=0, utt_ids=table["utt_id"].tolist(), frames={2: shifted, 3: shifted}, pooled=pooled)
+        writer.finalize(table=table, manifest={"model": "synthetic", "n_layers": 4, "hidden_size": WIDTH,
+                                               "frame_rate": 50.0})
+    runner = CliRunner()
+    base = ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress"]
+    first = runner.invoke(root, [*base, "--features", str(tmp_path / "feats"), "--layer", "3"])
+    assert first.exit_code == 0, first.output
+    state = (tmp_path / "run" / "trainer_state.json").read_bytes()
+
+    layer = runner.invoke(root, [*base, "--features", str(tmp_path / "feats"), "--layer", "2", "--epochs", "2",
+                                 "--resume"])
+    assert layer.exit_code == 1
+    assert (f"Error: cannot resume {tmp_path / 'run'}: it was started on other data (layer: 3 -> 2); resuming would "
+            "train one model on two layers or feature caches and record only the new one. Resume with the original "
+            "--features and --layer (or --saliency), or use a new --out folder to train on these.") in layer.output
+
+    cache = runner.invoke(root, [*base, "--features", str(tmp_path / "other"), "--layer", "3", "--epochs", "2",
+                                 "--resume"])
+    assert cache.exit_code == 1 and "it was started on other data (manifest_sha256: '" in cache.output
+    assert (tmp_path / "run" / "trainer_state.json").read_bytes() == state  # nothing was trained on the new data
+
+    same = runner.invoke(root, [*base, "--features", str(tmp_path / "feats"), "--layer", "3", "--epochs", "2",
+                                "--resume"])
+    assert same.exit_code == 0, same.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_run"] == 2

@@ -134,9 +134,15 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def write_run_config(run_dir: str | os.PathLike, *, train: dict[str, Any], model: dict[str, Any]) -> None:
-    write_json_atomic(Path(run_dir) / CONFIG_FILE,
-                      {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "train": train, "model": model})
+def write_run_config(run_dir: str | os.PathLike, *, train: dict[str, Any], model: dict[str, Any],
+                     source: dict[str, Any] | None = None) -> None:
+    """Write ``config.json`` when a run starts: training config, model sizes and the identity of the data
+    it trains on (``source``: feature model, layer, feature-cache manifest sha256, fold), which a resume
+    must present again."""
+    config = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, "train": train, "model": model}
+    if source is not None:
+        config["source"] = source
+    write_json_atomic(Path(run_dir) / CONFIG_FILE, config)
 
 
 def build_model(model_config: dict[str, Any]) -> TCGRU:

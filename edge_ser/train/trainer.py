@@ -16,6 +16,7 @@ A run resumed from ``last.safetensors`` ends with bit-identical weights to an un
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -42,11 +43,16 @@ from edge_ser.train.model import TCGRU
 __all__ = ["TrainConfig", "RunResult", "FoldSummary", "train_run", "train_folds", "train_folds_on_source",
            "predict", "validation_metrics", "SELECTION_METRICS"]
 
+logger = logging.getLogger(__name__)
+
 SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_corpus": "max", "ccc_mean": "max"}
 """What early stopping / model selection can watch, and in which direction."""
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
 _RESUMABLE_CHANGES = ("max_epochs", "patience")
+_SOURCE_IDENTITY = ("feature_model", "layer", "manifest_sha256", "corpus", "fold", "k")
+"""The keys of a feature source's ``info`` that say which data a run trains on; a resume must match them
+(the cache's folder may move, so its path is not among them)."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -242,8 +248,27 @@ def _model_config(source: FeatureSource, config: TrainConfig) -> dict[str, Any]:
             "n_dims": len(DIMENSIONS), "n_classes": len(CATEGORIES), "dropout": config.dropout}
 
 
-def _check_resumable(out: Path, config: TrainConfig, model_config: dict[str, Any]) -> None:
+def _source_identity(source: FeatureSource) -> dict[str, Any]:
+    info = source.info
+    return {key: info.get(key) for key in _SOURCE_IDENTITY if key in info}
+
+
+def _check_resumable(out: Path, config: TrainConfig, model_config: dict[str, Any],
+                     source_identity: dict[str, Any]) -> None:
     saved = runs.read_run_config(out)
+    recorded = saved.get("source")
+    if recorded is None:
+        logger.warning("%s records no data source (written by an older edge-ser); resuming without checking that "
+                       "the features and layer are the ones it started on", out)
+    elif recorded != source_identity:
+        keys = sorted(set(recorded) | set(source_identity))
+        detail = ", ".join(f"{k}: {recorded.get(k)!r} -> {source_identity.get(k)!r}" for k in keys
+                           if recorded.get(k) != source_identity.get(k))
+        raise ManifestError(
+            f"cannot resume {out}: it was started on other data ({detail}); resuming would train one model on two "
+            "layers or feature caches and record only the new one. Resume with the original --features and "
+            "--layer (or --saliency), or use a new --out folder to train on these."
+        )
     old = TrainConfig.from_dict(saved["train"]).to_dict()
     new = config.to_dict()
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
@@ -296,7 +321,7 @@ def train_run(
                       gru_layers=config.gru_layers, embed_dim=config.embed_dim, dropout=config.dropout)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
         if resume:
-            _check_resumable(out, config, model_config)
+            _check_resumable(out, config, model_config, _source_identity(source))
             state = read_json(state_path)
             runs.load_weights(model, out / runs.LAST_WEIGHTS, epoch=int(state["epoch"]))
             rng = runs.load_optimizer(optimizer, out / runs.OPTIMIZER_FILE, param_groups=state["param_groups"],
@@ -311,7 +336,7 @@ def train_run(
         else:
             mean, std = feature_statistics(source, train_rows, progress=progress)
             model.set_feature_stats(mean, std)
-            runs.write_run_config(out, train=config.to_dict(), model=model_config)
+            runs.write_run_config(out, train=config.to_dict(), model=model_config, source=_source_identity(source))
             history, start_epoch, bad_epochs, wall_before, stopped_early = [], 1, 0, 0.0, False
             best = {"score": math.inf, "epoch": 0}
 
