@@ -299,6 +299,14 @@ def test_manifest_jsonl_with_p_columns_and_auto_split(tmp_path):
         ("path,speaker,label,split\na.wav,s1,sad,dev\n", {}, r"split 'dev'; expected one of"),
         ("path,speaker,p_happy\na.wav,s1,1\n", {}, r"expected all 9"),
         ("path,speaker,label\n", {}, r"lists no utterances"),
+        # issue 17: a 400-digit vote count was a traceback (OverflowError), an infinite score was dropped silently
+        (f"path,speaker,votes\na.wav,s1,\"[{'9' * 400}, 0, 0, 0, 0, 0, 0, 0, 0]\"\n", {},
+         r"m\.csv row 2: votes '\[9{76}\.\.\.' is not a JSON list of 9 counts .*expected e\.g\. \[3, 1, 0"),
+        ("path,speaker,votes\na.wav,s1,\"[1e300, 0, 0, 0, 0, 0, 0, 0, 0]\"\n", {},
+         r"expected 9 whole-number counts from 0 to 1000000"),
+        ("path,speaker,label,arousal\na.wav,s1,sad,inf\n", {},
+         r"m\.csv row 2: arousal = 'inf' is infinite; expected a score in \[0, 1\] or on the 1\.\.7 scale, or an "
+         r"empty cell"),
     ],
 )
 def test_manifest_bad_inputs(tmp_path, content, kwargs, pattern):
@@ -363,3 +371,12 @@ def test_prepare_strict_lists_problem_files(tmp_path):
                                                   if not l.startswith(name)) + "\n")
     with pytest.raises(CorpusError, match=r"(?s)1 of 6 audio files of manifest are not mono:.*stereo\.flac"):
         prepare_corpus(corpus="manifest", root=manifest, out=tmp_path / "out", folds=None, seed=0, strict=True)
+
+
+def test_a_stored_votes_cell_out_of_int64_is_a_corpus_error():
+    from edge_ser.data.table import parse_votes
+
+    with pytest.raises(CorpusError, match=r"votes cell '\[9{76}\.\.\.' is not a JSON list of 9 integer counts .*"
+                                          r"Re-create the corpus folder"):
+        parse_votes(f"[{'9' * 400}, 0, 0, 0, 0, 0, 0, 0, 0]")
+    assert parse_votes("[1, 0, 0, 0, 0, 0, 0, 0, 2]").tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 2]

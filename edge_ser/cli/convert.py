@@ -7,6 +7,16 @@ from pathlib import Path
 
 import click
 
+from edge_ser.audio import MIN_DURATION_S
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors
+
+
+MIN_WINDOW_S = MIN_DURATION_S
+"""The shortest window: the shortest clip the models accept (edge_ser.audio.MIN_DURATION_S)."""
+MAX_WINDOW_S = 60.0
+"""The longest window --window-s takes: one graph call per minute of audio is already far past what a
+device answers interactively; longer audio is cut into windows by the runtime anyway."""
+
 
 def register(root: click.Group) -> None:
     root.add_command(convert)
@@ -30,13 +40,15 @@ def _precisions() -> list[str]:
 @click.option("--target", type=click.Choice(_targets()), required=True, help="Artifact format.")
 @click.option("--precision", type=click.Choice(_precisions()), default="fp32", show_default=True,
               help="Weights/activations precision; each target offers a subset (see docs).")
-@click.option("--window-s", type=float, default=3.0, show_default=True, help="Fixed input length in seconds.")
+@click.option("--window-s", type=FiniteFloatRange(min=MIN_WINDOW_S, max=MAX_WINDOW_S), default=3.0,
+              show_default=True, help=f"Fixed input length in seconds ({MIN_WINDOW_S:g} to {MAX_WINDOW_S:g}).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Artifact folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--calibration-utterances", type=click.IntRange(min=2), default=32, show_default=True,
               help="Training-split utterances used to calibrate static int8 (ExecuTorch int8).")
 @click.option("--validation-utterances", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation-split utterances compared against the eager model.")
+@one_line_errors
 def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
             calibration_utterances: int, validation_utterances: int) -> None:
     """Fuse a run's truncated feature model and head, quantize, lower, validate and save."""

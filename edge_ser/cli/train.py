@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors
 from edge_ser.train.losses import DEFAULT_LOSS, LOSSES
 
 
@@ -38,24 +39,27 @@ def chosen_layer_from_saliency(path: Path) -> int:
               help="Feature cache folder (edge-ser features extract).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Run folder (one run) or parent of fold<f>_seed<s>/ run folders (--folds).")
-@click.option("--layer", type=int, default=None, help="hidden_states index to train on (0 = transformer input).")
+@click.option("--layer", type=click.IntRange(min=0), default=None, help="hidden_states index to train on (0 = transformer input).")
 @click.option("--saliency", type=click.Path(exists=True, path_type=Path), default=None,
               help="saliency.json (or its folder): train on its chosen_layer instead of --layer.")
 @click.option("--folds", default=None, help="'all' or comma-separated fold indices; uses the table's fold column.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default 50).")
-@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (default 5).")
-@click.option("--batch-size", type=int, default=None, help="Mini-batch size (default 32).")
-@click.option("--lr", type=float, default=None, help="Adam learning rate (default 5e-4).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (default 50).")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Early-stopping patience in epochs (default 5).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Mini-batch size (default 32).")
+@click.option("--lr", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate (default 5e-4).")
 @click.option("--loss", type=click.Choice(sorted(LOSSES)), default=DEFAULT_LOSS, show_default=True,
               help="ccc12: CCC on 3 dims + 9 probabilities; ccc+kl: CCC dims + soft-target KL; hard: CCC + CE.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Training compute: bf16 autocast of conv/linear layers (GRU, loss, weights stay fp32), fp32, or "
                    "auto = bf16 where the CPU has native bf16, else fp32.")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
-@click.option("--workers", default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --folds: train this many runs at once (one process and one thread each).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@one_line_errors
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
           precision: str, resume: bool, workers: int, progress: bool) -> None:

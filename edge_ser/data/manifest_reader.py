@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 CORPUS_NAME = "manifest"
 REQUIRED = ("path", "speaker")
 TARGET_COLUMNS = ("label", "votes", *PROB_COLUMNS, *DIMENSIONS)
+MAX_VOTES = 1_000_000
+"""Most votes one category may get for one utterance: far above any grading campaign, and far
+below where counts stop being exact integers."""
 DIMENSION_SCALES = ("auto", "unit", "1-7")
 _GENDERS = {"female": "female", "f": "female", "male": "male", "m": "male"}
 SOFT_TARGET_RULE_GIVEN = "p_<category> columns given by the user manifest, used as they are."
@@ -215,13 +218,16 @@ def _row(record: dict[str, Any], *, where: str, mapping: Mapping[str, str], scal
     votes_cell = str(record.get("votes", "")).strip()
     probs = [str(record.get(c, "")).strip() for c in PROB_COLUMNS]
     if votes_cell:
+        shown = votes_cell if len(votes_cell) <= 80 else votes_cell[:77] + "..."
         try:
             votes = np.asarray(json.loads(votes_cell), dtype=float)
-        except (json.JSONDecodeError, TypeError, ValueError) as exc:
-            raise CorpusError(f"{where}: votes {votes_cell!r} is not a JSON list of 9 counts ({exc}).") from exc
-        if votes.shape != (len(CATEGORIES),) or np.any(votes != np.round(votes)):
-            raise CorpusError(f"{where}: votes {votes_cell!r}; expected 9 whole-number counts in the order "
-                              f"{list(CATEGORIES)}.")
+        except (json.JSONDecodeError, TypeError, ValueError, OverflowError) as exc:
+            raise CorpusError(f"{where}: votes {shown!r} is not a JSON list of 9 counts ({str(exc)[:80]}); "
+                              f"expected e.g. [3, 1, 0, 0, 0, 0, 0, 0, 0] in the order {list(CATEGORIES)}.") from None
+        if (votes.shape != (len(CATEGORIES),) or not np.all(np.isfinite(votes)) or np.any(votes != np.round(votes))
+                or np.any(votes < 0) or np.any(votes > MAX_VOTES)):
+            raise CorpusError(f"{where}: votes {shown!r}; expected 9 whole-number counts from 0 to {MAX_VOTES} in "
+                              f"the order {list(CATEGORIES)}.")
         dist = grader_vote_distribution(votes)
         row["votes"] = format_votes(votes.astype(int))
         row["label"] = consensus_label(votes) or ""
@@ -256,7 +262,10 @@ def _row(record: dict[str, Any], *, where: str, mapping: Mapping[str, str], scal
             value = float(cell)
         except ValueError as exc:
             raise CorpusError(f"{where}: {name} = {cell!r} is not a number.") from exc
-        if not math.isfinite(value):
+        if math.isinf(value):
+            raise CorpusError(f"{where}: {name} = {cell!r} is infinite; expected a score in [0, 1] or on the 1..7 "
+                              "scale, or an empty cell (or NaN) where the corpus has none.")
+        if math.isnan(value):  # NaN is how pandas and many exports write a missing score
             continue
         row[name] = normalize_dimension(value) if scale == "1-7" else value
     has_dims = any(not math.isnan(float(row[d])) for d in DIMENSIONS)

@@ -274,9 +274,14 @@ def parse_votes(cell: str) -> np.ndarray | None:
     """Decode the ``votes`` column (JSON list of 9 counts); None when empty."""
     if not cell:
         return None
-    votes = np.asarray(json.loads(cell), dtype=np.int64)
+    shown = cell if len(cell) <= 80 else cell[:77] + "..."
+    try:
+        votes = np.asarray(json.loads(cell), dtype=np.int64)
+    except (json.JSONDecodeError, TypeError, ValueError, OverflowError) as exc:
+        raise CorpusError(f"votes cell {shown!r} is not a JSON list of {len(CATEGORIES)} integer counts "
+                          f"({str(exc)[:80]}). Re-create the corpus folder (edge-ser data prepare).") from None
     if votes.shape != (len(CATEGORIES),):
-        raise CorpusError(f"votes cell {cell!r} has {votes.size} counts; expected {len(CATEGORIES)}.")
+        raise CorpusError(f"votes cell {shown!r} has {votes.size} counts; expected {len(CATEGORIES)}.")
     return votes
 
 
