@@ -81,9 +81,26 @@ def test_tampered_shard_fails_verify(tmp_path):
     raw = bytearray(shard.read_bytes())
     raw[-1] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    FeatureCache.open(tmp_path / "c")  # not verified: opens
+    cache = FeatureCache.open(tmp_path / "c")  # not verified at open: the shard is checked on first use
     with pytest.raises(ManifestError, match=r"layer_02/shard_00000\.npy has sha256"):
         FeatureCache.open(tmp_path / "c", verify=True)
+    # Issue 17 item 7: training and saliency used to read a tampered shard or pooled.npy as if it were fine.
+    pattern = (r"layer_02/shard_00000\.npy has sha256 [0-9a-f]{12}\.\.\., the manifest records [0-9a-f]{12}\.\.\.: the "
+               r"file was modified or truncated after extraction, so its features cannot be trusted\. Re-extract "
+               r"\(`edge-ser features extract \.\.\. --overwrite`\)")
+    with pytest.raises(ManifestError, match=pattern):
+        cache.frames(0, 2)
+    assert cache.frames(0, 0).shape[1] == WIDTH  # the intact layer still reads
+    pooled = tmp_path / "c" / "pooled.npy"
+    raw = bytearray(pooled.read_bytes())
+    raw[-3] ^= 0x01
+    pooled.write_bytes(bytes(raw))
+    with pytest.raises(ManifestError, match=r"pooled\.npy has sha256 .*so its features cannot be trusted"):
+        FeatureCache.open(tmp_path / "c").pooled
+    table = tmp_path / "c" / "utterances.csv"
+    table.write_text(table.read_text().replace("u1", "u9"))
+    with pytest.raises(ManifestError, match=r"utterances\.csv has sha256 .*modified after extraction"):
+        FeatureCache.open(tmp_path / "c")
 
 
 def test_wrong_format_version_and_unfinished_folder(tmp_path):

@@ -295,6 +295,11 @@ def _remove_cache_contents(out: Path) -> None:
 class FeatureCache:
     """Read access to a finished feature cache folder.
 
+    Every file is checked against the sha256 its manifest records before its data is used: the
+    table and index when the cache is opened, ``pooled.npy`` on first access, each shard file the
+    first time a frame of it is read (``open(verify=True)`` checks everything at once). A flipped
+    byte raises ManifestError instead of reaching training or saliency.
+
     >>> cache = FeatureCache.open("features/")           # doctest: +SKIP
     >>> cache.frames(0, layer=cache.layers_stored[0]).shape  # doctest: +SKIP
     (149, 512)
@@ -308,6 +313,7 @@ class FeatureCache:
         self._row_of = {u: i for i, u in enumerate(index["utt_id"].tolist())}
         self._pooled: np.ndarray | None = None
         self._shards: dict[tuple[int, int], np.ndarray] = {}
+        self._digests = {str(s["file"]): str(s["sha256"]) for s in manifest.get("shards", [])}
 
     @classmethod
     def open(cls, cache_dir: str | os.PathLike, *, verify: bool = False) -> "FeatureCache":
@@ -327,6 +333,14 @@ class FeatureCache:
         for key in ("table_file", "index_file", "pooled_file"):
             if not (root / manifest[key]).is_file():
                 raise ManifestError(f"{root / manifest[key]} is missing; the manifest lists it. Re-run the extraction.")
+        for file_key, digest_key in (("table_file", "table_sha256"), ("index_file", "index_sha256")):
+            actual, expected = sha256_file(root / manifest[file_key]), manifest.get(digest_key)
+            if expected is not None and actual != expected:
+                raise ManifestError(
+                    f"{root / manifest[file_key]} has sha256 {actual[:12]}..., the manifest records "
+                    f"{str(expected)[:12]}...: the file was modified after extraction. Re-extract "
+                    "(`edge-ser features extract ... --overwrite`)."
+                )
         from edge_ser.data.table import normalise_table
 
         table = pd.read_csv(root / manifest["table_file"], dtype={"utt_id": str, "speaker": str, "path": str},
@@ -337,6 +351,21 @@ class FeatureCache:
         if verify:
             cache.verify()
         return cache
+
+    def _check_file(self, rel: str, expected: str | None) -> None:
+        """Raise ManifestError unless the file's sha256 is the one the manifest records."""
+        path = self.root / rel
+        if not path.is_file():
+            raise ManifestError(f"{path} is missing; the manifest lists it. Re-run the extraction.")
+        if expected is None:
+            return
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ManifestError(
+                f"{path} has sha256 {actual[:12]}..., the manifest records {str(expected)[:12]}...: the file was "
+                "modified or truncated after extraction, so its features cannot be trusted. Re-extract "
+                "(`edge-ser features extract ... --overwrite`)."
+            )
 
     def verify(self) -> None:
         """Recompute the sha256 of every file the manifest lists; raise ManifestError on a mismatch."""
@@ -386,6 +415,7 @@ class FeatureCache:
     def pooled(self) -> np.ndarray:
         """(U, L+1, N) float32 mean-pooled hidden states, memory-mapped (read-only)."""
         if self._pooled is None:
+            self._check_file(self.manifest["pooled_file"], self.manifest.get("pooled_sha256"))
             self._pooled = np.load(self.root / self.manifest["pooled_file"], mmap_mode="r", allow_pickle=False)
         return self._pooled
 
@@ -417,8 +447,13 @@ class FeatureCache:
         shard = int(entry["shard"])
         key = (int(layer), shard)
         if key not in self._shards:
-            path = self.root / layer_dir_name(layer) / shard_file_name(shard)
-            self._shards[key] = np.load(path, mmap_mode="r", allow_pickle=False)
+            rel = f"{layer_dir_name(layer)}/{shard_file_name(shard)}"
+            if rel not in self._digests:
+                raise ManifestError(f"{self.root / rel} is not listed in the manifest of {self.root}; the index points "
+                                    "at a shard the extraction did not record. Re-extract "
+                                    "(`edge-ser features extract ... --overwrite`).")
+            self._check_file(rel, self._digests[rel])
+            self._shards[key] = np.load(self.root / rel, mmap_mode="r", allow_pickle=False)
         start, n = int(entry["start"]), int(entry["n_frames"])
         return self._shards[key][start:start + n]
 
