@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -453,7 +455,9 @@ def test_ct2_reader_rebuilds_the_encoder_and_caches_it(tiny_models, tmp_path, mo
     # float32 source: the rebuilt encoder is bit-identical except the key bias, which Whisper lacks.
     for name, value in source.state_dict().items():
         assert torch.equal(encoder.state_dict()[name], value), name
-    assert (folder / CACHE_FILE_NAME).is_file()
+    # Cached in the edge-ser cache under model.bin's sha256, never in the user's weights folder.
+    cached = tmp_path / "cache" / "ct2-whisper" / info.sha256[:16] / CACHE_FILE_NAME
+    assert info.cache_path == str(cached) and cached.is_file() and sorted(p.name for p in folder.iterdir()) == ["model.bin"]
     again, info2 = load_ct2_whisper_encoder(folder)
     assert info2.from_cache and info2.sha256 == info.sha256 == sha256_file(folder / "model.bin")
     for name, value in again.state_dict().items():
@@ -461,6 +465,39 @@ def test_ct2_reader_rebuilds_the_encoder_and_caches_it(tiny_models, tmp_path, mo
     # Through the resolver: an explicit CTranslate2 folder is detected by its model.bin.
     model, weights_source = resolve_weights(_small_real_spec("whisper"), weights=folder)
     assert weights_source.kind == "ctranslate2" and weights_source.sha256 == info.sha256
+
+
+def test_ct2_cache_is_trusted_only_with_matching_hashes(tiny_models, tmp_path, monkeypatch, caplog):
+    # Issue 17 item 8: the cache was trusted by path, size and mtime, and written into the weights folder.
+    monkeypatch.setenv("EDGE_SER_CACHE", str(tmp_path / "cache"))
+    source = tiny_models["tiny-whisper"].model
+    folder = _write_ct2_whisper(tmp_path / "ct2", source, dtype=np.float32)
+    _, info = load_ct2_whisper_encoder(folder)
+    cached = Path(info.cache_path)
+    digest = cached.with_name(cached.name + ".sha256")
+    assert digest.read_text().strip() == sha256_file(cached)
+
+    # Tampered cached weights (same size): not used, converted again and rewritten.
+    data = bytearray(cached.read_bytes())
+    data[-5] ^= 0x40
+    cached.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="edge_ser.fm.ctranslate2_whisper"):
+        encoder, info2 = load_ct2_whisper_encoder(folder)
+    assert not info2.from_cache and "the cached weights were modified; converting" in caplog.text
+    for name, value in source.state_dict().items():
+        assert torch.equal(encoder.state_dict()[name], value), name
+    assert load_ct2_whisper_encoder(folder)[1].from_cache  # the rewritten cache is trusted again
+
+    # Other weights in model.bin with the same size and mtime (which the old cache key was): a miss.
+    stat = (folder / "model.bin").stat()
+    data = bytearray((folder / "model.bin").read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside a weight tensor
+    (folder / "model.bin").write_bytes(bytes(data))
+    os.utime(folder / "model.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed, info3 = load_ct2_whisper_encoder(folder)
+    assert not info3.from_cache and info3.sha256 != info.sha256
+    assert any(not torch.equal(changed.state_dict()[k], v) for k, v in source.state_dict().items())
+    assert sorted(p.name for p in folder.iterdir()) == ["model.bin"]  # the weights folder was never written
 
 
 def test_ct2_float16_source_rounds_like_float16(tiny_models, tmp_path):

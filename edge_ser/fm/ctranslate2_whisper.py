@@ -37,14 +37,18 @@ fused bias. A non-zero key bias would not change attention either (it adds the s
 ``q . b`` to every logit of a query, which softmax removes), so it is dropped and its
 size is reported.
 
-Converted weights are cached as ``encoder.safetensors`` next to ``model.bin`` (or in
-the edge-ser cache when that folder is read-only), keyed by the source file's size and
-modification time; the sha256 of ``model.bin`` is stored with them.
+Converted weights are cached as ``encoder.safetensors`` in the edge-ser cache
+(``$EDGE_SER_CACHE``, default ``~/.cache/edge-ser``): under ``ct2-whisper/<sha256 of model.bin>/``,
+or next to ``model.bin`` when that folder is itself in the edge-ser cache (the whisper-base extra
+is joined there). A user's own weights folder is never written to. A cached file is used only
+when ``model.bin`` still has the sha256 it was converted from and the cached file has the sha256
+recorded next to it (``encoder.safetensors.sha256``); anything else is converted again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import struct
 import time
@@ -57,10 +61,14 @@ import torch
 from edge_ser.errors import EdgeSerError
 from edge_ser.io import atomic_path, sha256_file
 
+logger = logging.getLogger(__name__)
+
 CT2_BINARY_VERSION: int = 6
 """The only CTranslate2 binary layout this reader accepts (ctranslate2 >= 3)."""
 
 CACHE_FILE_NAME: str = "encoder.safetensors"
+CACHE_DIGEST_SUFFIX: str = ".sha256"
+"""The cached file's own sha256 sits next to it in ``encoder.safetensors.sha256``."""
 _CACHE_FORMAT: str = "edge-ser-ct2-whisper-encoder"
 _CACHE_FORMAT_VERSION: str = "1"
 
@@ -354,39 +362,48 @@ def _writable_dir(folder: Path) -> bool:
     return folder.is_dir() and os.access(folder, os.W_OK)
 
 
-def cache_path_for(model_bin: Path, sha256: str | None = None) -> Path:
-    """Where converted weights for `model_bin` are cached: next to it when writable."""
-    if _writable_dir(model_bin.parent):
+def _in_edge_ser_cache(folder: Path) -> bool:
+    try:
+        return folder.resolve().is_relative_to(_default_cache_root().resolve())
+    except OSError:
+        return False
+
+
+def cache_path_for(model_bin: Path, sha256: str) -> Path:
+    """Where the converted weights of `model_bin` (whose sha256 is `sha256`) are cached.
+
+    Next to it when its folder is in the edge-ser cache and writable (the whisper-base extra's
+    joined folder), else ``<edge-ser cache>/ct2-whisper/<sha256[:16]>/``: never in a folder that
+    is not edge-ser's (a user's weights folder, a read-only install).
+    """
+    if _in_edge_ser_cache(model_bin.parent) and _writable_dir(model_bin.parent):
         return model_bin.parent / CACHE_FILE_NAME
-    key = sha256[:16] if sha256 else str(abs(hash(str(model_bin.resolve()))))
-    return _default_cache_root() / "ct2-whisper" / key / CACHE_FILE_NAME
+    return _default_cache_root() / "ct2-whisper" / sha256[:16] / CACHE_FILE_NAME
 
 
-def _find_valid_cache(model_bin: Path) -> tuple[Path, dict[str, str]] | None:
-    stat = model_bin.stat()
-    candidates = [model_bin.parent / CACHE_FILE_NAME]
-    fallback_root = _default_cache_root() / "ct2-whisper"
-    if fallback_root.is_dir():
-        candidates += sorted(fallback_root.glob(f"*/{CACHE_FILE_NAME}"))
+def _read_valid_cache(cache_file: Path, sha256: str) -> dict[str, str] | None:
+    """The metadata of `cache_file` when it was converted from a model.bin with `sha256` and its bytes
+    still have the sha256 recorded next to it; else None (a miss: convert again and rewrite it)."""
+    digest_file = cache_file.with_name(cache_file.name + CACHE_DIGEST_SUFFIX)
+    if not cache_file.is_file() or not digest_file.is_file():
+        return None
     from safetensors import safe_open
 
-    for candidate in candidates:
-        if not candidate.is_file():
-            continue
-        try:
-            with safe_open(str(candidate), framework="pt") as handle:
-                meta = handle.metadata() or {}
-        except Exception:  # a half-written or foreign file is simply not a cache hit
-            continue
-        if (
-            meta.get("format") == _CACHE_FORMAT
-            and meta.get("format_version") == _CACHE_FORMAT_VERSION
-            and meta.get("source_path") == str(model_bin.resolve())
-            and meta.get("source_size") == str(stat.st_size)
-            and meta.get("source_mtime_ns") == str(stat.st_mtime_ns)
-        ):
-            return candidate, meta
-    return None
+    try:
+        recorded = digest_file.read_text(encoding="ascii").strip()
+        with safe_open(str(cache_file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception:  # a half-written or foreign file is simply not a cache hit
+        return None
+    if (meta.get("format") != _CACHE_FORMAT or meta.get("format_version") != _CACHE_FORMAT_VERSION
+            or meta.get("source_sha256") != sha256):
+        return None
+    actual = sha256_file(cache_file)
+    if actual != recorded:
+        logger.warning("%s has sha256 %s..., %s records %s...: the cached weights were modified; converting %s "
+                       "again", cache_file, actual[:12], digest_file.name, recorded[:12], cache_file.parent)
+        return None
+    return meta
 
 
 def load_ct2_whisper_encoder(ct2_dir: str | os.PathLike, *, use_cache: bool = True):
@@ -411,19 +428,21 @@ def load_ct2_whisper_encoder(ct2_dir: str | os.PathLike, *, use_cache: bool = Tr
             f"{ct2_path} has no model.bin; expected a CTranslate2 Whisper model folder "
             "(pip install '.[whisper-base]' provides one, or convert with ct2-transformers-converter)."
         )
-    hit = _find_valid_cache(model_bin) if use_cache else None
-    if hit is not None:
-        cache_file, meta = hit
+    # model.bin is hashed on every load: the cache is keyed by its content, not by its path and mtime.
+    sha256 = sha256_file(model_bin)
+    cache_file = cache_path_for(model_bin, sha256)
+    meta = _read_valid_cache(cache_file, sha256) if use_cache else None
+    hit = meta is not None
+    if meta is not None:
         state = load_file(str(cache_file))
         dims = WhisperEncoderDims(**{f.name: int(meta[f"dims.{f.name}"]) for f in dataclasses.fields(WhisperEncoderDims)})
-        sha256, source_dtype, key_bias = meta["source_sha256"], meta["source_dtype"], float(meta["key_bias_max_abs"])
+        source_dtype, key_bias = meta["source_dtype"], float(meta["key_bias_max_abs"])
         cache_path: Path | None = cache_file
     else:
         state, dims, source_dtype, key_bias = convert_ct2_whisper_encoder(model_bin)
-        sha256 = sha256_file(model_bin)
         cache_path = None
         if use_cache:
-            cache_path = cache_path_for(model_bin, sha256)
+            cache_path = cache_file
             stat = model_bin.stat()
             meta = {
                 "format": _CACHE_FORMAT, "format_version": _CACHE_FORMAT_VERSION,
@@ -435,6 +454,10 @@ def load_ct2_whisper_encoder(ct2_dir: str | os.PathLike, *, use_cache: bool = Tr
             try:
                 with atomic_path(cache_path, suffix=".safetensors") as tmp:
                     save_file(state, str(tmp), metadata=meta)
+                    digest = sha256_file(tmp)
+                # The digest is written after the file: a crash between the two leaves a miss, never a false hit.
+                with atomic_path(cache_path.with_name(cache_path.name + CACHE_DIGEST_SUFFIX)) as tmp:
+                    tmp.write_text(digest + "\n", encoding="ascii")
             except OSError:
                 cache_path = None  # a read-only cache only costs speed next time
     config = whisper_config_for_dims(dims)
@@ -450,7 +473,7 @@ def load_ct2_whisper_encoder(ct2_dir: str | os.PathLike, *, use_cache: bool = Tr
     encoder.eval()
     info = CT2ConversionInfo(
         model_bin=str(model_bin), sha256=sha256, source_dtype=source_dtype, dims=dims,
-        cache_path=str(cache_path) if cache_path else None, from_cache=hit is not None,
+        cache_path=str(cache_path) if cache_path else None, from_cache=hit,
         load_seconds=time.perf_counter() - start, key_bias_max_abs=key_bias,
     )
     return encoder, info
