@@ -380,3 +380,13 @@ def test_a_stored_votes_cell_out_of_int64_is_a_corpus_error():
                                           r"Re-create the corpus folder"):
         parse_votes(f"[{'9' * 400}, 0, 0, 0, 0, 0, 0, 0, 0]")
     assert parse_votes("[1, 0, 0, 0, 0, 0, 0, 0, 2]").tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 2]
+
+
+def test_msp_podcast_infinite_score_is_refused_not_dropped(tmp_path):
+    root = make_msp(tmp_path / "msp", detailed=None)
+    frame = pd.read_csv(root / "Labels" / "labels_consensus.csv", dtype=str)
+    frame.loc[0, "EmoAct"] = "inf"
+    frame.to_csv(root / "Labels" / "labels_consensus.csv", index=False)
+    with pytest.raises(CorpusError, match=r"an MSP-Podcast A/V/D score is 'inf'; expected a number on the 1\.\.7 grader "
+                                          r"scale or an empty cell\. Fix the label file"):
+        read_msp_podcast(root)

@@ -150,6 +150,9 @@ def _to_float(value: Any) -> float:
         out = float(value)
     except (TypeError, ValueError):
         return math.nan
+    if math.isinf(out):  # NaN and empty mean "not scored"; an infinite score is a broken file, not a gap
+        raise CorpusError(f"an MSP-Podcast A/V/D score is {value!r}; expected a number on the 1..7 grader scale or "
+                          "an empty cell. Fix the label file (labels_consensus / labels_detailed).")
     return out
 
 
