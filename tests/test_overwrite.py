@@ -117,3 +117,18 @@ def test_noisy_refuses_every_finished_copy_before_making_any(corpus, tmp_path):
 
 def _no_infinity(name: str):
     raise AssertionError(f"manifest.json holds {name}: not strict JSON")
+
+
+def test_saliency_replaces_a_result_only_with_overwrite(corpus, tmp_path):
+    feats, sal = tmp_path / "f", tmp_path / "s"
+    assert CliRunner().invoke(root, ["features", "extract", "--corpus-dir", str(corpus), "--model", "tiny-wavlm",
+                                     "--random-init", "--out", str(feats)]).exit_code == 0
+    args = ["saliency", "--features", str(feats), "--out", str(sal), "--split", "all", "--max-utterances", "8"]
+    assert CliRunner().invoke(root, args).exit_code == 0
+    before = (sal / "saliency.json").read_bytes()
+    refused = CliRunner().invoke(root, [*args, "--seed", "1"])
+    assert refused.exit_code == 1 and isinstance(refused.exception, OutputExistsError)
+    assert str(refused.exception) == (f"{sal} already holds a saliency result (saliency.json); expected a new or empty "
+                                      "folder. Pass --overwrite to replace it, or choose another --out.")
+    assert (sal / "saliency.json").read_bytes() == before
+    assert CliRunner().invoke(root, [*args, "--seed", "1", "--overwrite"]).exit_code == 0

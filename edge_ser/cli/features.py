@@ -95,12 +95,21 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
 @click.option("--savings", is_flag=True, help="Also measure params/FLOPs/CPU time saved by cutting at k*.")
 @click.option("--savings-model", default=None,
               help="Registry model to measure savings on (default: the cache's model), e.g. wavlm-large.")
+@overwrite_option
 @one_line_errors
 def saliency(features_dir: Path, out: Path, rule: str, tolerance: float, max_utterances: int, seed: int,
-             split: str, targets: str, savings: bool, savings_model: str | None) -> None:
+             split: str, targets: str, savings: bool, savings_model: str | None, overwrite: bool) -> None:
     """CCS layer saliency of a feature cache: score every layer, pick k*."""
     from edge_ser.features.cache import FeatureCache
-    from edge_ser.saliency import layer_saliency, save_saliency
+    from edge_ser.saliency import SALIENCY_JSON, layer_saliency, save_saliency
+
+    if (out / SALIENCY_JSON).is_file() and not overwrite:
+        from edge_ser.output_folder import OutputExistsError
+
+        raise OutputExistsError(
+            f"{out} already holds a saliency result ({SALIENCY_JSON}); expected a new or empty folder. Pass "
+            "--overwrite to replace it, or choose another --out."
+        )
 
     cache = FeatureCache.open(features_dir)
     result = layer_saliency(cache, split=split, max_utterances=max_utterances, seed=seed, targets=targets,
