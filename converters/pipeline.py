@@ -139,7 +139,8 @@ def convert(
     timings["export"] = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    _remove_stale_temp_folders(out)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         start = time.perf_counter()
         lowered = backend.lower(exported, precision=spec, out_dir=tmp)
@@ -206,6 +207,28 @@ def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, fused
             worst = report
     parity["passed"] = parity["passed"] and worst.passed
     return worst
+
+
+def _remove_stale_temp_folders(out: Path) -> list[Path]:
+    """Delete the half-built folders (``.<name>.tmp-<pid>-*``) that a killed conversion into ``out``
+    left behind; a folder whose process is still running (a conversion in progress) is kept."""
+    removed = []
+    for folder in out.parent.glob(f".{out.name}.tmp-*"):
+        pid_text = folder.name[len(f".{out.name}.tmp-"):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue  # not written by this version: leave it
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # that process still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # runs as another user
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    if removed:
+        log.info("removed %d half-built folder(s) of killed conversions: %s", len(removed), removed)
+    return removed
 
 
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:

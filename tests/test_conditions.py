@@ -53,6 +53,13 @@ def test_condition_corpus_and_cli(tmp_path):
     assert len(copy.table) == int((base.table["split"] == "test").sum())
     extras = json.loads(copy.table.iloc[0]["extras"])["condition"]
     assert extras["gain_db"] == 20 and "clipped_fraction" in extras
+    from edge_ser.output_folder import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        make_condition_corpus(corpus_dir=base.root, condition="gain+20dB", out=tmp_path / "loud", split="test")
+    again = make_condition_corpus(corpus_dir=base.root, condition="gain+20dB", out=tmp_path / "loud", split="test",
+                                  overwrite=True)
+    assert again.manifest["table_sha256"] == copy.manifest["table_sha256"]
     result = CliRunner().invoke(root, ["data", "conditions", "--corpus-dir", str(base.root), "--condition", "telephone",
                                        "--out", str(tmp_path / "cond")])
     assert result.exit_code == 0, result.output

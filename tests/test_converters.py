@@ -468,3 +468,23 @@ def test_wavlm_attention_linears_are_delegated(precision, tmp_path):
     portable = result.manifest["delegation"]["portable_ops"]
     assert not any("addmm" in op or "linear" in op or "dequantize_per_channel" in op for op in portable), portable
     assert result.manifest["parity"]["passed"], result.manifest["parity"]
+
+
+def test_half_built_folders_of_killed_conversions_are_removed(tmp_path):
+    """A conversion killed mid-way leaves `.<name>.tmp-<pid>-*`; the next conversion into the same
+    place removes it when that process is gone, and keeps one whose process still runs."""
+    import os
+    import subprocess
+
+    from edge_ser.converters.pipeline import _remove_stale_temp_folders
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    stale = tmp_path / f".art.tmp-{finished.pid}-abc"
+    live = tmp_path / f".art.tmp-{os.getpid()}-def"
+    foreign = tmp_path / ".art.tmp-xyz"
+    for folder in (stale, live, foreign):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"half")
+    assert _remove_stale_temp_folders(tmp_path / "art") == [stale]
+    assert not stale.exists() and live.exists() and foreign.exists()

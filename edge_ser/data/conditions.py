@@ -110,14 +110,18 @@ def apply_condition(wave: np.ndarray, condition: str | Condition) -> tuple[np.nd
                                   "rms_dbfs": 20 * math.log10(rms) if rms > 0 else -math.inf}
 
 
-def make_condition_corpus(*, corpus_dir: Path, condition: str, out: Path, split: str = "test") -> Corpus:
+def make_condition_corpus(*, corpus_dir: Path, condition: str, out: Path, split: str = "test",
+                          overwrite: bool = False) -> Corpus:
     """Copy one split (or ``all``) of a prepared corpus under ``condition`` into ``out``.
 
     Labels are unchanged; each row's ``extras.condition`` records what was done, the manifest's
-    ``condition`` block the base corpus, its table sha256 and the share of clipped samples."""
+    ``condition`` block the base corpus, its table sha256 and the share of clipped samples. A
+    corpus already in ``out`` is replaced only with ``overwrite`` (its own files only)."""
     from edge_ser.data.noise import _file_name, _parse_extras
+    from edge_ser.data.table import claim_corpus_folder
 
     cond = parse_condition(condition)
+    claim_corpus_folder(out, overwrite=overwrite)
     base = load_corpus(corpus_dir)
     if split == "all":
         rows = base.table
