@@ -59,6 +59,23 @@ is about 38 MB at 16 kHz, 230 MB as 48 kHz stereo float while it is decoded. Pas
 _WRITE_FORMATS = {".flac": ("FLAC", "PCM_16"), ".wav": ("WAV", "FLOAT")}
 
 
+CLIP_WARNINGS_SHOWN: int = 3
+"""Clipping warnings shown per process at WARNING level; later ones go to DEBUG. A corpus copy made
+louder on purpose (``edge-ser data conditions``, gain +20 dB) clips in hundreds of files and
+records it in its manifest; one line per file would bury everything else in the log."""
+_clip_warnings = {"count": 0}
+
+
+def _warn_clipping(name: str, clipped: int, size: int) -> None:
+    _clip_warnings["count"] += 1
+    count = _clip_warnings["count"]
+    level = logging.WARNING if count <= CLIP_WARNINGS_SHOWN else logging.DEBUG
+    more = (" (further clipping warnings in this process are logged at DEBUG level, -vv)"
+            if count == CLIP_WARNINGS_SHOWN else "")
+    logger.log(level, "%s: %d of %d samples (%.2f%%) are clipped at |x| >= %.3f; emotion cues may be distorted%s",
+               name, clipped, size, 100.0 * clipped / size, CLIP_LEVEL, more)
+
+
 def _fmt_s(seconds: float) -> str:
     return f"{seconds:.3f} s"
 
@@ -233,8 +250,7 @@ def validate_waveform(
         )
     clipped = int(np.count_nonzero(np.abs(arr) >= CLIP_LEVEL))
     if clipped and clipped >= CLIP_WARN_FRACTION * arr.size:
-        logger.warning("%s: %d of %d samples (%.2f%%) are clipped at |x| >= %.3f; emotion cues may be distorted",
-                       name, clipped, arr.size, 100.0 * clipped / arr.size, CLIP_LEVEL)
+        _warn_clipping(name, clipped, arr.size)
 
     if sample_rate != target_sr:
         if strict:

@@ -62,12 +62,29 @@ def test_other_sample_rate_is_resampled_with_a_note(caplog):
     np.testing.assert_allclose(y[1000:-1000], tone(1.0)[1000:-1000], atol=2e-3)
 
 
-def test_clipping_warns_but_does_not_fail(caplog):
+def test_clipping_warns_but_does_not_fail(caplog, monkeypatch):
+    import edge_ser.audio
+
+    monkeypatch.setitem(edge_ser.audio._clip_warnings, "count", 0)
     x = np.clip(tone(amp=3.0), -1.0, 1.0)
     with caplog.at_level(logging.WARNING, logger="edge_ser.audio"):
         y = validate_waveform(x, sample_rate=SAMPLE_RATE)
     assert y.shape == x.shape
     assert "clipped" in caplog.text
+
+
+def test_clipping_warnings_are_limited_per_process(caplog, monkeypatch):
+    """A louder corpus copy clips in hundreds of files: the first few warn, the rest go to DEBUG."""
+    import edge_ser.audio
+
+    monkeypatch.setitem(edge_ser.audio._clip_warnings, "count", 0)
+    x = np.clip(tone(amp=3.0), -1.0, 1.0)
+    with caplog.at_level(logging.WARNING, logger="edge_ser.audio"):
+        for _ in range(10):
+            validate_waveform(x, sample_rate=SAMPLE_RATE)
+    lines = [r for r in caplog.records if "clipped" in r.getMessage()]
+    assert len(lines) == edge_ser.audio.CLIP_WARNINGS_SHOWN
+    assert "further clipping warnings" in lines[-1].getMessage()
 
 
 def test_float_int16_range_is_rescaled_with_a_warning(caplog):
