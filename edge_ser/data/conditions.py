@@ -32,8 +32,7 @@ from typing import Any
 import numpy as np
 
 from edge_ser.audio import load_audio, write_audio
-from edge_ser.data.table import SPLITS, Corpus, load_corpus, save_corpus
-from edge_ser.errors import CorpusError
+from edge_ser.data.table import Corpus, load_corpus, rows_of_split, save_corpus
 from edge_ser.labels import SAMPLE_RATE
 
 AUDIO_DIR = "audio"
@@ -123,14 +122,7 @@ def make_condition_corpus(*, corpus_dir: Path, condition: str, out: Path, split:
     cond = parse_condition(condition)
     claim_corpus_folder(out, overwrite=overwrite)
     base = load_corpus(corpus_dir)
-    if split == "all":
-        rows = base.table
-    elif split in SPLITS:
-        rows = base.subset(split)
-    else:
-        raise CorpusError(f"unknown split {split!r}; expected one of {list(SPLITS)} or 'all'.")
-    if len(rows) == 0:
-        raise CorpusError(f"corpus {base.name!r} at {base.root} has no rows in split {split!r}; pick another --split.")
+    rows = rows_of_split(base, split)
     out = Path(out)
     (out / AUDIO_DIR).mkdir(parents=True, exist_ok=True)
     new_rows, clipped, used = [], [], set()

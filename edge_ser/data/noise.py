@@ -29,7 +29,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from edge_ser.audio import load_audio, write_audio
-from edge_ser.data.table import SPLITS, Corpus, claim_corpus_folder, load_corpus, save_corpus
+from edge_ser.data.table import Corpus, claim_corpus_folder, load_corpus, rows_of_split, save_corpus
 from edge_ser.errors import AudioError, CorpusError
 from edge_ser.progress import progress_bar
 
@@ -296,18 +296,7 @@ def make_noisy_corpus(
     check_snr_db(snr_db)
     claim_corpus_folder(out, overwrite=overwrite)
     base = load_corpus(corpus_dir)
-    if split == "all":
-        rows = base.table
-    elif split in SPLITS:
-        rows = base.subset(split)
-    else:
-        raise CorpusError(f"unknown split {split!r}; expected one of {list(SPLITS)} or 'all'.")
-    if len(rows) == 0:
-        counts = base.table["split"].replace("", "(none)").value_counts().to_dict()
-        raise CorpusError(
-            f"corpus {base.name!r} at {base.root} has no rows in split {split!r} (rows per split: {counts}). "
-            "Pick another --split or assign splits when preparing the corpus."
-        )
+    rows = rows_of_split(base, split)
     source = resolve_noise(noise, corpus=base)
     noise_label = os.fspath(noise) if os.fspath(noise) in NOISE_SOURCES else f"folder:{Path(noise).name}"
     out = Path(out)

@@ -222,6 +222,24 @@ def save_corpus(
     return Corpus(root=out, table=table, manifest=manifest)
 
 
+def rows_of_split(corpus: Corpus, split: str) -> pd.DataFrame:
+    """The rows of one split (``train``/``valid``/``test``) or of ``all``; a clear error when the split
+    is unknown or empty (corpus copies such as noisy or condition sets are made of one split)."""
+    if split == "all":
+        rows = corpus.table
+    elif split in SPLITS:
+        rows = corpus.subset(split)
+    else:
+        raise CorpusError(f"unknown split {split!r}; expected one of {list(SPLITS)} or 'all'.")
+    if len(rows) == 0:
+        counts = corpus.table["split"].replace("", "(none)").value_counts().to_dict()
+        raise CorpusError(
+            f"corpus {corpus.name!r} at {corpus.root} has no rows in split {split!r} (rows per split: {counts}). "
+            "Pick another --split or assign splits when preparing the corpus."
+        )
+    return rows
+
+
 def claim_corpus_folder(out_dir: str | os.PathLike, *, overwrite: bool) -> Path:
     """Check that a corpus may be written into `out_dir` before any audio is (see
     :func:`edge_ser.output_folder.claim_output_folder`); with `overwrite`, remove the old corpus's
