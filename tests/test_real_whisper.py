@@ -134,11 +134,14 @@ def test_short_input_vs_padded_gap_on_real_whisper(whisper_base):
     """
     from edge_ser.frontend import WhisperLogMel
 
+    from edge_ser.fm.model import LevelNormalizer
+
     wave = _speech("generated", None)
     states, frames = whisper_base.hidden_states(wave)
     t = int(frames[0])
-    padded = torch.nn.functional.pad(wave, (0, 480_000 - wave.shape[1]))
+    # Both see the level-normalised utterance (the normaliser measures the real samples only).
     with torch.no_grad():
+        padded = torch.nn.functional.pad(LevelNormalizer()(wave), (0, 480_000 - wave.shape[1]))
         reference = whisper_base.model(WhisperLogMel(80)(padded), output_hidden_states=True).hidden_states
     torch.testing.assert_close(states[0][0, : t - 1], reference[0][0, : t - 1], atol=1e-4, rtol=0)
     cosine = torch.nn.functional.cosine_similarity(states[6][0], reference[6][0, :t], dim=-1).mean().item()
