@@ -281,11 +281,14 @@ def _parity_summary(parity: Mapping[str, Any]) -> dict[str, Any]:
             "top1_agreement": parity["task"]["top1_agreement"],
             "top1_agreement_decisive": parity["task"]["top1_agreement_decisive"],
             "tolerance": parity["tolerance"],
-            **({"kernel_paths": {k: ({"passed": v["passed"], "psnr_db": v["psnr_db"],
-                                      "top1_agreement_decisive": v["top1_agreement_decisive"]}
-                                     if isinstance(v, Mapping) else v)
-                                 for k, v in parity["kernel_paths"].items()}}
-               if "kernel_paths" in parity else {})}
+            **({"kernel_paths": _kernel_paths_summary(parity["kernel_paths"])} if "kernel_paths" in parity else {})}
+
+
+def _kernel_paths_summary(kernel_paths: Mapping[str, Any]) -> dict[str, Any]:
+    """Verdict, probs PSNR and decisive agreement per emulated path; ``this_cpu`` names this CPU's path."""
+    keep = ("passed", "psnr_db", "top1_agreement_decisive")
+    return {path: {k: entry[k] for k in keep} if isinstance(entry, Mapping) else entry
+            for path, entry in kernel_paths.items()}
 
 
 def _verification_summary(verification: Mapping[str, Any]) -> dict[str, Any]:
