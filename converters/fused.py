@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,9 @@ class FusedSER(nn.Module):
         head: ``(1, frames, N)`` -> ``(avd (1, 3), logits (1, 9), embedding (1, E))``.
         window_samples: the fixed input length in samples at 16 kHz.
 
-    ``forward`` returns ``probs (1, 9)`` (softmax over :data:`CATEGORIES`), ``avd (1, 3)``
-    (arousal, valence, dominance on the [0, 1] scale) and ``embedding (1, E)``.
+    ``forward`` returns ``probs (1, C)`` (softmax over :attr:`labels`: the 9 :data:`CATEGORIES`,
+    or a run's corpus vocabulary), ``avd (1, 3)`` (arousal, valence, dominance on the [0, 1] scale)
+    and ``embedding (1, E)``.
     """
 
     def __init__(self, front: nn.Module, head: nn.Module, *, window_samples: int) -> None:
@@ -46,6 +47,10 @@ class FusedSER(nn.Module):
         self.head = head
         self.window_samples = int(window_samples)
         self.source: dict[str, Any] = {}  # filled by build_fused_model; lands in the manifest
+        n_classes = getattr(head, "n_classes", len(CATEGORIES))
+        # Class names of the probs output, in order (the manifest's "labels"). A head with another
+        # number of classes must be given its names (build_fused_model reads them from run.json).
+        self.labels: tuple[str, ...] | None = CATEGORIES if n_classes == len(CATEGORIES) else None
 
     @property
     def window_s(self) -> float:
@@ -74,6 +79,7 @@ class FusedSER(nn.Module):
         head = self.head.to_export(frames_for_window(self.front, self.window_samples), gru_form=gru_form).eval()
         fused = FusedSER(self.front, head, window_samples=self.window_samples).eval()
         fused.source = self.source
+        fused.labels = self.labels
         return fused
 
     def example_input(self) -> torch.Tensor:
@@ -112,6 +118,7 @@ def build_fused_model(
     weights: str | Path | None = None,
     random_init: bool = False,
     gru_form: str = "native",
+    labels: Sequence[str] | None = None,
 ) -> FusedSER:
     """Truncate the feature model at the run's layer and fuse it with the trained head.
 
@@ -127,6 +134,8 @@ def build_fused_model(
 
     Unless ``gru_form="native"``, the head is replaced by its ``to_export(frames, gru_form=...)``
     variant when it has one (same outputs as the training module).
+    ``labels``: the class names of a head given directly (default: the 9 categories when it has 9
+    outputs); a run's names come from its run.json vocabulary.
     Returns a :class:`FusedSER` in eval mode with ``.source`` describing where it came from.
     """
     if window_s <= 0:
@@ -150,6 +159,11 @@ def build_fused_model(
         random_init = random_init or ws.get("kind") == "random-init"
         source["run"] = Path(run_dir).name
         source["provenance"] = provenance
+        from edge_ser.labels import Vocabulary
+
+        vocabulary = Vocabulary.from_dict(run_info.get("label_vocabulary"))
+        labels = vocabulary.classes
+        source["label_vocabulary"] = vocabulary.kind
     if feature_model is None or head is None:
         raise ValueError(
             "no model to fuse: expected run_dir=..., or feature_model=<name or loaded model>, layer=k and head=<module>."
@@ -174,6 +188,15 @@ def build_fused_model(
         front = front.for_window(window_samples)
     fused = FusedSER(front.eval(), head.eval(), window_samples=window_samples).eval()
     fused.source = source
+    if labels is not None:
+        n_classes = getattr(head, "n_classes", len(CATEGORIES))
+        if len(labels) != n_classes:
+            raise ManifestError(f"the head has {n_classes} class outputs but {len(labels)} label names were given "
+                                f"({list(labels)}); expected one name per output.")
+        fused.labels = tuple(str(c) for c in labels)
+    if fused.labels is None:
+        raise ValueError(f"the head has {getattr(head, 'n_classes', '?')} class outputs; pass labels=[...] with one "
+                         "name per output (a run folder records them in run.json).")
     return fused.with_gru_form(gru_form)
 
 

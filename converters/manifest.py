@@ -64,8 +64,12 @@ def build_manifest(
     delegation: Mapping[str, Any] | None = None,
     verification: Mapping[str, Any] | None = None,
     latency: Mapping[str, Any] | None = None,
+    labels: Sequence[str] = CATEGORIES,
 ) -> dict[str, Any]:
     """Assemble the manifest for a finished artifact folder (hashes its files now).
+
+    ``labels``: the class names of the ``probs`` output in order (the 9 categories, or a run's
+    corpus vocabulary); the runtime and the starters read them from here.
 
     ``model_files``: the backend's files/directories (``size_bytes`` is their total size).
     """
@@ -85,7 +89,7 @@ def build_manifest(
         "window_s": window_samples / SAMPLE_RATE,
         "inputs": [dict(i) for i in inputs],
         "outputs": [dict(o) for o in outputs],
-        "labels": list(CATEGORIES),
+        "labels": [str(c) for c in labels],
         "dimensions": list(DIMENSIONS),
         "model_files": list(model_files),
         "files": files,

@@ -169,6 +169,7 @@ def convert(
             model_files=lowered.files, quantization=_quantization_block(spec, calibration, source_info),
             parity=_parity_summary(parity), delegation=lowered.info.get("delegation"),
             verification=_verification_summary(verification) if verification else None,
+            labels=fused.labels or (),
         )
         manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
         manifest["converted_on"] = cpu_features().to_dict()

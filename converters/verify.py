@@ -216,7 +216,6 @@ def verify_artifact(
     """
     from edge_ser.audio import load_audio
     from edge_ser.data.table import load_corpus
-    from edge_ser.labels import CATEGORY_INDEX
     from edge_ser.runtime import load
 
     if int(max_utterances) < 1:
@@ -285,8 +284,7 @@ def verify_artifact(
                 collected[name][o].append(merged)
     stacked = {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}
 
-    labels = rows["label"].tolist() if "label" in rows.columns else [None] * len(rows)
-    label_idx = np.array([CATEGORY_INDEX.get(v, -1) if isinstance(v, str) else -1 for v in labels])
+    label_idx = reference_label_indices(rows, model.manifest.labels)
     dims = None
     from edge_ser.labels import DIMENSIONS
 
@@ -372,3 +370,17 @@ def robustness_table(results: Mapping[str, VerifyResult]) -> str:
         lines.append(f"| {name} | {result.n_utterances} | {ref} | {art} | {delta} | {task.top1_agreement:.3f} | "
                      f"{'pass' if result.passed else 'FAIL'} |")
     return "\n".join(lines)
+
+
+def reference_label_indices(rows: Any, labels: Sequence[str]) -> np.ndarray:
+    """(n,) index of each row's reference label in the artifact's ``labels``, -1 where none.
+
+    An artifact over the paper's 9 categories reads the corpus's mapped ``label`` column; one
+    trained on a corpus vocabulary (``--labels corpus``) reads the corpus's own ``source_label``.
+    """
+    from edge_ser.labels import CATEGORIES
+
+    column = "label" if tuple(labels) == CATEGORIES else "source_label"
+    values = rows[column].tolist() if column in rows.columns else [None] * len(rows)
+    position = {name: i for i, name in enumerate(labels)}
+    return np.array([position.get(v.strip(), -1) if isinstance(v, str) else -1 for v in values], dtype=np.int64)

@@ -7,6 +7,9 @@ the internal audio format.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 SAMPLE_RATE: int = 16_000
 """Every waveform inside edge-ser is mono float32 at this rate (Hz)."""
 
@@ -50,3 +53,73 @@ def normalize_dimension(score: float) -> float:
     """
     lo, hi = DIMENSION_SCALE
     return (float(score) - lo) / (hi - lo)
+
+
+# ----------------------------------------------------------------------------------- vocabularies
+
+LABEL_VOCABULARIES: tuple[str, ...] = ("paper", "corpus")
+"""``paper``: the 9 :data:`CATEGORIES` with soft targets from grader votes (default, SPEC.md).
+``corpus``: the corpus's own labels (the ``source_label`` column, e.g. RAVDESS's 8 emotions with
+calm), one-hot targets; every stage reads the class list from run.json / the artifact manifest."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The categorical output space of a run: class names in output order.
+
+    ``kind`` is ``paper`` (the 9 categories; scoring defaults to the 6 of the paper) or ``corpus``
+    (the corpus's own labels; scoring defaults to all of them).
+    """
+
+    kind: str
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_VOCABULARIES:
+            raise ValueError(f"unknown label vocabulary kind {self.kind!r}; expected one of {list(LABEL_VOCABULARIES)}.")
+        names = tuple(str(c) for c in self.classes)
+        if len(names) < 2 or len(set(names)) != len(names) or any(not n.strip() for n in names):
+            raise ValueError(f"a label vocabulary needs at least 2 distinct non-empty class names; got {list(names)}.")
+        if self.kind == "paper" and names != CATEGORIES:
+            raise ValueError(f"the paper vocabulary is {list(CATEGORIES)} in that order; got {list(names)}.")
+        object.__setattr__(self, "classes", names)
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Classes scored by default: the paper's 6, or every class of a corpus vocabulary."""
+        return REPORTED_CATEGORIES if self.kind == "paper" else self.classes
+
+    def index(self, name: str) -> int:
+        try:
+            return self.classes.index(name)
+        except ValueError:
+            raise ValueError(f"unknown class {name!r}; this run's {self.kind} vocabulary is {list(self.classes)}.") from None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"kind": self.kind, "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Vocabulary":
+        """Read the record written by :meth:`to_dict`; ``None`` (records older than vocabularies) is the paper's."""
+        if data is None:
+            return PAPER_VOCABULARY
+        if not isinstance(data, dict) or "kind" not in data or "classes" not in data:
+            raise ValueError(f"label vocabulary record {data!r}; expected {{'kind': 'paper'|'corpus', 'classes': [...]}}.")
+        return cls(str(data["kind"]), tuple(data["classes"]))  # type: ignore[arg-type]
+
+    @classmethod
+    def from_corpus_labels(cls, labels: Iterable[object]) -> "Vocabulary":
+        """The corpus vocabulary of a set of ``source_label`` values: distinct non-empty names, sorted.
+
+        Sorted so that every fold and every re-run of one corpus gets the same output order.
+        """
+        names = sorted({str(v).strip() for v in labels if v is not None and str(v).strip() not in ("", "nan")})
+        if len(names) < 2:
+            raise ValueError(
+                f"--labels corpus needs the corpus's own labels in the source_label column; found {names}. "
+                "Prepare the corpus with a reader that keeps them (edge-ser data prepare), or train with --labels paper."
+            )
+        return cls("corpus", tuple(names))
+
+
+PAPER_VOCABULARY = Vocabulary("paper", CATEGORIES)

@@ -55,6 +55,13 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Training compute: bf16 autocast of conv/linear layers (GRU, loss, weights stay fp32), fp32, or "
                    "auto = bf16 where the CPU has native bf16, else fp32.")
+@click.option("--labels", type=click.Choice(["paper", "corpus"]), default="paper", show_default=True,
+              help="Output classes: paper = the 9 categories with soft grader-vote targets (SPEC.md); corpus = the "
+                   "corpus's own labels (source_label column, e.g. RAVDESS's 8 emotions incl. calm), one-hot.")
+@click.option("--augment", "augment", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Feature cache of an augmented copy of the same corpus (edge-ser data noisy / conditions, then "
+                   "features extract); used for training only: a copy's utterance trains only where its original "
+                   "is in the train split. Repeat for several copies.")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --folds: train this many runs at once (one process and one thread each).")
@@ -62,23 +69,24 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @one_line_errors
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-          precision: str, resume: bool, workers: int, progress: bool) -> None:
+          precision: str, labels: str, augment: tuple[Path, ...], resume: bool, workers: int, progress: bool) -> None:
     """Train the TC-GRU multitask head on one layer of a feature cache."""
     from edge_ser.errors import EdgeSerError
 
     try:
         _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
                patience=patience, batch_size=batch_size, lr=lr, loss=loss, precision=precision, resume=resume,
-               workers=workers, progress=progress)
+               workers=workers, progress=progress, labels=labels, augment=augment)
     except EdgeSerError as exc:
         raise click.ClickException(str(exc)) from exc
 
 
 def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
            epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-           resume: bool, progress: bool, workers: int = 1, precision: str = "auto") -> None:
+           resume: bool, progress: bool, workers: int = 1, precision: str = "auto", labels: str = "paper",
+           augment: tuple[Path, ...] = ()) -> None:
     from edge_ser.features.cache import FeatureCache
-    from edge_ser.train.dataset import CacheFeatureSource
+    from edge_ser.train.dataset import open_training_source
     from edge_ser.train.trainer import TrainConfig, train_folds, train_run
 
     if layer is not None and saliency is not None:
@@ -100,14 +108,15 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
     if folds is not None:
         fold_list = None if folds.strip().lower() == "all" else _int_list(folds, what="--folds")
         summary = train_folds(cache_dir=features, layer=layer, out=out, folds=fold_list, seeds=seed_list,
-                              config=config, resume=resume, progress=progress, workers=workers)
+                              config=config, resume=resume, progress=progress, workers=workers, labels=labels,
+                              augment=augment)
         for key in ("test_uar6", "test_uar_corpus", "test_ccc_mean", "valid_uar6"):
             if key in summary.mean:
                 click.echo(f"{key}: {summary.mean[key]:.4f} ± {summary.std[key]:.4f}")
         click.echo(f"{len(summary.runs)} runs; summary in {out / 'summary.md'}")
         return
 
-    source = CacheFeatureSource(features, layer=layer)
+    source = open_training_source(features, layer=layer, labels=labels, augment=augment)
     for seed in seed_list:
         run_dir = out if len(seed_list) == 1 else out / f"seed{seed}"
         result = train_run(source=source, out=run_dir, config=dataclasses.replace(config, seed=seed),

@@ -11,6 +11,9 @@ Label conventions shared by every function here:
   **present** in the references, so a class absent from a test set (contempt in RAVDESS,
   fear in MOSEI) neither counts as 0 nor as 1.
 - ``probs`` is a ``(n, 9)`` array of predicted probabilities in CATEGORIES order.
+- The *label space* is :data:`CATEGORIES` unless a run has its own corpus vocabulary: then
+  evaluation enters :func:`label_space` with the run's classes, and names, indices, ``probs``
+  columns and the default scored classes (every class instead of the paper's 6) follow it.
 - k-best ranking (SPEC.md section 7 item 4) ranks only the columns named in
   ``rank_over`` (default: the 6 reported classes); pass ``CATEGORIES`` for the 9-way
   variant. Ties in scores go to the class listed first in ``rank_over``, so results are
@@ -26,7 +29,11 @@ from typing import Any, Callable, Hashable, Mapping, Sequence
 import numpy as np
 
 from edge_ser.errors import EdgeSerError
-from edge_ser.labels import CATEGORIES, CATEGORY_INDEX, REPORTED_CATEGORIES
+import contextlib
+import contextvars
+from typing import Iterator
+
+from edge_ser.labels import CATEGORIES, REPORTED_CATEGORIES
 from edge_ser.progress import progress_bar
 
 NO_LABEL: int = -1
@@ -44,6 +51,44 @@ class EvaluationError(EdgeSerError, ValueError):
 
 # --------------------------------------------------------------------------- helpers
 
+_LABEL_SPACE: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("edge_ser_label_space",
+                                                                                default=CATEGORIES)
+
+
+@contextlib.contextmanager
+def label_space(classes: Sequence[str]) -> Iterator[tuple[str, ...]]:
+    """Score in another label vocabulary (a run trained with ``--labels corpus``) inside the block.
+
+    >>> with label_space(["calm", "sad"]):
+    ...     encode_labels(["sad", "calm"]).tolist()
+    [1, 0]
+    """
+    names = tuple(str(c) for c in classes)
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise EvaluationError(f"a label space needs at least 2 distinct class names; got {list(names)}.")
+    token = _LABEL_SPACE.set(names)
+    try:
+        yield names
+    finally:
+        _LABEL_SPACE.reset(token)
+
+
+def space_classes() -> tuple[str, ...]:
+    """The class names of the current label space, in output order."""
+    return _LABEL_SPACE.get()
+
+
+def default_scored_classes() -> tuple[str, ...]:
+    """The classes scored by default: the paper's 6 in the paper's space, every class of a corpus vocabulary."""
+    classes = _LABEL_SPACE.get()
+    return REPORTED_CATEGORIES if classes == CATEGORIES else classes
+
+
+def _class_index() -> dict[str, int]:
+    return {name: i for i, name in enumerate(_LABEL_SPACE.get())}
+
+
+
 
 def _is_missing(value: Any) -> bool:
     if value is None:
@@ -56,7 +101,7 @@ def _is_missing(value: Any) -> bool:
 
 
 def encode_labels(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Category names or indices -> ``(n,)`` int64 indices into CATEGORIES, -1 for no label.
+    """Category names or indices -> ``(n,)`` int64 indices into space_classes(), -1 for no label.
 
     >>> encode_labels(["sad", "", None, 0]).tolist()
     [2, -1, -1, 0]
@@ -64,11 +109,11 @@ def encode_labels(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
     values = np.asarray(labels, dtype=object).ravel() if not isinstance(labels, np.ndarray) else labels.ravel()
     if values.dtype.kind in "iu":
         out = values.astype(np.int64)
-        bad = out[(out < NO_LABEL) | (out >= len(CATEGORIES))]
+        bad = out[(out < NO_LABEL) | (out >= len(space_classes()))]
         if bad.size:
             raise EvaluationError(
-                f"label indices must be in [-1, {len(CATEGORIES) - 1}] (CATEGORIES order, -1 = none); "
-                f"received {sorted(set(bad.tolist()))[:5]}. Pass category names or indices into edge_ser.labels.CATEGORIES."
+                f"label indices must be in [-1, {len(space_classes()) - 1}] (label-space order, -1 = none); "
+                f"received {sorted(set(bad.tolist()))[:5]}. Pass class names or indices into {list(space_classes())}."
             )
         return out
     out = np.empty(len(values), dtype=np.int64)
@@ -77,27 +122,32 @@ def encode_labels(labels: Sequence[Any] | np.ndarray) -> np.ndarray:
         if _is_missing(value):
             out[i] = NO_LABEL
         elif isinstance(value, str):
-            index = CATEGORY_INDEX.get(value.strip())
+            index = _class_index().get(value.strip())
             if index is None:
                 unknown.add(value)
                 index = NO_LABEL
             out[i] = index
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            if not NO_LABEL <= int(value) < len(CATEGORIES):
+            if not NO_LABEL <= int(value) < len(space_classes()):
                 unknown.add(repr(value))
             out[i] = int(value)
         else:
             unknown.add(repr(value))
     if unknown:
         raise EvaluationError(
-            f"unknown label value(s) {sorted(unknown)[:8]}; expected names from {list(CATEGORIES)}, "
+            f"unknown label value(s) {sorted(unknown)[:8]}; expected names from {list(space_classes())}, "
             "indices 0..8, or ''/None/-1 for no label. Map corpus labels onto the vocabulary first (edge_ser.data)."
         )
     return out
 
 
-def class_indices(classes: Sequence[str]) -> np.ndarray:
-    """Validate a list of scored category names and return their CATEGORIES indices ``(C,)``."""
+def class_indices(classes: Sequence[str] | None) -> np.ndarray:
+    """Validate a list of scored class names and return their label-space indices ``(C,)``.
+
+    ``None`` is :func:`default_scored_classes`.
+    """
+    if classes is None:
+        classes = default_scored_classes()
     if isinstance(classes, str):
         raise EvaluationError(f"classes must be a sequence of category names, received the string {classes!r}.")
     names = list(classes)
@@ -105,20 +155,20 @@ def class_indices(classes: Sequence[str]) -> np.ndarray:
         raise EvaluationError(
             "classes is empty; expected at least one category name, e.g. edge_ser.labels.REPORTED_CATEGORIES."
         )
-    unknown = [c for c in names if c not in CATEGORY_INDEX]
+    unknown = [c for c in names if c not in _class_index()]
     if unknown:
-        raise EvaluationError(f"classes {unknown} are not categories; expected names from {list(CATEGORIES)}.")
+        raise EvaluationError(f"classes {unknown} are not categories; expected names from {list(space_classes())}.")
     if len(set(names)) != len(names):
         raise EvaluationError(f"classes contains duplicates: {names}; list each category once.")
-    return np.array([CATEGORY_INDEX[c] for c in names], dtype=np.int64)
+    return np.array([_class_index()[c] for c in names], dtype=np.int64)
 
 
 def check_probs(probs: Any, *, name: str = "probs", atol: float = 1e-3) -> np.ndarray:
     """Validate a ``(n, 9)`` probability array (finite, >= 0, rows summing to 1 within ``atol``)."""
     array = np.asarray(probs, dtype=np.float64)
-    if array.ndim != 2 or array.shape[1] != len(CATEGORIES):
+    if array.ndim != 2 or array.shape[1] != len(space_classes()):
         raise EvaluationError(
-            f"{name} has shape {array.shape}; expected (n, {len(CATEGORIES)}) probabilities in CATEGORIES order."
+            f"{name} has shape {array.shape}; expected (n, {len(space_classes())}) probabilities in space_classes() order."
         )
     if array.shape[0] == 0:
         raise EvaluationError(f"{name} is empty (0 utterances); a metric needs at least one utterance.")
@@ -147,9 +197,9 @@ def _same_length(**arrays: np.ndarray) -> int:
 def _scored_mask(ref_idx: np.ndarray, cls: np.ndarray, *, what: str) -> np.ndarray:
     scored = np.isin(ref_idx, cls)
     if not scored.any():
-        present = sorted({CATEGORIES[i] for i in ref_idx.tolist() if i >= 0})
+        present = sorted({space_classes()[i] for i in ref_idx.tolist() if i >= 0})
         raise EvaluationError(
-            f"no reference label falls in the scored classes {[CATEGORIES[i] for i in cls]} for {what} "
+            f"no reference label falls in the scored classes {[space_classes()[i] for i in cls]} for {what} "
             f"(reference labels present: {present or 'none'}). Pass classes that occur in the references."
         )
     return scored
@@ -157,7 +207,7 @@ def _scored_mask(ref_idx: np.ndarray, cls: np.ndarray, *, what: str) -> np.ndarr
 
 def recall_from_hits(ref_idx: np.ndarray, hits: np.ndarray, cls: np.ndarray) -> np.ndarray:
     """Per-class recall ``(C,)`` from reference indices and per-utterance hits; NaN for absent classes."""
-    position = np.full(len(CATEGORIES), -1, dtype=np.int64)
+    position = np.full(len(space_classes()), -1, dtype=np.int64)
     position[cls] = np.arange(len(cls))
     pos = position[np.where(ref_idx >= 0, ref_idx, 0)]
     pos = np.where(ref_idx >= 0, pos, -1)
@@ -209,7 +259,7 @@ def per_class_recall(ref: Sequence[Any], pred: Sequence[Any], *, classes: Sequen
     cls = class_indices(classes)
     _scored_mask(ref_idx, cls, what="per-class recall")
     recall = recall_from_hits(ref_idx, ref_idx == pred_idx, cls)
-    return {CATEGORIES[c]: float(r) for c, r in zip(cls, recall)}
+    return {space_classes()[c]: float(r) for c, r in zip(cls, recall)}
 
 
 def uar(ref: Sequence[Any], pred: Sequence[Any], *, classes: Sequence[str]) -> float:
@@ -261,7 +311,7 @@ def confusion_matrix(ref: Sequence[Any], pred: Sequence[Any], *, classes: Sequen
     ref_idx, pred_idx = encode_labels(ref), encode_labels(pred)
     _same_length(ref=ref_idx, pred=pred_idx)
     cls = class_indices(classes)
-    position = np.full(len(CATEGORIES) + 1, -1, dtype=np.int64)
+    position = np.full(len(space_classes()) + 1, -1, dtype=np.int64)
     position[cls] = np.arange(len(cls))
     rows, cols = position[ref_idx], position[pred_idx]  # -1 indexes the spare last slot -> -1
     keep = (rows >= 0) & (cols >= 0)
@@ -273,19 +323,19 @@ def confusion_matrix(ref: Sequence[Any], pred: Sequence[Any], *, classes: Sequen
 # --------------------------------------------------------------------------- k-best
 
 
-def top1_predictions(probs: Any, *, rank_over: Sequence[str] = REPORTED_CATEGORIES) -> np.ndarray:
-    """``(n,)`` CATEGORIES index of the highest-scoring class among ``rank_over``."""
+def top1_predictions(probs: Any, *, rank_over: Sequence[str] | None = None) -> np.ndarray:
+    """``(n,)`` label-space index of the highest-scoring class among ``rank_over``."""
     array = check_probs(probs)
     cols = class_indices(rank_over)
     return cols[np.argmax(array[:, cols], axis=1)]
 
 
 def k_best_hits(
-    probs: Any, ref_idx: Sequence[Any], *, k: int, rank_over: Sequence[str] = REPORTED_CATEGORIES
+    probs: Any, ref_idx: Sequence[Any], *, k: int, rank_over: Sequence[str] | None = None
 ) -> np.ndarray:
     """``(n,)`` bool: is the reference among the k highest-scoring classes of ``rank_over``?
 
-    ``probs`` is ``(n, 9)``; ``ref_idx`` are labels (names or CATEGORIES indices). An utterance
+    ``probs`` is ``(n, 9)``; ``ref_idx`` are labels (names or label-space indices). An utterance
     without a reference, or whose reference is not in ``rank_over``, is never a hit.
     """
     array = check_probs(probs)
@@ -304,8 +354,8 @@ def uar_at_k(
     ref: Sequence[Any],
     *,
     k: int,
-    classes: Sequence[str] = REPORTED_CATEGORIES,
-    rank_over: Sequence[str] = REPORTED_CATEGORIES,
+    classes: Sequence[str] | None = None,
+    rank_over: Sequence[str] | None = None,
 ) -> float:
     """UAR with hit@k (SPEC.md section 5): mean over present scored classes of k-best recall."""
     ref_idx = encode_labels(ref)
@@ -320,8 +370,8 @@ def uar_at_k(
 
 def _soft_pairs(p_ref: Any, q_pred: Any) -> tuple[np.ndarray, np.ndarray]:
     p = np.asarray(p_ref, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != len(CATEGORIES):
-        raise EvaluationError(f"p_ref has shape {p.shape}; expected (n, {len(CATEGORIES)}) grader distributions.")
+    if p.ndim != 2 or p.shape[1] != len(space_classes()):
+        raise EvaluationError(f"p_ref has shape {p.shape}; expected (n, {len(space_classes())}) grader distributions.")
     q = check_probs(q_pred, name="q_pred")
     _same_length(p_ref=p, q_pred=q)
     keep = ~np.isnan(p).any(axis=1)
@@ -375,7 +425,7 @@ def per_speaker_uar(
     *,
     k: int = 1,
     classes: Sequence[str],
-    rank_over: Sequence[str] = REPORTED_CATEGORIES,
+    rank_over: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """UAR@k of every speaker, ``{speaker id (str): UAR in [0, 1]}`` sorted by id.
 
@@ -439,7 +489,7 @@ class ReliabilityCurve:
 
 
 def reliability_curve(
-    probs: Any, ref: Sequence[Any], *, n_bins: int = 15, classes: Sequence[str] = REPORTED_CATEGORIES
+    probs: Any, ref: Sequence[Any], *, n_bins: int = 15, classes: Sequence[str] | None = None
 ) -> ReliabilityCurve:
     """Reliability data for the 9-way output: confidence = max prob, correct = argmax == reference.
 
@@ -473,7 +523,7 @@ def reliability_curve(
 
 
 def expected_calibration_error(
-    probs: Any, ref: Sequence[Any], *, n_bins: int = 15, classes: Sequence[str] = REPORTED_CATEGORIES
+    probs: Any, ref: Sequence[Any], *, n_bins: int = 15, classes: Sequence[str] | None = None
 ) -> float:
     """Top-1 expected calibration error in [0, 1]; see :func:`reliability_curve`."""
     return reliability_curve(probs, ref, n_bins=n_bins, classes=classes).ece

@@ -42,7 +42,7 @@ import torch
 
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.io import read_json, sha256_file
-from edge_ser.labels import CATEGORIES, DIMENSIONS
+from edge_ser.labels import CATEGORIES, DIMENSIONS, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
 
 __all__ = [
@@ -75,9 +75,13 @@ class RunFeatures:
     manifest_sha256: str | None
     corpus: str | None
     corpus_classes: tuple[str, ...] | None
+    vocabulary: Vocabulary = PAPER_VOCABULARY
+    """The run's output classes (run.json ``label_vocabulary``; the paper's 9 for older runs)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["vocabulary"] = self.vocabulary.to_dict()
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +126,7 @@ def run_features(run_info: Mapping[str, Any], *, run_dir: str | os.PathLike) -> 
         feature_model=str(model), layer=int(layer), feature_dir=features.get("feature_dir"),
         manifest_sha256=run_info.get("feature_manifest_sha256") or features.get("manifest_sha256"),
         corpus=features.get("corpus"), corpus_classes=tuple(classes) if classes is not None else None,
+        vocabulary=Vocabulary.from_dict(run_info.get("label_vocabulary")),
     )
 
 
@@ -323,6 +328,26 @@ def _select_rows(table: pd.DataFrame, *, split: str | None, corpus: str) -> pd.D
     return rows.reset_index(drop=True)
 
 
+def reference_columns(rows: pd.DataFrame, vocabulary: Vocabulary) -> pd.DataFrame:
+    """The reference columns of a prediction table, in the run's vocabulary.
+
+    Paper vocabulary: the corpus table's ``label`` and ``p_<category>`` as they are. Corpus
+    vocabulary: ``label`` is the corpus's own ``source_label`` (empty when outside the vocabulary)
+    and ``p_<class>`` its one-hot distribution over the run's classes.
+    """
+    table = rows.loc[:, [c for c in _REFERENCE_COLUMNS if c in rows.columns]].copy()
+    if vocabulary.kind == "paper":
+        return table
+    table = table.drop(columns=[c for c in table.columns if c.startswith("p_")])
+    source = rows["source_label"].fillna("").astype(str).str.strip() if "source_label" in rows.columns else \
+        pd.Series([""] * len(rows), index=rows.index)
+    table["label"] = [v if v in vocabulary.classes else "" for v in source]
+    for c in vocabulary.classes:
+        table[f"p_{c}"] = np.where(table["label"] == "", np.nan, (table["label"] == c).astype(np.float64))
+    table["label_vocabulary"] = "corpus"  # tells edge_ser.evaluation.report the table's label space
+    return table
+
+
 def _batches(n: int, size: int) -> Iterator[slice]:
     for start in range(0, n, size):
         yield slice(start, min(start + size, n))
@@ -335,7 +360,11 @@ def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus,
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected a positive integer.")
     n = len(rows)
-    probs = np.zeros((n, len(CATEGORIES)), dtype=np.float64)
+    classes = features.vocabulary.classes
+    if getattr(model, "n_classes", len(classes)) != len(classes):
+        raise ManifestError(f"the head in {run_dir} has {model.n_classes} class outputs; its run.json vocabulary has "
+                            f"{len(classes)} ({list(classes)}). The run folder is inconsistent; re-train it.")
+    probs = np.zeros((n, len(classes)), dtype=np.float64)
     avd = np.zeros((n, len(DIMENSIONS)), dtype=np.float64)
     n_frames = np.zeros(n, dtype=np.int64)
     bar = progress_bar(total=n, desc=desc, unit="utt", enabled=progress, leave=False)
@@ -358,8 +387,8 @@ def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus,
         n_frames[part] = lengths
         bar.update(len(feats))
     bar.close()
-    table = rows.loc[:, [c for c in _REFERENCE_COLUMNS if c in rows.columns]].copy()
-    for i, c in enumerate(CATEGORIES):
+    table = reference_columns(rows, features.vocabulary)
+    for i, c in enumerate(classes):
         table[f"pred_{c}"] = probs[:, i]
     for i, d in enumerate(DIMENSIONS):
         table[f"pred_{d}"] = avd[:, i]

@@ -141,12 +141,27 @@ def _check_table(preds: pd.DataFrame, *, name: str) -> None:
         )
     if len(preds) == 0:
         raise EvaluationError(f"predictions table for {name!r} is empty; expected one row per test utterance.")
-    missing = [c for c in REQUIRED_COLUMNS if c not in preds.columns]
+    required = ("utt_id", "speaker", "label") + tuple(f"pred_{c}" for c in prediction_classes(preds))
+    missing = [c for c in required if c not in preds.columns]
     if missing:
         raise EvaluationError(
             f"predictions table for {name!r} lacks column(s) {missing}; has {list(preds.columns)}. "
-            f"Required: {list(REQUIRED_COLUMNS)}."
+            f"Required: {list(required)}."
         )
+
+
+def prediction_classes(preds: pd.DataFrame) -> tuple[str, ...]:
+    """The label space of a predictions table: the paper's 9 categories, or, when its
+    ``label_vocabulary`` column says ``corpus`` (a run trained with ``--labels corpus``), the
+    classes of its ``pred_<class>`` columns in column order."""
+    if "label_vocabulary" not in preds.columns or not (preds["label_vocabulary"].astype(str) == "corpus").all():
+        return CATEGORIES
+    dims = {f"pred_{d}" for d in DIMENSIONS}
+    names = tuple(c[len("pred_"):] for c in preds.columns if c.startswith("pred_") and c not in dims)
+    if len(names) < 2:
+        raise EvaluationError(f"predictions table marked label_vocabulary=corpus has pred_ columns for {list(names)}; "
+                              "expected one per class of the run's vocabulary (at least 2).")
+    return names
 
 
 def _with_ci(
@@ -174,7 +189,26 @@ def evaluate_predictions(
     preds: pd.DataFrame,
     *,
     name: str,
-    classes: Sequence[str] = REPORTED_CATEGORIES,
+    classes: Sequence[str] | None = None,
+    **options: Any,
+) -> TestSetReport:
+    """Score one test set's predictions table (see module docstring) -> :class:`TestSetReport`.
+
+    The label space is the table's (:func:`prediction_classes`): the paper's 9 categories, or a
+    run's corpus vocabulary. ``classes`` are the scored classes; ``None`` = the paper's 6 in the
+    paper's space, every class of a corpus vocabulary. Other options: :func:`_evaluate_in_space`.
+    """
+    _check_table(preds, name=name)
+    with metrics.label_space(prediction_classes(preds)):
+        scored = metrics.default_scored_classes() if classes is None else classes
+        return _evaluate_in_space(preds, name=name, classes=scored, **options)
+
+
+def _evaluate_in_space(
+    preds: pd.DataFrame,
+    *,
+    name: str,
+    classes: Sequence[str],
     ks: Sequence[int] = (1, 2, 3),
     bootstrap: int = 1000,
     seed: int = 0,
@@ -198,7 +232,8 @@ def evaluate_predictions(
     if not ks or bad_k:
         raise EvaluationError(f"ks={ks} invalid; expected values in 1..{len(classes)} (number of classes).")
     notes: list[str] = []
-    probs = metrics.check_probs(preds.loc[:, list(PRED_PROB_COLUMNS)].to_numpy(dtype=np.float64),
+    space = metrics.space_classes()
+    probs = metrics.check_probs(preds.loc[:, [f"pred_{c}" for c in space]].to_numpy(dtype=np.float64),
                                 name=f"{name}: pred_<category> columns")
     ref_idx = metrics.encode_labels(preds["label"].tolist())
     speakers = np.asarray([str(s).strip() if metrics.is_known_speaker(s) else "" for s in preds["speaker"]],
@@ -241,8 +276,9 @@ def evaluate_predictions(
 
     # ---- soft labels
     soft = None
-    if all(c in preds.columns for c in REF_PROB_COLUMNS):
-        p_ref = preds.loc[:, list(REF_PROB_COLUMNS)].to_numpy(dtype=np.float64)
+    ref_prob_columns = [f"p_{c}" for c in space]
+    if all(c in preds.columns for c in ref_prob_columns):
+        p_ref = preds.loc[:, ref_prob_columns].to_numpy(dtype=np.float64)
         n_soft = int((~np.isnan(p_ref).any(axis=1)).sum())
         if n_soft:
             soft = {"n": n_soft,
@@ -280,7 +316,7 @@ def evaluate_predictions(
                 lambda idx, h=hits_s: float(np.nanmean(metrics.recall_from_hits(ref_s[idx], h[idx], cls))),
                 groups_s, bootstrap=bootstrap, seed=seed, alpha=alpha,
             )
-            uar_rank_all[str(k)] = metrics.uar_at_k(probs, ref_idx, k=k, classes=classes, rank_over=CATEGORIES)
+            uar_rank_all[str(k)] = metrics.uar_at_k(probs, ref_idx, k=k, classes=classes, rank_over=space)
             spk = metrics.per_speaker_uar(ref_idx, probs, speakers, k=k, classes=classes, rank_over=classes)
             per_speaker[str(k)] = spk
             if spk:
@@ -295,7 +331,7 @@ def evaluate_predictions(
                 if rows.any():
                     entry["uar"][str(k)] = _nan_to_none(
                         float(np.nanmean(metrics.recall_from_hits(ref_s[rows], hits_s[rows], cls))))
-        if tuple(classes) != tuple(REPORTED_CATEGORIES):
+        if space == CATEGORIES and tuple(classes) != tuple(REPORTED_CATEGORIES):
             reported_idx = metrics.class_indices(REPORTED_CATEGORIES)
             if np.isin(ref_idx, reported_idx).any():
                 uar_reported = {str(k): metrics.uar_at_k(probs, ref_idx, k=k, classes=REPORTED_CATEGORIES,
@@ -519,6 +555,7 @@ def _markdown(
                         [[n] + [_pct(r.uar_reported.get(str(k))) for k in ks]
                          for n, r in reports.items() if r.uar_reported])
     all_classes = [c for c in CATEGORIES if any(c in r.classes for r in reports.values())]
+    all_classes += sorted({c for r in reports.values() for c in r.classes} - set(all_classes))
     lines += ["Per-class recall (%, 1-best; – = class absent):", ""]
     lines += _table(["Test set"] + all_classes,
                     [[n] + [_pct(r.per_class_recall.get(c)) for c in all_classes] for n, r in reports.items()])

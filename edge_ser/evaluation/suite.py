@@ -182,7 +182,7 @@ def _run_evaluation(
             notes.append(f"The corpus has no {split!r} split; every row is used (cross-corpus, never trained on).")
         table = predict(corpus.root, rows)
         scored, class_notes = _scored_classes(
-            REPORTED_CATEGORIES if classes is None else classes, cross=cross, train_classes=features.corpus_classes,
+            features.vocabulary.reported if classes is None else classes, cross=cross, train_classes=features.corpus_classes,
             train_corpus=features.corpus, corpus=corpus.name)
         report = evaluate_predictions(table, name=name, classes=scored, ks=tuple(k for k in _KS if k <= len(scored)),
                                       bootstrap=bootstrap, seed=seed)
@@ -317,7 +317,8 @@ def evaluate_run(
         run_dir: a finished run folder.
         test_dirs: prepared corpus folders (the training corpus, noisy copies, other corpora).
         out: report folder (``report.json``, ``report.md``, PNGs, ``predictions/``, ``test_sets.json``).
-        classes: scored categories; None = the paper's 6 (:data:`edge_ser.labels.REPORTED_CATEGORIES`).
+        classes: scored categories; None = the run vocabulary's reported classes (the paper's 6,
+            :data:`edge_ser.labels.REPORTED_CATEGORIES`, or every class of a ``--labels corpus`` run).
             Each set is scored on those present in its references; cross-corpus sets also drop
             classes the training corpus lacks.
         split: rows used of each corpus (None = all). A cross-corpus corpus without this split is

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from edge_ser.errors import CorpusError, ManifestError
-from edge_ser.labels import CATEGORIES, CATEGORY_INDEX, DIMENSIONS
+from edge_ser.labels import CATEGORY_INDEX, DIMENSIONS, LABEL_VOCABULARIES, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
 
 __all__ = [
     "FeatureSource", "ArrayFeatureSource", "CacheFeatureSource", "PaddedBatch", "iterate_batches",
-    "feature_statistics", "with_splits", "split_indices", "fold_splits",
+    "feature_statistics", "with_splits", "split_indices", "fold_splits", "AugmentedFeatureSource",
+    "corpus_targets", "open_training_source",
 ]
 
 _STD_FLOOR = 1e-6
@@ -48,6 +49,8 @@ class FeatureSource(Protocol):
     def dimensions(self) -> np.ndarray: ...
     @property
     def labels(self) -> np.ndarray: ...
+    @property
+    def vocabulary(self) -> Vocabulary: ...
     @property
     def splits(self) -> np.ndarray: ...
     @property
@@ -73,10 +76,12 @@ class _TargetsMixin:
     _speakers: np.ndarray
     _genders: np.ndarray
     _folds: np.ndarray
+    _vocabulary: Vocabulary = PAPER_VOCABULARY
 
     def _check_arrays(self) -> None:
         n = len(self._utt_ids)
-        expected = {"soft_targets": (n, len(CATEGORIES)), "dimensions": (n, len(DIMENSIONS)), "labels": (n,),
+        n_classes = len(self._vocabulary.classes)
+        expected = {"soft_targets": (n, n_classes), "dimensions": (n, len(DIMENSIONS)), "labels": (n,),
                     "splits": (n,), "speakers": (n,), "genders": (n,), "folds": (n,)}
         actual = {"soft_targets": self._soft.shape, "dimensions": self._dims.shape, "labels": self._labels.shape,
                   "splits": self._splits.shape, "speakers": self._speakers.shape, "genders": self._genders.shape,
@@ -84,9 +89,15 @@ class _TargetsMixin:
         for name, shape in expected.items():
             if actual[name] != shape:
                 raise ValueError(f"feature source {name} has shape {actual[name]}; expected {shape} for {n} utterances.")
-        bad = (self._labels < -1) | (self._labels >= len(CATEGORIES))
+        bad = (self._labels < -1) | (self._labels >= n_classes)
         if bad.any():
-            raise ValueError(f"labels must be category indices 0..{len(CATEGORIES) - 1} or -1; got {self._labels[bad][:5]}.")
+            raise ValueError(f"labels must be class indices 0..{n_classes - 1} of the {self._vocabulary.kind} vocabulary "
+                             f"or -1; got {self._labels[bad][:5]}.")
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The output classes the targets are expressed in (run.json records it)."""
+        return self._vocabulary
 
     @property
     def utt_ids(self) -> np.ndarray:
@@ -127,8 +138,9 @@ class _TargetsMixin:
 class ArrayFeatureSource(_TargetsMixin):
     """In-memory feature source.
 
-    frames: U arrays (T_i, F); soft_targets (U, 9) (NaN rows = absent); dimensions (U, 3) (NaN = absent);
-    labels (U,) consensus index or -1; splits (U,) of train/valid/test.
+    frames: U arrays (T_i, F); soft_targets (U, C) (NaN rows = absent); dimensions (U, 3) (NaN = absent);
+    labels (U,) consensus index or -1; splits (U,) of train/valid/test. C is the number of classes of
+    ``vocabulary`` (default the paper's 9 categories).
     """
 
     def __init__(
@@ -144,7 +156,9 @@ class ArrayFeatureSource(_TargetsMixin):
         folds: Sequence[int] | None = None,
         utt_ids: Sequence[str] | None = None,
         info: dict[str, Any] | None = None,
+        vocabulary: Vocabulary = PAPER_VOCABULARY,
     ) -> None:
+        self._vocabulary = vocabulary
         if len(frames) == 0:
             raise ValueError("ArrayFeatureSource got no utterances; expected at least one (T, F) array.")
         self._frames = [np.asarray(f) for f in frames]
@@ -184,9 +198,14 @@ class CacheFeatureSource(_TargetsMixin):
 
     ``layer`` is the hidden_states index (0 = transformer input; MFBF0 stores only 0).
     Targets come from the cache's copy of the utterance table (``edge_ser.data.table`` columns).
+    ``labels``: ``paper`` (the 9 categories, soft targets from the ``p_<category>`` columns) or
+    ``corpus`` (the corpus's own ``source_label`` values, one-hot; see :class:`edge_ser.labels.Vocabulary`).
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, *, layer: int) -> None:
+    def __init__(self, cache_dir: str | os.PathLike, *, layer: int, labels: str = "paper",
+                 vocabulary: Vocabulary | None = None) -> None:
+        if labels not in LABEL_VOCABULARIES:
+            raise ValueError(f"labels={labels!r}; expected one of {list(LABEL_VOCABULARIES)}.")
         try:
             from edge_ser.features.cache import FeatureCache
         except ImportError as exc:
@@ -209,9 +228,12 @@ class CacheFeatureSource(_TargetsMixin):
         if len(table) != len(self._utt_ids):
             raise ManifestError(f"feature cache {self.cache_dir} has {len(table)} table rows but "
                                 f"{len(self._utt_ids)} utterance ids; re-extract it.")
-        self._soft = table.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float32)
         self._dims = table.loc[:, list(DIMENSIONS)].to_numpy(dtype=np.float32)
-        self._labels = np.asarray([CATEGORY_INDEX.get(str(v), -1) for v in table["label"]], dtype=np.int64)
+        if labels == "paper":
+            self._soft = table.loc[:, list(PROB_COLUMNS)].to_numpy(dtype=np.float32)
+            self._labels = np.asarray([CATEGORY_INDEX.get(str(v), -1) for v in table["label"]], dtype=np.int64)
+        else:
+            self._vocabulary, self._labels, self._soft = corpus_targets(table["source_label"], vocabulary)
         self._splits = table["split"].astype(str).to_numpy(dtype=object)
         self._speakers = table["speaker"].astype(str).to_numpy(dtype=object)
         self._genders = table["gender"].astype(str).to_numpy(dtype=object)
@@ -230,6 +252,7 @@ class CacheFeatureSource(_TargetsMixin):
             "manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
             "frame_rate": manifest.get("frame_rate"),
             "corpus": (manifest.get("corpus") or {}).get("name") if isinstance(manifest.get("corpus"), dict) else None,
+            "label_vocabulary": self._vocabulary.to_dict(),
         }
 
     @property
@@ -242,6 +265,90 @@ class CacheFeatureSource(_TargetsMixin):
 
     def frames(self, index: int) -> np.ndarray:
         return np.asarray(self._cache.frames(int(index), self.layer))
+
+
+def corpus_targets(source_labels: Sequence[Any], vocabulary: Vocabulary | None = None,
+                   ) -> tuple[Vocabulary, np.ndarray, np.ndarray]:
+    """(vocabulary, labels (U,), one-hot soft targets (U, C)) from a corpus's own labels.
+
+    A row without a source label gets label -1 and a NaN target row (masked out of the loss).
+    ``vocabulary``: map onto this one (an augmented copy onto its original's) instead of deriving it;
+    a label outside it is an error.
+    """
+    values = ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip() for v in source_labels]
+    if vocabulary is None:
+        vocabulary = Vocabulary.from_corpus_labels(values)
+    else:
+        unknown = sorted({v for v in values if v and v not in vocabulary.classes})
+        if unknown:
+            raise ManifestError(f"labels {unknown} are not in the vocabulary {list(vocabulary.classes)} of the "
+                                "features they are added to; augmented copies must come from the same corpus.")
+    position = {name: i for i, name in enumerate(vocabulary.classes)}
+    labels = np.asarray([position.get(v, -1) for v in values], dtype=np.int64)
+    soft = np.full((len(values), len(vocabulary.classes)), np.nan, dtype=np.float32)
+    have = labels >= 0
+    soft[have] = 0.0
+    soft[np.flatnonzero(have), labels[have]] = 1.0
+    return vocabulary, labels, soft
+
+
+AUGMENT_EXCLUDED = "augment-excluded"
+"""Split given to an augmented copy whose original is not in the train split: never read."""
+
+
+class AugmentedFeatureSource(_TargetsMixin):
+    """A source plus augmented copies of its utterances (noisy, gain, telephone... feature caches).
+
+    The copies only ever train: whatever split the corpus (or a k-fold assignment through
+    :func:`with_splits`) gives a copy, it is used only where that split is ``train``, and is
+    :data:`AUGMENT_EXCLUDED` otherwise. Copies keep their speaker and fold, so a held-out
+    speaker's copies never reach training. Frames, targets and vocabulary must match the base.
+    """
+
+    def __init__(self, base: FeatureSource, copies: Sequence[FeatureSource]) -> None:
+        if not copies:
+            raise ValueError("AugmentedFeatureSource needs at least one augmented copy.")
+        self._parts = [base, *copies]
+        for copy in copies:
+            if copy.input_dim != base.input_dim:
+                raise ManifestError(f"an augmented copy has {copy.input_dim}-wide features; the base has "
+                                    f"{base.input_dim}. Extract the copies with the same model and layer.")
+            if getattr(copy, "vocabulary", PAPER_VOCABULARY) != getattr(base, "vocabulary", PAPER_VOCABULARY):
+                raise ManifestError("an augmented copy has another label vocabulary than the base features.")
+        self._vocabulary = getattr(base, "vocabulary", PAPER_VOCABULARY)
+        self._offsets = np.cumsum([0] + [len(p) for p in self._parts])
+        cat = lambda name: np.concatenate([np.asarray(getattr(p, name)) for p in self._parts])  # noqa: E731
+        self._utt_ids, self._soft, self._dims, self._labels = cat("utt_ids"), cat("soft_targets"), cat("dimensions"), cat("labels")
+        self._speakers, self._genders, self._folds = cat("speakers"), cat("genders"), cat("folds")
+        self._augmented = np.arange(len(self._utt_ids)) >= len(base)
+        self._splits = self.restrict_copies(cat("splits"))
+        self._input_dim = base.input_dim
+        self._info = {**base.info, "augmented_copies": [p.info.get("feature_dir") for p in copies],
+                      "augmented_utterances": int(self._augmented.sum())}
+        self._check_arrays()
+
+    @property
+    def augmented(self) -> np.ndarray:
+        """(U,) True for rows that come from an augmented copy."""
+        return self._augmented
+
+    def restrict_copies(self, splits: np.ndarray) -> np.ndarray:
+        """``splits`` with every augmented row outside ``train`` set to :data:`AUGMENT_EXCLUDED`."""
+        out = np.asarray(splits, dtype=object).copy()
+        out[self._augmented & (out != "train")] = AUGMENT_EXCLUDED
+        return out
+
+    @property
+    def input_dim(self) -> int:
+        return self._input_dim
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def frames(self, index: int) -> np.ndarray:
+        part = int(np.searchsorted(self._offsets, int(index), side="right")) - 1
+        return self._parts[part].frames(int(index) - int(self._offsets[part]))
 
 
 class _ResplitSource:
@@ -275,6 +382,8 @@ def with_splits(source: FeatureSource, splits: Sequence[str], **info: Any) -> Fe
     arr = np.asarray(list(splits), dtype=object)
     if arr.shape != (len(source),):
         raise ValueError(f"splits has {arr.shape[0]} entries; expected one per utterance ({len(source)}).")
+    if isinstance(source, AugmentedFeatureSource):
+        arr = source.restrict_copies(arr)
     return _ResplitSource(source, arr, info)  # type: ignore[return-value]
 
 
@@ -409,3 +518,14 @@ def iterate_batches(
 def frame_counts(source: FeatureSource) -> np.ndarray:
     """Frames per row of `source` (reads each utterance's array header, not its values)."""
     return np.asarray([np.shape(source.frames(i))[0] for i in range(len(source.utt_ids))], dtype=np.int64)
+
+
+def open_training_source(cache_dir: str | os.PathLike, *, layer: int, labels: str = "paper",
+                         augment: Sequence[str | os.PathLike] = ()) -> FeatureSource:
+    """The training source of `edge-ser train`: one feature cache, plus augmented copies (train split only)."""
+    base = CacheFeatureSource(cache_dir, layer=layer, labels=labels)
+    if not augment:
+        return base
+    copies = [CacheFeatureSource(path, layer=layer, labels=labels, vocabulary=base.vocabulary if labels == "corpus" else None)
+              for path in augment]
+    return AugmentedFeatureSource(base, copies)

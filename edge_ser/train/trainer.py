@@ -31,7 +31,7 @@ from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import ManifestError
 from edge_ser.evaluation import metrics as eval_metrics
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
-from edge_ser.labels import CATEGORIES, DIMENSIONS, REPORTED_CATEGORIES, CATEGORY_INDEX
+from edge_ser.labels import DIMENSIONS, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
 from edge_ser.train import runs
 from edge_ser.train.dataset import (
@@ -50,7 +50,7 @@ SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_co
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
 _RESUMABLE_CHANGES = ("max_epochs", "patience")
-_SOURCE_IDENTITY = ("feature_model", "layer", "manifest_sha256", "corpus", "fold", "k")
+_SOURCE_IDENTITY = ("feature_model", "layer", "manifest_sha256", "corpus", "fold", "k", "label_vocabulary")
 """The keys of a feature source's ``info`` that say which data a run trains on; a resume must match them
 (the cache's folder may move, so its path is not among them)."""
 
@@ -157,13 +157,12 @@ class FoldSummary:
 # ----------------------------------------------------------------------------------------- metrics
 # Validation monitoring with edge_ser.evaluation.metrics; the full report (k-best, paUAR, gender) is edge_ser.evaluation.
 
-_REPORTED_INDEX = np.asarray([CATEGORY_INDEX[c] for c in REPORTED_CATEGORIES], dtype=np.int64)
-
-
 def _uar(refs: np.ndarray, preds: np.ndarray, classes: np.ndarray) -> float | None:
+    """UAR over class indices ``classes`` (indices into whatever vocabulary refs/preds use)."""
     if len(refs) == 0:
         return None
-    return float(eval_metrics.uar(refs, preds, classes=[CATEGORIES[c] for c in classes]))
+    recalls = [float(np.mean(preds[refs == c] == c)) for c in classes if np.any(refs == c)]
+    return float(np.mean(recalls)) if recalls else None
 
 
 def _ccc_or_none(pred: np.ndarray, ref: np.ndarray) -> float | None:
@@ -172,20 +171,22 @@ def _ccc_or_none(pred: np.ndarray, ref: np.ndarray) -> float | None:
 
 
 def validation_metrics(*, avd: np.ndarray, probs: np.ndarray, labels: np.ndarray, dimensions: np.ndarray,
-                       corpus_classes: Sequence[int]) -> dict[str, Any]:
-    """UAR over the 6 reported classes, UAR over the corpus's own classes, CCC per dimension.
+                       corpus_classes: Sequence[int], vocabulary: Vocabulary = PAPER_VOCABULARY) -> dict[str, Any]:
+    """UAR over the reported classes, UAR over the corpus's own classes, CCC per dimension.
 
-    avd (N, 3), probs (N, 9), labels (N,) consensus index or -1, dimensions (N, 3) with NaN = missing,
-    corpus_classes: category indices the corpus actually uses. UAR-6 ranks only the 6 reported
-    class scores (SPEC.md section 7 item 4); UAR-corpus ranks only the corpus's classes.
-    Metrics without references are None.
+    avd (N, 3), probs (N, C), labels (N,) class index or -1, dimensions (N, 3) with NaN = missing,
+    corpus_classes: class indices the corpus actually uses. ``uar6`` ranks only the reported class
+    scores (the paper's 6 for the paper vocabulary, SPEC.md section 7 item 4; every class for a
+    corpus vocabulary, where ``uar6`` equals ``uar_corpus``); ``uar_corpus`` ranks only the corpus's
+    classes. Metrics without references are None.
     """
     out: dict[str, Any] = {"n": int(len(labels))}
-    reported = np.isin(labels, _REPORTED_INDEX)
-    pred6 = _REPORTED_INDEX[np.argmax(probs[:, _REPORTED_INDEX], axis=1)]
-    out["uar6"] = _uar(labels[reported], pred6[reported], _REPORTED_INDEX)
+    reported_index = np.asarray([vocabulary.index(c) for c in vocabulary.reported], dtype=np.int64)
+    reported = np.isin(labels, reported_index)
+    pred6 = reported_index[np.argmax(probs[:, reported_index], axis=1)]
+    out["uar6"] = _uar(labels[reported], pred6[reported], reported_index)
     classes = np.asarray(sorted(int(c) for c in corpus_classes), dtype=np.int64)
-    out["corpus_classes"] = [CATEGORIES[c] for c in classes]
+    out["corpus_classes"] = [vocabulary.classes[c] for c in classes]
     if len(classes):
         in_corpus = np.isin(labels, classes)
         pred_c = classes[np.argmax(probs[:, classes], axis=1)]
@@ -230,7 +231,7 @@ def _evaluate(model: TCGRU, source: FeatureSource, rows: np.ndarray, *, config: 
     ).total
     metrics = validation_metrics(avd=avd.numpy(), probs=torch.softmax(logits, dim=-1).numpy(),
                                  labels=source.labels[rows], dimensions=source.dimensions[rows],
-                                 corpus_classes=corpus_classes)
+                                 corpus_classes=corpus_classes, vocabulary=source_vocabulary(source))
     return float(loss), metrics
 
 
@@ -245,7 +246,12 @@ def _selection_score(config: TrainConfig, valid_loss: float, metrics: dict[str, 
 def _model_config(source: FeatureSource, config: TrainConfig) -> dict[str, Any]:
     return {"input_dim": int(source.input_dim), "conv_channels": config.conv_channels,
             "gru_hidden": config.gru_hidden, "gru_layers": config.gru_layers, "embed_dim": config.embed_dim,
-            "n_dims": len(DIMENSIONS), "n_classes": len(CATEGORIES), "dropout": config.dropout}
+            "n_dims": len(DIMENSIONS), "n_classes": len(source_vocabulary(source).classes), "dropout": config.dropout}
+
+
+def source_vocabulary(source: FeatureSource) -> Vocabulary:
+    """The source's label vocabulary (sources written before vocabularies existed use the paper's)."""
+    return getattr(source, "vocabulary", PAPER_VOCABULARY)
 
 
 def _source_identity(source: FeatureSource) -> dict[str, Any]:
@@ -318,7 +324,8 @@ def train_run(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = TCGRU(model_config["input_dim"], conv_channels=config.conv_channels, gru_hidden=config.gru_hidden,
-                      gru_layers=config.gru_layers, embed_dim=config.embed_dim, dropout=config.dropout)
+                      gru_layers=config.gru_layers, embed_dim=config.embed_dim, dropout=config.dropout,
+                      n_classes=model_config["n_classes"])
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
         if resume:
             _check_resumable(out, config, model_config, _source_identity(source))
@@ -394,7 +401,7 @@ def train_run(
         "format": runs.RUN_FORMAT, "format_version": runs.RUN_FORMAT_VERSION, "edge_ser_version": __version__,
         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "finished": True,
         "config": config.to_dict(), "model": model_config, "n_parameters": model.count_parameters(),
-        "features": info, "feature_manifest_sha256": info.get("manifest_sha256"),
+        "label_vocabulary": source_vocabulary(source).to_dict(), "features": info, "feature_manifest_sha256": info.get("manifest_sha256"),
         "feature_model": info.get("feature_model"), "feature_layer": info.get("layer"),
         "splits": {"train": int(len(train_rows)), "valid": int(len(valid_rows)), "test": int(len(test_rows))},
         **result.to_dict(),
@@ -458,6 +465,8 @@ def train_folds(
     resume: bool = False,
     progress: bool = True,
     workers: int = 1,
+    labels: str = "paper",
+    augment: Sequence[str | os.PathLike] = (),
 ) -> FoldSummary:
     """k-fold x seeds training on a feature cache whose table has a ``fold`` column.
 
@@ -468,10 +477,14 @@ def train_folds(
     torch thread each: small recurrent models use one core far better than two, so on a
     2-core machine two one-thread runs finish about twice as fast as one two-thread run.
     Each run is seeded on its own, so the results equal those of ``workers=1``.
-    """
-    from edge_ser.train.dataset import CacheFeatureSource
 
-    source = CacheFeatureSource(cache_dir, layer=layer)
+    ``labels``: ``paper`` (9 categories) or ``corpus`` (the corpus's own labels); ``augment``:
+    feature caches of augmented copies of the corpus (train split of each fold only).
+    """
+    from edge_ser.train.dataset import open_training_source
+
+    augment = [str(a) for a in augment]
+    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment)
     if workers <= 1:
         return train_folds_on_source(source=source, out=out, folds=folds, seeds=seeds, config=config,
                                      resume=resume, progress=progress)
@@ -484,7 +497,8 @@ def train_folds(
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_fold_worker, cache_dir=str(cache_dir), layer=layer, out=str(out), fold=fold,
-                               seed=seed, k=k, config=config, resume=resume) for fold, seed, k in jobs]
+                               seed=seed, k=k, config=config, resume=resume, labels=labels, augment=augment)
+                   for fold, seed, k in jobs]
         records = []
         for future in progress_bar(futures, desc=f"folds ({workers} workers)", unit="fold", enabled=progress):
             records.append(future.result())
@@ -530,11 +544,11 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 
 def _train_fold_worker(*, cache_dir: str, layer: int, out: str, fold: int, seed: int, k: int, config: TrainConfig,
-                       resume: bool) -> dict[str, Any]:
+                       resume: bool, labels: str = "paper", augment: Sequence[str] = ()) -> dict[str, Any]:
     torch.set_num_threads(1)
-    from edge_ser.train.dataset import CacheFeatureSource
+    from edge_ser.train.dataset import open_training_source
 
-    source = CacheFeatureSource(cache_dir, layer=layer)
+    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment)
     return _train_one_fold(source, out=Path(out), fold=fold, seed=seed, k=k, config=config, resume=resume,
                            progress=False)
 
