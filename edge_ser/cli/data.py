@@ -133,6 +133,40 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
                    f"({clipped['utterances_clipped']} with clipped samples)")
 
 
+@data.command("augment")
+@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the augmented copy (a prepared corpus: extract its features, then train with --augment).")
+@click.option("--split", default="all", show_default=True,
+              help="Rows to copy; 'all' lets k-fold training use each fold's train rows.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Each utterance's random chain depends only on (seed, utt_id).")
+@click.option("--noise-probability", type=click.FloatRange(0, 1), default=0.6, show_default=True)
+@click.option("--snr-db", nargs=2, type=float, default=(0.0, 20.0), show_default=True, help="SNR range (dB) of the noise.")
+@click.option("--telephone-probability", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@click.option("--gain-db", nargs=2, type=float, default=(-20.0, 20.0), show_default=True,
+              help="Gain range (dB), applied last; samples beyond full scale are clipped as a real chain would.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@overwrite_option
+@one_line_errors
+def augment(corpus_dir: Path, out: Path, split: str, seed: int, noise_probability: float,
+            snr_db: tuple[float, float], telephone_probability: float, gain_db: tuple[float, float],
+            progress: bool, overwrite: bool) -> None:
+    """An augmented training copy of a corpus: random babble/white noise, telephone band and gain per utterance."""
+    from edge_ser.data.augment import AugmentRecipe, make_augmented_corpus
+
+    try:
+        recipe = AugmentRecipe(noise_probability=noise_probability, snr_db=tuple(snr_db),
+                               telephone_probability=telephone_probability, gain_db=tuple(gain_db))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    corpus = make_augmented_corpus(corpus_dir=corpus_dir, out=out, split=split, seed=seed, recipe=recipe,
+                                   overwrite=overwrite, progress=progress)
+    block = corpus.manifest["augment"]
+    click.echo(f"{corpus.root}: {len(corpus.table)} augmented utterances (seed {seed}; "
+               f"{block['clipped_fraction']['utterances_clipped']} with clipped samples)")
+
+
 @data.command("stats")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write stats.png into the folder.")
