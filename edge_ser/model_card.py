@@ -109,6 +109,9 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
         "| layer | " + " | ".join(str(layer) for layer in sal["layers"]) + " |",
         "|---|" + "---|" * len(sal["layers"]),
         "| mean CCS | " + " | ".join(f"{m:.4f}" for m in sal["mu"]) + " |", "",
+    ]
+    lines += _recipe_section(train)
+    lines += [
         "## Accuracy", "",
         "UAR over the paper's scored categories present in the test set; CCC where dimension targets exist "
         "(– = the corpus has none).", "",
@@ -120,6 +123,41 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
     lines += _artifact_section(steps, root)
     write_text_atomic(root / "MODEL_CARD.md", "\n".join(lines) + "\n")
     return root / "MODEL_CARD.md"
+
+
+_RECIPE_OPTIONS = (("loss", "--loss"), ("balance", "--balance"), ("feature_mask", "--feature-mask"),
+                   ("dropout", "--dropout"), ("select_on", "--select-on"), ("max_epochs", "--epochs"),
+                   ("patience", "--patience"), ("lr", "--lr"), ("batch_size", "--batch-size"),
+                   ("precision", "--precision"))
+
+
+def _option(flag: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {value}"
+
+
+def _recipe_section(train: Mapping[str, Any]) -> list[str]:
+    """Label vocabulary and training options of the main run, read from its run.json."""
+    run_json = Path(train["runs"][train["main"]]["convert_run"]) / "run.json"
+    if not run_json.is_file():
+        return []
+    run = read_json(run_json)
+    vocabulary = run.get("label_vocabulary") or {"kind": "paper", "classes": []}
+    config = run.get("config", {})
+    classes = ", ".join(vocabulary.get("classes", []))
+    kind = vocabulary.get("kind", "paper")
+    described = ("the paper's 9 categories, soft grader-vote targets" if kind == "paper"
+                 else "the corpus's own labels, one-hot")
+    options = ", ".join(f"`{_option(flag, config[key])}`" for key, flag in _RECIPE_OPTIONS if key in config)
+    lines = ["## Labels and training recipe", "",
+             f"- Label vocabulary: **{kind}** ({described}): {classes}. The artifact manifest's `labels` lists "
+             "them in output order.",
+             f"- Training options (`edge-ser train`): {options}."]
+    copies = (run.get("features") or {}).get("augmented_copies") or []
+    if copies:
+        lines.append(f"- Augmented training copies (train split only): {len(copies)}.")
+    return lines + [""]
 
 
 def _robustness_section(steps: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -42,8 +42,7 @@ from edge_ser.runtime.artifact import OUTPUT_NAMES, ArtifactError, ArtifactManif
 from edge_ser.runtime.backends import MODEL_FILE_CHECKS, Runner, get_runner
 
 from edge_ser.audio import MAX_DURATION_S, MIN_DURATION_S
-
-PadMode = Literal["repeat", "zeros"]
+from edge_ser.windowing import PadMode, fit_window, span_weights, window_spans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,24 +136,11 @@ class EmotionModel:
 
     def fit_window(self, clip: np.ndarray) -> np.ndarray:
         """One window from a clip: cut to `window_samples`, or filled by the pad policy."""
-        n = self.window_samples
-        if len(clip) >= n:
-            return clip[:n]
-        if self.pad == "repeat":
-            reps = int(np.ceil(n / len(clip)))
-            return np.tile(clip, reps)[:n]
-        return np.pad(clip, (0, n - len(clip)))
+        return fit_window(clip, self.window_samples, pad=self.pad)
 
     def windows(self, clip: np.ndarray, *, hop: int | None = None) -> list[tuple[int, int]]:
         """(start, end) sample ranges covering the clip with windows of `window_samples`."""
-        n = self.window_samples
-        hop = hop or n
-        if len(clip) <= n:
-            return [(0, len(clip))]
-        starts = list(range(0, len(clip) - n + 1, hop))
-        if starts[-1] + n < len(clip):
-            starts.append(len(clip) - n)  # last window ends at the clip's end: no padding needed
-        return [(s, s + n) for s in starts]
+        return window_spans(len(clip), self.window_samples, hop=hop)
 
     # -- running ----------------------------------------------------------------------
     def run_window(self, window: np.ndarray) -> dict[str, np.ndarray]:
@@ -184,8 +170,7 @@ class EmotionModel:
         clip = self.prepare(waveform, sample_rate)
         spans = self.windows(clip)
         results = [self.run_window(self.fit_window(clip[s:e])) for s, e in spans]
-        weights = np.array([e - s for s, e in spans], dtype=np.float64)
-        weights /= weights.sum()
+        weights = span_weights(spans)
         merged = {name: sum(w * r[name] for w, r in zip(weights, results)) for name in results[0]}
         return self._to_prediction(merged, windows=len(spans))
 

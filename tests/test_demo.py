@@ -94,6 +94,10 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
     assert "onnx-int8" not in json.loads((out / "bench.json").read_text())
 
     card = (out / "MODEL_CARD.md").read_text()
+    # The recipe section reads the main run's run.json: the paper vocabulary in output order, the options.
+    assert ("- Label vocabulary: **paper** (the paper's 9 categories, soft grader-vote targets): "
+            "neutral, happy, sad, angry, surprise, fear, disgust, contempt, other.") in card
+    assert "`--loss ccc12`" in card and "`--no-balance`" in card
     rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| onnx-")}
     assert set(rows) == {"onnx-fp32", "onnx-int8"}
     assert f"refused: {refusal['reasons'][0]}" in rows["onnx-int8"]

@@ -354,3 +354,51 @@ def test_resume_refuses_another_layer_or_feature_cache(tmp_path):
                                 "--resume"])
     assert same.exit_code == 0, same.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_run"] == 2
+
+
+def test_balanced_rows_draw_every_class_about_equally_and_are_deterministic():
+    from edge_ser.train.dataset import balanced_rows
+
+    labels = np.asarray([0] * 300 + [1] * 60 + [2] * 30 + [-1] * 10)
+    rows = np.arange(len(labels))
+    drawn = balanced_rows(labels, rows, seed=3, epoch=1)
+    assert len(drawn) == len(rows)
+    counts = np.bincount(labels[drawn][labels[drawn] >= 0], minlength=3)
+    # Unbalanced the shares would be 75 / 15 / 7.5 %; balanced each class gets about a third.
+    assert counts.min() / counts.max() > 0.75, counts
+    assert np.array_equal(drawn, balanced_rows(labels, rows, seed=3, epoch=1))
+    assert not np.array_equal(drawn, balanced_rows(labels, rows, seed=3, epoch=2))
+
+
+def test_feature_masks_fill_with_the_mean_stay_inside_valid_frames_and_repeat_per_seed():
+    from edge_ser.train.dataset import mask_features
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 50, 16)
+    lengths = torch.tensor([50, 30, 10, 1])
+    fill = torch.full((16,), 7.0)
+    masked = mask_features(x, lengths, fill=fill, fraction=0.3, seed=(0, 1, 2))
+    assert torch.equal(masked, mask_features(x, lengths, fill=fill, fraction=0.3, seed=(0, 1, 2)))
+    assert not torch.equal(masked, mask_features(x, lengths, fill=fill, fraction=0.3, seed=(0, 1, 3)))
+    assert torch.equal(x, x.clone())  # input untouched
+    changed = masked != x
+    assert bool((masked[changed] == 7.0).all())
+    assert 0 < float(changed.float().mean()) < 0.5
+    # Two channel bands cover at most 60 % of the channels, so a frame with every channel changed was
+    # hit by a time span, and time spans lie inside the valid frames.
+    time_masked = changed.all(dim=2)
+    assert bool(time_masked.any())
+    for b, length in enumerate(lengths.tolist()):
+        assert not bool(time_masked[b, length:].any())
+
+
+def test_training_options_balance_and_feature_mask_train_and_are_checked(source, tmp_path):
+    config = dataclasses.replace(TINY, max_epochs=3, balance=True, feature_mask=0.2, dropout=0.1)
+    result = train_run(source=source, out=tmp_path / "run", config=config, progress=False)
+    assert np.isfinite(result.best_valid_loss)
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())["config"]
+    assert saved["balance"] is True and saved["feature_mask"] == 0.2
+    with pytest.raises(ValueError, match="feature_mask"):
+        TrainConfig(feature_mask=0.9)
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(dropout=1.0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import one_line_errors, overwrite_option
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option
 
 
 def _corpus_names() -> list[str]:
@@ -165,6 +165,34 @@ def augment(corpus_dir: Path, out: Path, split: str, seed: int, noise_probabilit
     block = corpus.manifest["augment"]
     click.echo(f"{corpus.root}: {len(corpus.table)} augmented utterances (seed {seed}; "
                f"{block['clipped_fraction']['utterances_clipped']} with clipped samples)")
+
+
+@data.command("windows")
+@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the window corpus (extract its features, then train with --windows).")
+@click.option("--window-s", type=FiniteFloatRange(min=0.5, max=30.0), default=3.0, show_default=True,
+              help="The artifact's window (edge-ser convert --window-s).")
+@click.option("--random-crops", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Windows at random positions per utterance longer than one window, besides the device windows.")
+@click.option("--pad", type=click.Choice(["repeat", "zeros"]), default="repeat", show_default=True,
+              help="How a clip shorter than the window is filled: the runtime's pad policy.")
+@click.option("--split", default="all", show_default=True, help="Rows to window ('all' for k-fold training).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random window positions depend only on (seed, utt_id).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@overwrite_option
+@one_line_errors
+def windows(corpus_dir: Path, out: Path, window_s: float, random_crops: int, pad: str, split: str, seed: int,
+            progress: bool, overwrite: bool) -> None:
+    """The windows an artifact runs, as a corpus: train and score a head on what the device computes."""
+    from edge_ser.data.windows import make_window_corpus
+
+    corpus = make_window_corpus(corpus_dir=corpus_dir, out=out, window_s=window_s, random_crops=random_crops, pad=pad,
+                                split=split, seed=seed, overwrite=overwrite, progress=progress)
+    block = corpus.manifest["windows"]
+    click.echo(f"{corpus.root}: {block['utterances']} utterances -> {block['windows']['device']} device windows + "
+               f"{block['windows']['random']} random-position windows of {window_s:g} s")
 
 
 @data.command("stats")

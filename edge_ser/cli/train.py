@@ -62,6 +62,18 @@ def chosen_layer_from_saliency(path: Path) -> int:
               help="Feature cache of an augmented copy of the same corpus (edge-ser data noisy / conditions, then "
                    "features extract); used for training only: a copy's utterance trains only where its original "
                    "is in the train split. Repeat for several copies.")
+@click.option("--windows", is_flag=True,
+              help="--features is the cache of a window corpus (edge-ser data windows): train on one device-length "
+                   "window per utterance and epoch; validate and test on the windows the runtime runs.")
+@click.option("--balance/--no-balance", default=False, show_default=True,
+              help="Class-balanced sampling of training rows (each class drawn about equally often per epoch).")
+@click.option("--feature-mask", type=FiniteFloatRange(min=0, max=0.5), default=None,
+              help="SpecAugment-style masking of input features while training: 2 time spans and 2 channel bands, "
+                   "each up to this fraction (default 0 = off).")
+@click.option("--dropout", type=FiniteFloatRange(min=0, max=1, max_open=True), default=None,
+              help="Dropout after the conv layer (default 0).")
+@click.option("--select-on", type=click.Choice(["valid_loss", "uar6", "uar_corpus", "ccc_mean"]), default=None,
+              help="What early stopping and model selection watch (default valid_loss).")
 @click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --folds: train this many runs at once (one process and one thread each).")
@@ -69,14 +81,16 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @one_line_errors
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
-          precision: str, labels: str, augment: tuple[Path, ...], resume: bool, workers: int, progress: bool) -> None:
+          precision: str, labels: str, augment: tuple[Path, ...], windows: bool, balance: bool, feature_mask: float | None,
+          dropout: float | None, select_on: str | None, resume: bool, workers: int, progress: bool) -> None:
     """Train the TC-GRU multitask head on one layer of a feature cache."""
     from edge_ser.errors import EdgeSerError
 
     try:
         _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
                patience=patience, batch_size=batch_size, lr=lr, loss=loss, precision=precision, resume=resume,
-               workers=workers, progress=progress, labels=labels, augment=augment)
+               workers=workers, progress=progress, labels=labels, augment=augment, windows=windows, balance=balance,
+               feature_mask=feature_mask, dropout=dropout, select_on=select_on)
     except EdgeSerError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -84,7 +98,8 @@ def train(features: Path, out: Path, layer: int | None, saliency: Path | None, f
 def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
            epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
            resume: bool, progress: bool, workers: int = 1, precision: str = "auto", labels: str = "paper",
-           augment: tuple[Path, ...] = ()) -> None:
+           augment: tuple[Path, ...] = (), windows: bool = False, balance: bool = False, feature_mask: float | None = None,
+           dropout: float | None = None, select_on: str | None = None) -> None:
     from edge_ser.features.cache import FeatureCache
     from edge_ser.train.dataset import open_training_source
     from edge_ser.train.trainer import TrainConfig, train_folds, train_run
@@ -102,21 +117,24 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
     if not seed_list:
         raise click.BadParameter("--seeds is empty; give at least one seed, e.g. 0.")
     overrides = {k: v for k, v in (("max_epochs", epochs), ("patience", patience), ("batch_size", batch_size),
-                                   ("lr", lr)) if v is not None}
+                                   ("lr", lr), ("feature_mask", feature_mask), ("dropout", dropout),
+                                   ("select_on", select_on)) if v is not None}
+    if balance:
+        overrides["balance"] = True
     config = dataclasses.replace(TrainConfig(loss=loss, precision=precision), **overrides)
 
     if folds is not None:
         fold_list = None if folds.strip().lower() == "all" else _int_list(folds, what="--folds")
         summary = train_folds(cache_dir=features, layer=layer, out=out, folds=fold_list, seeds=seed_list,
                               config=config, resume=resume, progress=progress, workers=workers, labels=labels,
-                              augment=augment)
+                              augment=augment, windows=windows)
         for key in ("test_uar6", "test_uar_corpus", "test_ccc_mean", "valid_uar6"):
             if key in summary.mean:
                 click.echo(f"{key}: {summary.mean[key]:.4f} ± {summary.std[key]:.4f}")
         click.echo(f"{len(summary.runs)} runs; summary in {out / 'summary.md'}")
         return
 
-    source = open_training_source(features, layer=layer, labels=labels, augment=augment)
+    source = open_training_source(features, layer=layer, labels=labels, augment=augment, windows=windows)
     for seed in seed_list:
         run_dir = out if len(seed_list) == 1 else out / f"seed{seed}"
         result = train_run(source=source, out=run_dir, config=dataclasses.replace(config, seed=seed),

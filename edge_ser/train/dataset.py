@@ -351,6 +351,82 @@ class AugmentedFeatureSource(_TargetsMixin):
         return self._parts[part].frames(int(index) - int(self._offsets[part]))
 
 
+WINDOW_EXCLUDED = "window-excluded"
+"""Split given to a random-position window outside ``train``: validation and test use device windows only."""
+
+
+class WindowedFeatureSource(_TargetsMixin):
+    """Features of a window corpus (``edge-ser data windows``): train on what the device computes.
+
+    Every row is one fixed-length window of an utterance (``parent``). Training draws one window
+    per utterance and epoch (:meth:`epoch_rows`, device and random-position windows alike);
+    validation and test read only the ``device`` windows, the spans the runtime runs, and a
+    random-position window outside ``train`` gets :data:`WINDOW_EXCLUDED`. Per-utterance scores
+    average the device windows with :attr:`weights`, as ``EmotionModel.predict`` does.
+    """
+
+    def __init__(self, base: "CacheFeatureSource") -> None:
+        from edge_ser.data.windows import window_rows_of
+
+        self._base = base
+        try:
+            self._parents, self._roles, self._weights = window_rows_of(base._cache.table["extras"])
+        except ValueError as exc:
+            raise ManifestError(f"feature cache {base.cache_dir}: {exc}") from None
+        self._vocabulary = base.vocabulary
+        self._utt_ids, self._soft, self._dims, self._labels = base.utt_ids, base.soft_targets, base.dimensions, base.labels
+        self._speakers, self._genders, self._folds = base.speakers, base.genders, base.folds
+        self._splits = self.restrict_splits(base.splits)
+        manifest = base._cache.manifest.get("corpus") if isinstance(base._cache.manifest.get("corpus"), dict) else {}
+        self._info = {**base.info, "windows": True, "window_corpus": manifest.get("name") if manifest else None}
+        self._check_arrays()
+
+    @property
+    def parents(self) -> np.ndarray:
+        """(U,) the utterance each window comes from."""
+        return self._parents
+
+    @property
+    def roles(self) -> np.ndarray:
+        """(U,) ``device`` or ``random``."""
+        return self._roles
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(U,) the runtime's averaging weight of a device window within its utterance (0 for random ones)."""
+        return self._weights
+
+    def restrict_splits(self, splits: np.ndarray) -> np.ndarray:
+        """``splits`` with every random-position window outside ``train`` set to :data:`WINDOW_EXCLUDED`."""
+        out = np.asarray(splits, dtype=object).copy()
+        out[(self._roles != "device") & (out != "train")] = WINDOW_EXCLUDED
+        return out
+
+    def epoch_rows(self, rows: np.ndarray, *, seed: int, epoch: int) -> np.ndarray:
+        """One window per utterance among `rows` (ascending by first row), drawn from (seed, epoch)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return rows
+        _, group = np.unique(self._parents[rows], return_inverse=True)
+        rng = np.random.default_rng([int(seed), int(epoch), 4])
+        keys = rng.random(len(rows))
+        order = np.lexsort((keys, group))  # within each utterance, windows in random order
+        first = np.ones(len(order), dtype=bool)
+        first[1:] = group[order][1:] != group[order][:-1]
+        return np.sort(rows[order[first]])
+
+    @property
+    def input_dim(self) -> int:
+        return self._base.input_dim
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def frames(self, index: int) -> np.ndarray:
+        return self._base.frames(index)
+
+
 class _ResplitSource:
     """A view of another source with a different ``splits`` column (used for k-fold training)."""
 
@@ -384,6 +460,8 @@ def with_splits(source: FeatureSource, splits: Sequence[str], **info: Any) -> Fe
         raise ValueError(f"splits has {arr.shape[0]} entries; expected one per utterance ({len(source)}).")
     if isinstance(source, AugmentedFeatureSource):
         arr = source.restrict_copies(arr)
+    if isinstance(source, WindowedFeatureSource):
+        arr = source.restrict_splits(arr)
     return _ResplitSource(source, arr, info)  # type: ignore[return-value]
 
 
@@ -515,15 +593,68 @@ def iterate_batches(
         yield make_batch(source, rows)
 
 
+def balanced_rows(labels: np.ndarray, rows: np.ndarray, *, seed: int, epoch: int) -> np.ndarray:
+    """Class-balanced draw of ``len(rows)`` rows with replacement (``TrainConfig.balance``).
+
+    A row's chance is proportional to 1 / (number of rows in `rows` with its label), so every
+    class is drawn about equally often; rows with label -1 (no consensus) get the mean weight.
+    Depends only on (seed, epoch).
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) == 0:
+        return rows
+    row_labels = np.asarray(labels)[rows]
+    weights = np.ones(len(rows), dtype=np.float64)
+    labelled = row_labels >= 0
+    if labelled.any():
+        classes, inverse, counts = np.unique(row_labels[labelled], return_inverse=True, return_counts=True)
+        weights[labelled] = 1.0 / counts[inverse]
+        weights[~labelled] = weights[labelled].mean()
+    rng = np.random.default_rng([int(seed), int(epoch), 2])
+    return rows[rng.choice(len(rows), size=len(rows), replace=True, p=weights / weights.sum())]
+
+
+def mask_features(x: torch.Tensor, lengths: torch.Tensor, *, fill: torch.Tensor, fraction: float,
+                  seed: Sequence[int], spans: int = 2) -> torch.Tensor:
+    """SpecAugment-style masks on a padded feature batch (``TrainConfig.feature_mask``); returns a copy.
+
+    x: (B, T, F); lengths: (B,) valid frames; fill: (F,) the value a masked entry takes (the
+    train-split mean, so it is 0 after z-scoring). Per utterance, `spans` time spans of width
+    0..fraction*length frames and `spans` channel bands of width 0..fraction*F are set to `fill`.
+    Deterministic in `seed` (e.g. (run seed, epoch, batch number)).
+    """
+    rng = np.random.default_rng([int(s) for s in seed])
+    out = x.clone()
+    n_channels = x.shape[-1]
+    fill = fill.to(out.dtype)
+    for b, length in enumerate(lengths.tolist()):
+        for _ in range(spans):
+            width = int(rng.integers(0, int(fraction * length) + 1))
+            if width:
+                start = int(rng.integers(0, length - width + 1))
+                out[b, start:start + width, :] = fill
+            band = int(rng.integers(0, int(fraction * n_channels) + 1))
+            if band:
+                low = int(rng.integers(0, n_channels - band + 1))
+                out[b, :, low:low + band] = fill[low:low + band]
+    return out
+
+
 def frame_counts(source: FeatureSource) -> np.ndarray:
     """Frames per row of `source` (reads each utterance's array header, not its values)."""
     return np.asarray([np.shape(source.frames(i))[0] for i in range(len(source.utt_ids))], dtype=np.int64)
 
 
 def open_training_source(cache_dir: str | os.PathLike, *, layer: int, labels: str = "paper",
-                         augment: Sequence[str | os.PathLike] = ()) -> FeatureSource:
-    """The training source of `edge-ser train`: one feature cache, plus augmented copies (train split only)."""
+                         augment: Sequence[str | os.PathLike] = (), windows: bool = False) -> FeatureSource:
+    """The training source of `edge-ser train`: one feature cache, plus augmented copies (train split
+    only); with ``windows`` the cache is of a window corpus (:class:`WindowedFeatureSource`)."""
     base = CacheFeatureSource(cache_dir, layer=layer, labels=labels)
+    if windows:
+        if augment:
+            raise ValueError("--windows with --augment is not supported yet: window the augmented copy too and "
+                             "train on one cache, or train without --augment.")
+        return WindowedFeatureSource(base)
     if not augment:
         return base
     copies = [CacheFeatureSource(path, layer=layer, labels=labels, vocabulary=base.vocabulary if labels == "corpus" else None)

@@ -35,7 +35,8 @@ from edge_ser.labels import DIMENSIONS, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
 from edge_ser.train import runs
 from edge_ser.train.dataset import (
-    FeatureSource, feature_statistics, fold_splits, frame_counts, iterate_batches, split_indices, with_splits,
+    FeatureSource, balanced_rows, feature_statistics, fold_splits, frame_counts, iterate_batches, mask_features,
+    split_indices, with_splits,
 )
 from edge_ser.train.losses import DEFAULT_LOSS, LOSSES, multitask_loss
 from edge_ser.train.model import TCGRU
@@ -50,7 +51,7 @@ SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_co
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
 _RESUMABLE_CHANGES = ("max_epochs", "patience")
-_SOURCE_IDENTITY = ("feature_model", "layer", "manifest_sha256", "corpus", "fold", "k", "label_vocabulary")
+_SOURCE_IDENTITY = ("feature_model", "layer", "manifest_sha256", "corpus", "fold", "k", "label_vocabulary", "windows")
 """The keys of a feature source's ``info`` that say which data a run trains on; a resume must match them
 (the cache's folder may move, so its path is not among them)."""
 
@@ -90,6 +91,14 @@ class TrainConfig:
     native bf16, measured on RAVDESS features). ``"auto"`` picks bf16 where the CPU has native
     bf16 units (AVX512-BF16 / AMX) and fp32 elsewhere; the resolved value is what gets stored.
     Validation, evaluation and export always run in float32."""
+    balance: bool = False
+    """Class-balanced sampling: each epoch draws as many train rows as the split has, with
+    replacement, a row's chance proportional to 1 / (count of its label); rows without a label
+    keep the mean weight. The draw depends only on (seed, epoch). Off = every row once."""
+    feature_mask: float = 0.0
+    """SpecAugment-style masking of the input features during training: per utterance two time
+    spans and two channel bands, each up to this fraction of the frames / channels, set to the
+    train-split mean (0 after z-scoring). 0 = off; at most 0.5."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -101,6 +110,10 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}; expected a positive integer.")
+        if not 0.0 <= float(self.feature_mask) <= 0.5:
+            raise ValueError(f"TrainConfig feature_mask={self.feature_mask!r}; expected a fraction in 0..0.5 (0 = off).")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"TrainConfig dropout={self.dropout!r}; expected a probability in [0, 1).")
         if not self.lr > 0:
             raise ValueError(f"TrainConfig lr={self.lr!r}; expected a positive learning rate such as 5e-4.")
         if self.precision == "auto":
@@ -420,13 +433,22 @@ def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: Feature
     model.train()
     total, seen = 0.0, 0
     started = time.perf_counter()
+    epoch_rows = getattr(source, "epoch_rows", None)
+    if epoch_rows is not None:  # a window corpus: one window per utterance and epoch
+        rows = epoch_rows(rows, seed=config.seed, epoch=epoch)
+    if config.balance:
+        rows = balanced_rows(source.labels, rows, seed=config.seed, epoch=epoch)
     batches = progress_bar(iterate_batches(source, rows, batch_size=config.batch_size, shuffle=True, seed=config.seed,
                                            epoch=epoch, bucket_batches=config.bucket_batches, lengths=lengths),
                            total=math.ceil(len(rows) / config.batch_size), desc=f"epoch {epoch}", unit="batch",
                            leave=False, enabled=progress)
-    for batch in batches:
+    for number, batch in enumerate(batches):
+        x = batch.x
+        if config.feature_mask > 0:
+            x = mask_features(x, batch.lengths, fill=model.feat_mean, fraction=config.feature_mask,
+                              seed=(config.seed, epoch, number))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            out = model(batch.x, batch.lengths)
+            out = model(x, batch.lengths)
         loss = multitask_loss(avd=out.avd.float(), logits=out.logits.float(), soft_targets=batch.soft, dimensions=batch.dims,
                               labels=batch.labels, kind=config.loss, task_weights=config.task_weights).total
         optimizer.zero_grad(set_to_none=True)
@@ -467,6 +489,7 @@ def train_folds(
     workers: int = 1,
     labels: str = "paper",
     augment: Sequence[str | os.PathLike] = (),
+    windows: bool = False,
 ) -> FoldSummary:
     """k-fold x seeds training on a feature cache whose table has a ``fold`` column.
 
@@ -479,12 +502,13 @@ def train_folds(
     Each run is seeded on its own, so the results equal those of ``workers=1``.
 
     ``labels``: ``paper`` (9 categories) or ``corpus`` (the corpus's own labels); ``augment``:
-    feature caches of augmented copies of the corpus (train split of each fold only).
+    feature caches of augmented copies of the corpus (train split of each fold only); ``windows``:
+    the cache is of a window corpus (``edge-ser data windows``; see WindowedFeatureSource).
     """
     from edge_ser.train.dataset import open_training_source
 
     augment = [str(a) for a in augment]
-    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment)
+    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment, windows=windows)
     if workers <= 1:
         return train_folds_on_source(source=source, out=out, folds=folds, seeds=seeds, config=config,
                                      resume=resume, progress=progress)
@@ -497,7 +521,8 @@ def train_folds(
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_fold_worker, cache_dir=str(cache_dir), layer=layer, out=str(out), fold=fold,
-                               seed=seed, k=k, config=config, resume=resume, labels=labels, augment=augment)
+                               seed=seed, k=k, config=config, resume=resume, labels=labels, augment=augment,
+                               windows=windows)
                    for fold, seed, k in jobs]
         records = []
         for future in progress_bar(futures, desc=f"folds ({workers} workers)", unit="fold", enabled=progress):
@@ -544,11 +569,12 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> None:
 
 
 def _train_fold_worker(*, cache_dir: str, layer: int, out: str, fold: int, seed: int, k: int, config: TrainConfig,
-                       resume: bool, labels: str = "paper", augment: Sequence[str] = ()) -> dict[str, Any]:
+                       resume: bool, labels: str = "paper", augment: Sequence[str] = (),
+                       windows: bool = False) -> dict[str, Any]:
     torch.set_num_threads(1)
     from edge_ser.train.dataset import open_training_source
 
-    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment)
+    source = open_training_source(cache_dir, layer=layer, labels=labels, augment=augment, windows=windows)
     return _train_one_fold(source, out=Path(out), fold=fold, seed=seed, k=k, config=config, resume=resume,
                            progress=False)
 
