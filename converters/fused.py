@@ -21,9 +21,7 @@ from torch import nn
 
 from edge_ser.errors import AudioError, ManifestError
 from edge_ser.labels import CATEGORIES, SAMPLE_RATE
-
-OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
-INPUT_NAME = "waveform"
+from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES  # the graph's I/O names, defined once
 
 
 class FusedSER(nn.Module):

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from edge_ser.progress import progress_bar
 
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
-from edge_ser.runtime.parity import OUTPUTS, ParityReport, compare
+from edge_ser.progress import progress_bar
+from edge_ser.runtime.artifact import OUTPUT_NAMES
+from edge_ser.runtime.parity import ParityReport, compare
 
 __all__ = ["VerifyResult", "verify_artifact", "verify_robustness", "robustness_table", "REFERENCE_COMPARISON",
            "QUANTIZATION_COMPARISON", "CONVERSION_COMPARISON"]
@@ -161,7 +162,7 @@ def _torch_runner(fused: Any) -> Callable[[np.ndarray], Outputs]:
     def run(window: np.ndarray) -> Outputs:
         with torch.no_grad():
             outputs = fused(torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).reshape(1, -1))
-        return {name: out.numpy().astype(np.float32) for name, out in zip(OUTPUTS, outputs)}
+        return {name: out.numpy().astype(np.float32) for name, out in zip(OUTPUT_NAMES, outputs)}
 
     return run
 
@@ -265,7 +266,7 @@ def verify_artifact(
         transform = lambda wave: apply_condition(wave, parsed)[0]  # noqa: E731
     corpus = load_corpus(corpus_dir)
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
-    collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUTS} for k in candidates}
+    collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUT_NAMES} for k in candidates}
     n_windows = 0
     for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", enabled=progress,
                                leave=False):
@@ -279,7 +280,7 @@ def verify_artifact(
         n_windows += len(windows)
         for name, run in candidates.items():
             outs = [run(w) for w in windows]
-            for o in OUTPUTS:
+            for o in OUTPUT_NAMES:
                 merged = sum(wt * np.asarray(out[o], dtype=np.float64).reshape(-1) for wt, out in zip(weights, outs))
                 collected[name][o].append(merged)
     stacked = {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}

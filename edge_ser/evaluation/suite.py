@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from edge_ser.evaluation.metrics import EvaluationError
+from edge_ser.metrics import EvaluationError
 from edge_ser.evaluation.predict import (
     PREDICTION_SOURCES, find_fold_runs, predict_corpus, predict_folds, run_features,
 )
