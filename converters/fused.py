@@ -69,12 +69,17 @@ class FusedSER(nn.Module):
 
     def with_gru_form(self, gru_form: str) -> "FusedSER":
         """This model with the head's GRU written in ``gru_form`` (``"native"``, ``"unrolled"`` or
-        ``"scan"``, see :func:`build_fused_model`); same outputs. A head without ``to_export``
-        (already an export form, or not a TC-GRU) is kept as it is. Shares the front's weights."""
+        ``"scan"``, see :func:`build_fused_model`); same outputs. A head that is not a trained
+        :class:`~edge_ser.train.model.TCGRU` (already an export form, or another module) is kept as it
+        is. Shares the front's weights."""
+        from edge_ser.converters.export_forms import export_head
+        from edge_ser.train.model import TCGRU
+
         _check_gru_form(gru_form)
-        if gru_form == "native" or not hasattr(self.head, "to_export"):
+        if gru_form == "native" or not isinstance(self.head, TCGRU):
             return self
-        head = self.head.to_export(frames_for_window(self.front, self.window_samples), gru_form=gru_form).eval()
+        head = export_head(self.head, frames=frames_for_window(self.front, self.window_samples),
+                           gru_form=gru_form).eval()
         fused = FusedSER(self.front, head, window_samples=self.window_samples).eval()
         fused.source = self.source
         fused.labels = self.labels
@@ -87,7 +92,7 @@ class FusedSER(nn.Module):
 
 
 def _check_gru_form(gru_form: str) -> None:
-    from edge_ser.train.model import GRU_FORMS
+    from edge_ser.converters.export_forms import GRU_FORMS
 
     forms = ("native", *GRU_FORMS)
     if gru_form not in forms:
@@ -130,8 +135,8 @@ def build_fused_model(
     its run info) or ``feature_model`` (a registry name such as ``"tiny-wavlm"``,
     ``"mfbf0"``, or an already loaded foundation model), ``layer`` and ``head``.
 
-    Unless ``gru_form="native"``, the head is replaced by its ``to_export(frames, gru_form=...)``
-    variant when it has one (same outputs as the training module).
+    Unless ``gru_form="native"``, a TC-GRU head is replaced by its export form
+    (:func:`edge_ser.converters.export_forms.export_head`; same outputs as the training module).
     ``labels``: the class names of a head given directly (default: the 9 categories when it has 9
     outputs); a run's names come from its run.json vocabulary.
     Returns a :class:`FusedSER` in eval mode with ``.source`` describing where it came from.
