@@ -18,7 +18,7 @@ _EXPORTS: dict[str, str] = {
     "LOSSES": "losses", "ccc": "losses", "ccc_loss": "losses", "multitask_loss": "losses",
     "FeatureSource": "dataset", "ArrayFeatureSource": "dataset", "CacheFeatureSource": "dataset",
     "PaddedBatch": "dataset", "iterate_batches": "dataset",
-    "load_run": "runs",
+    "RunInfo": "runs", "load_run": "runs", "read_run_info": "runs",
     "TrainConfig": "trainer", "RunResult": "trainer", "FoldSummary": "trainer", "train_run": "trainer",
     "train_folds": "trainer", "train_folds_on_source": "trainer",
 }
