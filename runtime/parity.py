@@ -58,7 +58,7 @@ _FP32 = Tolerance(
 _QUANT = Tolerance(
     max_abs_error_of_scale=None, min_top1_agreement=0.97, max_uar_drop_points=1.0, max_ccc_drop=0.02,
     min_psnr_db=None, min_embedding_cosine=0.99,
-    reason="8-bit weights (and activations for static int8) add rounding noise far above float error, so elementwise "
+    reason="8-bit weights (and ExecuTorch's dynamically quantized int8 activations) add rounding noise far above float error, so elementwise "
            "bounds are replaced by task-level ones: at most 3 in 100 decisions may flip, UAR may drop at most 1 point "
            "and CCC at most 0.02 on the test split, a larger drop failing only when its 95 % paired-bootstrap interval "
            "excludes 0 (one near-tie flip on a small set is not evidence of a worse artifact) (top-1 counted on decisive utterances, whose reference top-1 beats "

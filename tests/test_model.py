@@ -10,16 +10,6 @@ from edge_ser.converters.export_forms import ScanGRU, UnrolledGRU, export_head
 from edge_ser.train.model import TCGRU
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from 2 intra-op threads, and on the shared 2-core machine the
-    # threads' synchronisation made these tests ~10x slower (measured: 4 s vs 48 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 def _small_model(input_dim: int = 12, *, seed: int = 0) -> TCGRU:
     torch.manual_seed(seed)
     model = TCGRU(input_dim, conv_channels=16, gru_hidden=20, embed_dim=24).eval()
