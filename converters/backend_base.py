@@ -24,9 +24,10 @@ Runner = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 class PrecisionSpec:
     """One precision a backend offers.
 
-    ``calibrated``: the pipeline quantizes the graph (PT2E, static int8 activations) with
-    calibration utterances *before* lowering. Otherwise any compression is weight-only or
-    dynamic and the backend applies it while lowering (no calibration data involved).
+    ``calibrated``: the pipeline quantizes the graph with PT2E *before* lowering (int8 weights,
+    activations quantized dynamically per call), running calibration utterances through the
+    prepared graph. Otherwise any compression is weight-only or dynamic and the backend applies
+    it while lowering (no calibration data involved).
     """
 
     name: str

@@ -168,7 +168,7 @@ def scan_xnnpack_partitioner() -> Any:
 
     The stock partitioner tags nodes of the top-level graph only; ExecuTorch's ``to_backend``
     already lowers tagged nodes inside control-flow submodules (``get_control_flow_submodules``)
-    and its emitter runs a scan as a loop, so the GRU step of :class:`edge_ser.train.model.ScanGRU`
+    and its emitter runs a scan as a loop, so the GRU step of :class:`edge_ser.converters.export_forms.ScanGRU`
     is lowered once and runs inside XNNPACK at every frame. Nodes in a body are matched with the
     same XNNPACK configs as the top level; constants inside a body (see
     :func:`inline_scan_constants_pass`) join the partition of the op that reads them.

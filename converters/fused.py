@@ -21,9 +21,7 @@ from torch import nn
 
 from edge_ser.errors import AudioError, ManifestError
 from edge_ser.labels import CATEGORIES, SAMPLE_RATE
-
-OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
-INPUT_NAME = "waveform"
+from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES  # the graph's I/O names, defined once
 
 
 class FusedSER(nn.Module):
@@ -71,12 +69,17 @@ class FusedSER(nn.Module):
 
     def with_gru_form(self, gru_form: str) -> "FusedSER":
         """This model with the head's GRU written in ``gru_form`` (``"native"``, ``"unrolled"`` or
-        ``"scan"``, see :func:`build_fused_model`); same outputs. A head without ``to_export``
-        (already an export form, or not a TC-GRU) is kept as it is. Shares the front's weights."""
+        ``"scan"``, see :func:`build_fused_model`); same outputs. A head that is not a trained
+        :class:`~edge_ser.train.model.TCGRU` (already an export form, or another module) is kept as it
+        is. Shares the front's weights."""
+        from edge_ser.converters.export_forms import export_head
+        from edge_ser.train.model import TCGRU
+
         _check_gru_form(gru_form)
-        if gru_form == "native" or not hasattr(self.head, "to_export"):
+        if gru_form == "native" or not isinstance(self.head, TCGRU):
             return self
-        head = self.head.to_export(frames_for_window(self.front, self.window_samples), gru_form=gru_form).eval()
+        head = export_head(self.head, frames=frames_for_window(self.front, self.window_samples),
+                           gru_form=gru_form).eval()
         fused = FusedSER(self.front, head, window_samples=self.window_samples).eval()
         fused.source = self.source
         fused.labels = self.labels
@@ -89,7 +92,7 @@ class FusedSER(nn.Module):
 
 
 def _check_gru_form(gru_form: str) -> None:
-    from edge_ser.train.model import GRU_FORMS
+    from edge_ser.converters.export_forms import GRU_FORMS
 
     forms = ("native", *GRU_FORMS)
     if gru_form not in forms:
@@ -132,8 +135,8 @@ def build_fused_model(
     its run info) or ``feature_model`` (a registry name such as ``"tiny-wavlm"``,
     ``"mfbf0"``, or an already loaded foundation model), ``layer`` and ``head``.
 
-    Unless ``gru_form="native"``, the head is replaced by its ``to_export(frames, gru_form=...)``
-    variant when it has one (same outputs as the training module).
+    Unless ``gru_form="native"``, a TC-GRU head is replaced by its export form
+    (:func:`edge_ser.converters.export_forms.export_head`; same outputs as the training module).
     ``labels``: the class names of a head given directly (default: the 9 categories when it has 9
     outputs); a run's names come from its run.json vocabulary.
     Returns a :class:`FusedSER` in eval mode with ``.source`` describing where it came from.
@@ -142,41 +145,37 @@ def build_fused_model(
         raise ValueError(f"window_s={window_s}; expected a positive number of seconds (e.g. 3.0).")
     window_samples = int(round(window_s * SAMPLE_RATE))
     source: dict[str, Any] = {}
+    cache_manifest: dict[str, Any] | None = None
+    seed = 0
     if run_dir is not None:
         if feature_model is not None or head is not None:
             raise ValueError(
                 "got run_dir and also feature_model/head; expected one or the other. "
                 "Pass run_dir alone to convert a training run, or feature_model + layer + head."
             )
-        from edge_ser.train.runs import load_run
+        from edge_ser.train.runs import RunInfo, read_run_info
 
-        head, run_info = load_run(run_dir)
-        provenance = run_provenance(run_info, run_dir=Path(run_dir))
-        feature_model, layer = provenance["feature_model"], provenance["layer"]
-        ws = provenance.get("weights_source") or {}
-        if weights is None and ws.get("kind") not in (None, "none", "random-init"):
-            weights = ws.get("path")
-        random_init = random_init or ws.get("kind") == "random-init"
+        run = read_run_info(run_dir)
+        head = run.load_head()
+        _, cache_manifest = run.feature_manifest()
+        provenance = run.provenance()
+        feature_model, layer = run.feature_model, run.layer
+        if weights is None and not random_init and feature_model != "mfbf0":
+            rebuild = RunInfo.foundation_weights(cache_manifest)
+            weights, random_init, seed = rebuild["weights"], rebuild["random_init"], rebuild["seed"]
         source["run"] = Path(run_dir).name
         source["provenance"] = provenance
-        from edge_ser.labels import Vocabulary
-
-        vocabulary = Vocabulary.from_dict(run_info.get("label_vocabulary"))
-        labels = vocabulary.classes
-        source["label_vocabulary"] = vocabulary.kind
+        labels = run.vocabulary.classes
+        source["label_vocabulary"] = run.vocabulary.kind
     if feature_model is None or head is None:
         raise ValueError(
             "no model to fuse: expected run_dir=..., or feature_model=<name or loaded model>, layer=k and head=<module>."
         )
-    front, front_source = _truncated_front(feature_model, layer=layer, weights=weights, random_init=random_init)
-    expected_sha = ((source.get("provenance") or {}).get("weights_source") or {}).get("sha256")
-    got_sha = (front_source.get("weights_source") or {}).get("sha256")
-    if expected_sha and got_sha and expected_sha != got_sha:
-        raise ManifestError(
-            f"{feature_model} weights loaded now have sha256 {got_sha[:12]}..., but the run's features were extracted "
-            f"with {expected_sha[:12]}...; the fused model would not match the trained head. Pass weights=<the folder "
-            "used for feature extraction> (--weights), or re-extract features and retrain."
-        )
+    front, front_source = _truncated_front(feature_model, layer=layer, weights=weights, random_init=random_init,
+                                           seed=seed)
+    if cache_manifest is not None:
+        RunInfo.check_foundation_weights(cache_manifest, (front_source.get("weights_source") or {}).get("sha256"),
+                                         loaded_from=weights or "random init")
     if "provenance" in source and isinstance(feature_model, str) and feature_model != "mfbf0":
         from edge_ser.fm.model import check_input_level
 
@@ -200,41 +199,8 @@ def build_fused_model(
     return fused.with_gru_form(gru_form)
 
 
-def run_provenance(run_info: dict[str, Any], *, run_dir: Path) -> dict[str, Any]:
-    """Feature model, layer, feature cache, weights source, fold and corpus folder behind a
-    training run (run.json -> its feature cache's manifest.json -> the corpus)."""
-    from edge_ser.io import read_json
-
-    features = run_info.get("features") or {}
-    feature_model = run_info.get("feature_model") or features.get("feature_model")
-    layer = run_info.get("feature_layer", features.get("layer"))
-    feature_dir = features.get("feature_dir")
-    if feature_model is None or layer is None or not feature_dir:
-        raise ManifestError(
-            f"run {run_dir} does not record its features (feature_model={feature_model!r}, feature_layer={layer!r}, "
-            f"features.feature_dir={feature_dir!r}); expected a finished run's run.json. Finish or re-run training."
-        )
-    cache_dir = Path(feature_dir)
-    if not cache_dir.is_absolute() and not cache_dir.is_dir():
-        cache_dir = run_dir / cache_dir
-    manifest_path = cache_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ManifestError(
-            f"run {run_dir} was trained on the feature cache {cache_dir}, which has no manifest.json; expected the "
-            "cache folder to still exist (weights source and corpus come from it). Restore it or re-extract."
-        )
-    manifest = read_json(manifest_path)
-    corpus = manifest.get("corpus") or {}
-    return {
-        "feature_model": str(feature_model), "layer": int(layer), "feature_dir": str(cache_dir),
-        "feature_manifest_sha256": run_info.get("feature_manifest_sha256"),
-        "weights_source": manifest.get("weights_source"), "fold": features.get("fold"),
-        "corpus_dir": corpus.get("dir"), "corpus": corpus.get("name"),
-        "input_level": (manifest.get("spec") or {}).get("input_level"),
-    }
-
-
-def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, random_init: bool) -> tuple[nn.Module, dict]:
+def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, random_init: bool,
+                     seed: int = 0) -> tuple[nn.Module, dict]:
     if isinstance(feature_model, str) and feature_model == "mfbf0":
         from edge_ser.frontend import MFBF0
 
@@ -242,7 +208,7 @@ def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, ran
     if isinstance(feature_model, str):
         from edge_ser.fm import load_foundation_model
 
-        loaded = load_foundation_model(feature_model, weights=weights, random_init=random_init)
+        loaded = load_foundation_model(feature_model, weights=weights, random_init=random_init, seed=seed)
     else:
         loaded = feature_model
     if not hasattr(loaded, "truncated"):

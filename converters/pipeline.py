@@ -30,7 +30,8 @@ from edge_ser.converters.quantize import calibration_tensors, export_folded, qua
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
-from edge_ser.io import sha256_file, write_json_atomic
+from edge_ser.train.runs import read_run_info
+from edge_ser.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +336,8 @@ def convert_run(
                                 window_samples=fused.window_samples, seed=seed) if spec.calibrated else []
     validation = run_waveforms(corpus_dir=corpus_dir, split="valid", n=validation_utterances, fold=fold,
                                window_samples=fused.window_samples, seed=seed + 1)
-    weights_file = run_dir / "model.safetensors"
     source = {k: v for k, v in fused.source.items() if k != "provenance"}
-    source.update({"run": run_dir.name, "run_sha256": sha256_file(weights_file) if weights_file.is_file() else None,
+    source.update({"run": run_dir.name, "run_sha256": read_run_info(run_dir).weights_sha256,
                    "feature_dir": provenance["feature_dir"], "fold": fold,
                    "calibration": {"split": "train", "corpus": str(corpus_dir)}})
     return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,

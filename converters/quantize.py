@@ -1,5 +1,6 @@
-"""Quantization: static int8 with calibration (PT2E, before lowering) and the weight-only /
-dynamic schemes the backends apply to their own formats.
+"""Quantization: PT2E int8 before lowering (per-channel int8 weights, activations quantized
+dynamically per call, prepared on calibration utterances) and the weight-only / dynamic schemes
+the backends apply to their own formats.
 
 Calibration always uses real utterances (a list of waveforms from the run's training
 split), never one random tensor: activation ranges from noise are not the ranges of speech.
@@ -268,10 +269,9 @@ def quantize_pt2e_xnnpack_int8(
     ``module``: the fused model, ``(1, window_samples)`` -> outputs. Returns the converted
     (quantize/dequantize-annotated) module, ready for ``torch.export`` and lowering.
 
-    ``module_names``: quantize only these submodules (``None`` = the whole graph). Quantizing
-    only ``("front",)`` would keep the per-frame unrolled GRU head float32 and its lowering
-    fast, but XNNPACK lowering then fails on the tiny Whisper test model ("Weight and Input
-    should both be quantized"), so the default quantizes everything.
+    ``module_names``: quantize only these submodules (``None`` = the whole graph, the default).
+    Quantizing only ``("front",)`` was tried to keep the head float32; XNNPACK lowering then
+    failed on the tiny Whisper test model ("Weight and Input should both be quantized").
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 

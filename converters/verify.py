@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from edge_ser.progress import progress_bar
 
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
-from edge_ser.runtime.parity import OUTPUTS, ParityReport, compare
+from edge_ser.progress import progress_bar
+from edge_ser.runtime.artifact import OUTPUT_NAMES
+from edge_ser.runtime.parity import ParityReport, compare
+from edge_ser.train.runs import RunInfo, read_run_info
 
 __all__ = ["VerifyResult", "verify_artifact", "verify_robustness", "robustness_table", "REFERENCE_COMPARISON",
            "QUANTIZATION_COMPARISON", "CONVERSION_COMPARISON"]
@@ -95,36 +97,6 @@ class VerifyResult:
         }
 
 
-def _run_sha256(run_dir: Path) -> str:
-    from edge_ser.io import sha256_file
-    from edge_ser.train.runs import BEST_WEIGHTS
-
-    weights = run_dir / BEST_WEIGHTS
-    if not weights.is_file():
-        raise ManifestError(
-            f"{run_dir} has no {BEST_WEIGHTS}; expected the finished training run the artifact was converted from "
-            "(pass --run <that run folder>)."
-        )
-    return sha256_file(weights)
-
-
-def _check_same_run(manifest: Any, *, run_dir: Path, run_sha: str, role: str) -> dict[str, Any]:
-    source = dict(manifest.raw.get("source") or {})
-    recorded = source.get("run_sha256")
-    if not recorded:
-        raise ManifestError(
-            f"{role} {manifest.root} records no source run sha256 (manifest source = {source}); expected "
-            "source.run_sha256 written by `edge-ser convert`. Re-convert the run with this edge-ser."
-        )
-    if recorded != run_sha:
-        raise ManifestError(
-            f"{role} {manifest.root} was converted from another run: its manifest records run "
-            f"{source.get('run')!r} with model.safetensors sha256 {str(recorded)[:16]}..., but {run_dir} has "
-            f"{run_sha[:16]}.... Pass the run it was converted from (--run), or re-convert this run."
-        )
-    return source
-
-
 def _reference_model(*, run_dir: Path, source: Mapping[str, Any], window_samples: int) -> Any:
     """The eager fused model of the run, cut and windowed as the artifact's manifest says."""
     from edge_ser.converters.fused import build_fused_model
@@ -144,14 +116,12 @@ def _reference_model(*, run_dir: Path, source: Mapping[str, Any], window_samples
             f"the reference window is {fused.window_samples} samples, the artifact's {window_samples}; "
             "expected a window that is a whole number of samples at 16 kHz. Re-convert with --window-s."
         )
-    want = (source.get("weights_source") or {}).get("sha256") if isinstance(source.get("weights_source"), dict) else None
+    # build_fused_model checked the rebuilt weights against the run's feature cache; the artifact's
+    # recorded weights must be those too (same rule, read from the artifact's manifest).
     got = (rebuilt.get("weights_source") or {}).get("sha256") if isinstance(rebuilt.get("weights_source"), dict) else None
-    if want and got and want != got:
-        raise ManifestError(
-            f"the artifact's {source.get('feature_model')} weights have sha256 {want[:12]}..., the reference rebuilt "
-            f"now loads {got[:12]}...; expected the same foundation-model weights. Install/point to the weights used "
-            "at conversion time."
-        )
+    RunInfo.check_foundation_weights({"model": source.get("feature_model"), "weights_source": source.get("weights_source")},
+                                     got, loaded_from=f"the reference rebuilt from run {run_dir}",
+                                     recorded_by="the artifact was converted")
     return fused.eval()
 
 
@@ -161,7 +131,7 @@ def _torch_runner(fused: Any) -> Callable[[np.ndarray], Outputs]:
     def run(window: np.ndarray) -> Outputs:
         with torch.no_grad():
             outputs = fused(torch.from_numpy(np.ascontiguousarray(window, dtype=np.float32)).reshape(1, -1))
-        return {name: out.numpy().astype(np.float32) for name, out in zip(OUTPUTS, outputs)}
+        return {name: out.numpy().astype(np.float32) for name, out in zip(OUTPUT_NAMES, outputs)}
 
     return run
 
@@ -223,8 +193,9 @@ def verify_artifact(
     start = time.perf_counter()
     artifact, run_dir = Path(artifact), Path(run_dir)
     model = load(artifact, threads=threads)
-    run_sha = _run_sha256(run_dir)
-    source = _check_same_run(model.manifest, run_dir=run_dir, run_sha=run_sha, role="artifact")
+    run = read_run_info(run_dir)
+    source = dict(model.manifest.raw.get("source") or {})
+    run.check_artifact(source, artifact=model.manifest.root, role="artifact")
 
     base_model = None
     if baseline is not None:
@@ -241,7 +212,7 @@ def verify_artifact(
                 f"{model.window_samples} at {model.sample_rate} Hz; expected the same window. Convert the baseline "
                 "with the same --window-s."
             )
-        _check_same_run(bm, run_dir=run_dir, run_sha=run_sha, role="baseline")
+        run.check_artifact(dict(bm.raw.get("source") or {}), artifact=bm.root, role="baseline")
 
     reference = _torch_runner(_reference_model(run_dir=run_dir, source=source,
                                                window_samples=model.window_samples))
@@ -265,7 +236,7 @@ def verify_artifact(
         transform = lambda wave: apply_condition(wave, parsed)[0]  # noqa: E731
     corpus = load_corpus(corpus_dir)
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
-    collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUTS} for k in candidates}
+    collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUT_NAMES} for k in candidates}
     n_windows = 0
     for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", enabled=progress,
                                leave=False):
@@ -279,7 +250,7 @@ def verify_artifact(
         n_windows += len(windows)
         for name, run in candidates.items():
             outs = [run(w) for w in windows]
-            for o in OUTPUTS:
+            for o in OUTPUT_NAMES:
                 merged = sum(wt * np.asarray(out[o], dtype=np.float64).reshape(-1) for wt, out in zip(weights, outs))
                 collected[name][o].append(merged)
     stacked = {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 NOISE_SNRS_DB: tuple[float, ...] = (15.0, 5.0)
 # (target, precision) pairs the demo converts. ONNX fp32 is the baseline that separates
 # conversion error from quantization error (for ONNX int8); ExecuTorch fp32 and the other Core ML
-# precisions are left to `make bench` because lowering the per-frame GRU takes minutes each.
+# precisions are left to `make bench` to keep the demo short (each artifact adds a conversion,
+# a verification and a benchmark).
 DEMO_ARTIFACTS: tuple[tuple[str, str], ...] = (
     ("onnx", "fp32"), ("onnx", "int8"), ("executorch", "int8"), ("coreml", "palette4"),
 )

@@ -40,6 +40,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_DIGEST_KEY = "manifest_sha256"
 MODEL_FILES: dict[str, str] = {"executorch": "model.pte", "onnx": "model.onnx", "coreml": "model.mlpackage"}
 OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
+"""The fused graph's outputs, in order: the one definition the converters, runners, parity and apps read."""
 INPUT_NAME = "waveform"
 ARTIFACT_SAMPLE_RATES: tuple[int, ...] = (16_000,)
 """Rates an artifact's graph may take: every edge-ser model reads 16 kHz audio."""

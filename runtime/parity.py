@@ -20,8 +20,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from edge_ser.errors import EdgeSerError
+from edge_ser.metrics import concordance, mean_recall
+from edge_ser.runtime.artifact import OUTPUT_NAMES
 
-OUTPUTS = ("probs", "avd", "embedding")
 OUTPUT_SCALE_FLOOR: dict[str, float] = {"probs": 1.0, "avd": 1.0, "embedding": 0.0}
 """Probabilities and A/V/D live on [0, 1] by contract, so their errors are judged against that
 range even where a model's outputs sit near 0; the embedding has no fixed range (its own max)."""
@@ -57,7 +58,7 @@ _FP32 = Tolerance(
 _QUANT = Tolerance(
     max_abs_error_of_scale=None, min_top1_agreement=0.97, max_uar_drop_points=1.0, max_ccc_drop=0.02,
     min_psnr_db=None, min_embedding_cosine=0.99,
-    reason="8-bit weights (and activations for static int8) add rounding noise far above float error, so elementwise "
+    reason="8-bit weights (and ExecuTorch's dynamically quantized int8 activations) add rounding noise far above float error, so elementwise "
            "bounds are replaced by task-level ones: at most 3 in 100 decisions may flip, UAR may drop at most 1 point "
            "and CCC at most 0.02 on the test split, a larger drop failing only when its 95 % paired-bootstrap interval "
            "excludes 0 (one near-tie flip on a small set is not evidence of a worse artifact) (top-1 counted on decisive utterances, whose reference top-1 beats "
@@ -127,9 +128,12 @@ class TaskParity:
 
     @property
     def ccc_max_drop(self) -> float | None:
+        """Largest CCC drop over the dimensions where both CCCs are defined (None if there is none)."""
         if not self.ccc_reference or not self.ccc_candidate:
             return None
-        return max(self.ccc_reference[d] - self.ccc_candidate[d] for d in self.ccc_reference)
+        drops = [self.ccc_reference[d] - self.ccc_candidate[d] for d in self.ccc_reference]
+        defined = [d for d in drops if not math.isnan(d)]
+        return max(defined) if defined else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,16 +201,11 @@ def output_error(name: str, reference: np.ndarray, candidate: np.ndarray) -> Out
                        max_rel_of_scale=float(diff.max() / scale), psnr_db=psnr, cosine=float(cos.mean()))
 
 
-def _uar(ref_idx: np.ndarray, pred_idx: np.ndarray) -> float:
-    classes = np.unique(ref_idx)
-    return float(np.mean([np.mean(pred_idx[ref_idx == c] == c) for c in classes]))
-
-
 def _ccc(x: np.ndarray, y: np.ndarray) -> float:
+    """CCC of an output column against the labels (edge_ser.metrics.concordance: NaN when both are
+    constant and equal). No input validation: a non-finite artifact output gives NaN, reported."""
     mx, my = x.mean(), y.mean()
-    cov = np.mean((x - mx) * (y - my))
-    denom = x.var() + y.var() + (mx - my) ** 2
-    return float(2 * cov / denom) if denom > 0 else 0.0
+    return concordance(mx, my, x.var(), y.var(), np.mean((x - mx) * (y - my)))
 
 
 def _bootstrap_weights(n: int, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
@@ -216,7 +215,11 @@ def _bootstrap_weights(n: int, *, resamples: int = BOOTSTRAP_RESAMPLES, seed: in
 
 
 def _interval(values: np.ndarray) -> tuple[float, float]:
-    low, high = np.nanpercentile(values, [2.5, 97.5])
+    """Central 95 % of the defined (non-NaN) resample values; NaN bounds when none is defined."""
+    defined = values[~np.isnan(values)]
+    if defined.size == 0:
+        return math.nan, math.nan
+    low, high = np.percentile(defined, [2.5, 97.5])
     return float(low), float(high)
 
 
@@ -225,7 +228,7 @@ def uar_drop_interval(labels: np.ndarray, pred_reference: np.ndarray, pred_candi
 
     Each resample draws utterances with replacement and scores both prediction sets on the same
     draw, so utterances both get right or both get wrong cancel; classes absent from a resample
-    are left out of its UAR, as :func:`_uar` does for the full set."""
+    are left out of its UAR, as :func:`edge_ser.metrics.mean_recall` does for the full set."""
     labels = np.asarray(labels)
     weights = _bootstrap_weights(len(labels))
     recall_ref, recall_can, present = [], [], []
@@ -243,7 +246,8 @@ def uar_drop_interval(labels: np.ndarray, pred_reference: np.ndarray, pred_candi
 
 
 def ccc_drop_interval(target: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """95 % paired-bootstrap interval of ``CCC(reference, target) - CCC(candidate, target)``."""
+    """95 % paired-bootstrap interval of ``CCC(reference, target) - CCC(candidate, target)``; resamples
+    where either CCC is undefined (:func:`edge_ser.metrics.concordance`) are left out."""
     weights = _bootstrap_weights(len(target))
     n = float(len(target))
 
@@ -252,8 +256,7 @@ def ccc_drop_interval(target: np.ndarray, reference: np.ndarray, candidate: np.n
         vx = weights @ (x * x) / n - mx ** 2
         vy = weights @ (target * target) / n - my ** 2
         cov = weights @ (x * target) / n - mx * my
-        denom = vx + vy + (mx - my) ** 2
-        return np.where(denom > 0, 2 * cov / np.where(denom > 0, denom, 1.0), 0.0)
+        return concordance(mx, my, vx, vy, cov)
 
     return _interval(ccc(np.asarray(reference, np.float64)) - ccc(np.asarray(candidate, np.float64)))
 
@@ -291,8 +294,8 @@ def task_parity(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.
         else:
             pred_ref, pred_can = top_ref, p_can.argmax(axis=1)
         if keep.any():
-            uar_ref = _uar(labels[keep], pred_ref[keep])
-            uar_can = _uar(labels[keep], pred_can[keep])
+            uar_ref = mean_recall(labels[keep], pred_ref[keep])
+            uar_can = mean_recall(labels[keep], pred_can[keep])
             uar_ci = uar_drop_interval(labels[keep], pred_ref[keep], pred_can[keep])
     ccc_ref = ccc_can = None
     ccc_ci: dict[str, tuple[float, float]] | None = None
@@ -320,7 +323,7 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
             score_classes: Sequence[int] | None = None, tolerance: Tolerance | None = None) -> ParityReport:
     """Build a ParityReport for stacked outputs (n, ...) of reference and candidate."""
     tol = tolerance or tolerance_for(target, precision)
-    outputs = tuple(output_error(name, reference[name], candidate[name]) for name in OUTPUTS if name in reference)
+    outputs = tuple(output_error(name, reference[name], candidate[name]) for name in OUTPUT_NAMES if name in reference)
     task = task_parity(reference, candidate, label_idx=label_idx, dims=dims, score_classes=score_classes)
     failures = []
     if tol.max_abs_error_of_scale is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -27,6 +28,17 @@ def _torch_threads():
     # synchronisation cost (and CI machines are shared). Benchmarks pin their own threads.
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Back to one intra-op thread before every test: code under test may set its own count and
+    keep it (the demo's benchmark step runs with 2), and tiny models on the shared 2-core machine
+    were ~10x slower with two threads (measured: 4 s vs 48 s for the trainer tests)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
     yield
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,8 @@ from edge_ser.features.cache import FeatureCache
 from edge_ser.features.extract import extract_features
 from edge_ser.labels import CATEGORIES, REPORTED_CATEGORIES
 from edge_ser.train.dataset import CacheFeatureSource
-from edge_ser.train.runs import load_run
+from edge_ser.io import read_json, sha256_file, write_json_atomic
+from edge_ser.train.runs import load_run, read_run_info
 from edge_ser.train.trainer import TrainConfig, train_folds, train_run
 
 LAYER = 2
@@ -43,18 +45,8 @@ PRED = [f"pred_{c}" for c in CATEGORIES]
 CACHE_VS_AUDIO_ATOL = 5e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny GRUs on a shared 2-core machine: with 2 intra-op threads every per-frame op waits for a
-    # descheduled peer thread (measured 36 s vs 0.3 s for 20 small GRU calls under load 9).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, _one_thread):
+def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalpipe")
     synth = synthesize_corpus(out=root / "synth", n_speakers=6, utterances_per_speaker=3, seed=0)
     table = fold_assignment(speaker_folds(synth.table, k=3, seed=0), fold=0)
@@ -239,3 +231,57 @@ def test_cli_evaluate_folds_and_compare(pipeline, tmp_path):
     assert bad.exit_code != 0 and "cannot predict from cached features" in bad.output
     assert compare_runs([tmp_path / "a", tmp_path / "a"], tmp_path / "cmp2").joinpath("comparison.md").is_file()
 
+
+
+# --------------------------------------------------------------------------- one run reader
+
+
+def test_run_info_reads_what_later_stages_need(pipeline):
+    run = read_run_info(pipeline / "run")
+    assert (run.feature_model, run.layer, run.vocabulary.kind) == ("tiny-whisper", LAYER, "paper")
+    assert run.weights_sha256 == sha256_file(pipeline / "run" / "model.safetensors")
+    assert run.feature_cache() == pipeline / "feats"
+    assert Path(run.provenance()["corpus_dir"]).resolve() == (pipeline / "corpus").resolve()
+    folded = read_run_info(pipeline / "folds" / "fold1_seed0")
+    assert (folded.fold, folded.k) == (1, 3)
+    with pytest.raises(ManifestError, match="expected a training run folder"):
+        read_run_info(pipeline / "feats")
+
+
+def test_run_info_refuses_an_unfinished_run(pipeline, tmp_path):
+    shutil.copytree(pipeline / "run", tmp_path / "run")
+    (tmp_path / "run" / "run.json").unlink()  # what an interrupted training leaves
+    with pytest.raises(ManifestError, match="no finished run.json.*--resume"):
+        read_run_info(tmp_path / "run")
+
+
+def _run_on_other_cache(pipeline, tmp_path, *, change_manifest: bool):
+    """A copy of the run whose run.json points at a copy of its cache (optionally re-extracted: manifest changed)."""
+    cache = tmp_path / "feats"
+    shutil.copytree(pipeline / "feats", cache)
+    if change_manifest:
+        manifest = read_json(cache / "manifest.json")
+        manifest["extraction_s"] = -1.0  # any edit: the digest no longer matches what the run recorded
+        write_json_atomic(cache / "manifest.json", manifest)
+    run_dir = tmp_path / "run"
+    shutil.copytree(pipeline / "run", run_dir)
+    info = read_json(run_dir / "run.json")
+    info["features"]["feature_dir"] = str(cache)
+    write_json_atomic(run_dir / "run.json", info)
+    return run_dir, cache
+
+
+def test_one_rule_finds_a_moved_cache_and_refuses_a_re_extracted_one(pipeline, tmp_path):
+    from edge_ser.converters.fused import build_fused_model
+
+    moved, cache = _run_on_other_cache(pipeline, tmp_path / "moved", change_manifest=False)
+    assert read_run_info(moved).feature_cache() == cache
+    assert build_fused_model(run_dir=moved, window_s=1.0).source["provenance"]["feature_dir"] == str(cache)
+    assert read_run_info(pipeline / "run").feature_cache(tmp_path / "nowhere") is None
+
+    stale, _ = _run_on_other_cache(pipeline, tmp_path / "stale", change_manifest=True)
+    # evaluation and conversion read the run the same way, so both refuse the re-extracted cache
+    with pytest.raises(ManifestError, match="re-extracted"):
+        predict_corpus(run_dir=stale, corpus_dir=pipeline / "corpus", source="cache", progress=False)
+    with pytest.raises(ManifestError, match="re-extracted"):
+        build_fused_model(run_dir=stale, window_s=1.0)

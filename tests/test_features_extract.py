@@ -18,16 +18,6 @@ from edge_ser.features.extract import extract_features
 from edge_ser.output_folder import OutputExistsError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine the
-    # OpenMP barrier waits made these tests 10x slower with two.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def corpus_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "corpus"

@@ -14,16 +14,6 @@ from edge_ser.train.model import TCGRU
 NAN = float("nan")
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from 2 intra-op threads, and on the shared 2-core machine the
-    # threads' synchronisation made these tests ~10x slower (measured: 4 s vs 48 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 def test_ccc_hand_computed():
     x = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
     y = torch.tensor([2.0, 4.0, 6.0], dtype=torch.float64)

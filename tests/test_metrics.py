@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_ser.evaluation import metrics as m
+from edge_ser import metrics as m
 from edge_ser.labels import CATEGORIES, REPORTED_CATEGORIES
 
 
@@ -298,3 +298,27 @@ def test_bootstrap_single_group_unknown_speakers_and_invalid_resamples():
     assert 0 < ci.n_valid < 100  # resamples without speaker a are invalid, not fatal
     with pytest.raises(m.EvaluationError, match="empty"):
         m.bootstrap_ci(picky, [], n=10)
+
+
+def test_one_ccc_formula_constant_series_and_doctests():
+    """edge_ser.metrics is the one CCC: constant-and-equal is NaN (0/0), one constant side is 0, and the
+    vectorised form (parity's bootstrap) gives the scalar form's values."""
+    import doctest
+
+    assert math.isnan(m.concordance(0.3, 0.3, 0.0, 0.0, 0.0))
+    assert m.ccc([0.5, 0.5, 0.5], [0.1, 0.4, 0.9]) == 0.0  # constant prediction, varying reference
+    assert m.ccc([0.2, 0.2], [0.7, 0.7]) == 0.0  # both constant but different: denominator (mx - my)^2 > 0
+    x, y = np.array([0.1, 0.4, 0.3, 0.9]), np.array([0.2, 0.5, 0.1, 0.8])
+    moments = (np.array([x.mean(), 0.3]), np.array([y.mean(), 0.3]), np.array([x.var(), 0.0]),
+               np.array([y.var(), 0.0]), np.array([np.mean((x - x.mean()) * (y - y.mean())), 0.0]))
+    vector = m.concordance(*moments)
+    assert vector[0] == pytest.approx(m.ccc(x, y), rel=1e-12) and math.isnan(vector[1])
+    assert doctest.testmod(m).failed == 0
+
+
+def test_mean_recall_on_indices_of_any_vocabulary():
+    assert m.mean_recall([0, 0, 1, 1, 5], [0, 1, 1, 1, 2]) == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert m.mean_recall([0, 0, 1], [0, 0, 0], classes=[1, 7]) == 0.0  # 7 is absent: not averaged
+    assert math.isnan(m.mean_recall([0, 0], [0, 0], classes=[3]))
+    with pytest.raises(m.EvaluationError, match="one of each per utterance"):
+        m.mean_recall([0, 1], [0])

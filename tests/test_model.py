@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_ser.train.model import TCGRU, ScanGRU, UnrolledGRU
+from edge_ser.converters.export_forms import ScanGRU, UnrolledGRU, export_head
+from edge_ser.train.model import TCGRU
 
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from 2 intra-op threads, and on the shared 2-core machine the
-    # threads' synchronisation made these tests ~10x slower (measured: 4 s vs 48 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 def _small_model(input_dim: int = 12, *, seed: int = 0) -> TCGRU:
     torch.manual_seed(seed)
@@ -107,14 +98,14 @@ def test_scan_gru_refuses_batches():
 
 def test_export_form_is_checked():
     with pytest.raises(ValueError, match="gru_form='loop'; expected one of unrolled, scan"):
-        _small_model().to_export(5, gru_form="loop")
+        export_head(_small_model(), frames=5, gru_form="loop")
 
 
 @pytest.mark.parametrize("frames", [1, 25])
 @pytest.mark.parametrize("gru_form", ["unrolled", "scan"])
 def test_export_variant_matches_and_exports(frames, gru_form):
     model = _small_model()
-    exportable = model.to_export(frames, gru_form=gru_form)
+    exportable = export_head(model, frames=frames, gru_form=gru_form)
     batch = 1 if gru_form == "scan" else 2  # the scan form runs one window per call
     x = torch.randn(batch, frames, 12) * 2
     with torch.no_grad():

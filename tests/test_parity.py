@@ -141,3 +141,26 @@ def test_bootstrap_interval_is_reproducible():
     first = compare(ref, cand, target="onnx", precision="int8", label_idx=labels).task.uar_drop_ci
     second = compare(ref, cand, target="onnx", precision="int8", label_idx=labels).task.uar_drop_ci
     assert first == second
+
+
+def test_undefined_ccc_is_reported_as_nan_and_not_gated():
+    """Parity scores CCC with edge_ser.metrics: a label column that is constant and equal to both outputs
+    has no defined CCC (NaN, not the 0.0 of an earlier copy); that dimension is neither gated nor counted
+    in ccc_max_drop, while the other dimensions still are."""
+    from edge_ser import metrics
+
+    rng = np.random.default_rng(4)
+    ref = _outputs(rng, n=60)
+    ref["avd"][:, 0] = 0.5
+    dims = ref["avd"] + np.array([0.0, 0.05, 0.05]) * rng.standard_normal(ref["avd"].shape) * np.array([0, 1, 1])
+    cand = {k: v.copy() for k, v in ref.items()}
+    cand["avd"][:, 1] = 0.5 + 0.2 * (cand["avd"][:, 1] - 0.5)  # valence shrinks: a real drop
+    report = compare(ref, cand, target="onnx", precision="int8", dims=dims)
+    task = report.task
+    assert math.isnan(task.ccc_reference["arousal"]) and math.isnan(task.ccc_candidate["arousal"])
+    assert task.ccc_reference["valence"] == pytest.approx(metrics.ccc(ref["avd"][:, 1], dims[:, 1]), rel=1e-9)
+    drop = task.ccc_reference["valence"] - task.ccc_candidate["valence"]
+    assert task.ccc_max_drop == pytest.approx(max(drop, task.ccc_reference["dominance"]
+                                                  - task.ccc_candidate["dominance"]))
+    assert not any("arousal" in f for f in report.failures)
+    assert any("valence" in f for f in report.failures)

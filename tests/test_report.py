@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edge_ser.evaluation import metrics as m
+from edge_ser import metrics as m
 from edge_ser.evaluation.report import (
     TestSetReport,
     compare_reports,

@@ -68,16 +68,6 @@ def source_from(table: pd.DataFrame, frames) -> ArrayFeatureSource:  # type: ign
     )
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from 2 intra-op threads, and on the shared 2-core machine the
-    # threads' synchronisation made these tests ~10x slower (measured: 4 s vs 48 s).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 @pytest.fixture(scope="module")
 def source() -> ArrayFeatureSource:
     return source_from(*synthetic_table_and_frames())

@@ -44,13 +44,7 @@ def root(verbose: int) -> None:
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that stage is not built yet
-                continue
-            raise
-        module.register(root)
+        importlib.import_module(name).register(root)
 
 
 _register_all()

@@ -45,7 +45,8 @@ def _precisions() -> list[str]:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Artifact folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--calibration-utterances", type=click.IntRange(min=2), default=32, show_default=True,
-              help="Training-split utterances used to calibrate static int8 (ExecuTorch int8).")
+              help="Training-split utterances run through the PT2E-prepared graph (ExecuTorch int8; "
+                   "activations are quantized dynamically per call).")
 @click.option("--validation-utterances", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation-split utterances compared against the eager model.")
 @one_line_errors

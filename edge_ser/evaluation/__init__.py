@@ -1,4 +1,4 @@
-"""Evaluation: metrics (:mod:`.metrics`), reports (:mod:`.report`) and plots (:mod:`.plots`).
+"""Evaluation: metrics (:mod:`edge_ser.metrics`, shared with training and the runtime), reports (:mod:`.report`) and plots (:mod:`.plots`).
 
 Typical use: build a predictions table per test set, then
 
@@ -6,7 +6,7 @@ Typical use: build a predictions table per test set, then
 >>> # write_report(reports, "eval/", title="WavLM k*=20")
 """
 
-from edge_ser.evaluation.metrics import (
+from edge_ser.metrics import (
     PA_UAR_THRESHOLDS,
     BootstrapCI,
     EvaluationError,

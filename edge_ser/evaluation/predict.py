@@ -9,7 +9,8 @@ Extra columns: ``source_label``, ``split``, ``fold``, ``n_frames`` and ``feature
 Where the head's input frames come from (``source``):
 
 ``cache``
-    the frame features of the run's layer stored in the feature cache the run was trained on.
+    the frame features of the run's layer stored in the feature cache the run was trained on
+    (found by :meth:`edge_ser.train.runs.RunInfo.feature_cache`, the one rule for that).
     Allowed only when that cache is the one recorded in run.json (sha256 of its manifest),
     it was extracted from *this* corpus (sha256 of the corpus table) and it stores the layer.
 ``audio``
@@ -41,13 +42,14 @@ import pandas as pd
 import torch
 
 from edge_ser.errors import CorpusError, ManifestError
-from edge_ser.io import read_json, sha256_file
-from edge_ser.labels import CATEGORIES, DIMENSIONS, PAPER_VOCABULARY, Vocabulary
+from edge_ser.io import read_json
+from edge_ser.labels import CATEGORIES, DIMENSIONS, Vocabulary
 from edge_ser.progress import progress_bar
+from edge_ser.train.runs import RunInfo, read_run_info
 
 __all__ = [
-    "PREDICTION_SOURCES", "RunFeatures", "SourceChoice", "FoldRun", "run_features", "choose_source",
-    "find_fold_runs", "predict_corpus", "predict_folds",
+    "PREDICTION_SOURCES", "SourceChoice", "FoldRun", "choose_source", "find_fold_runs", "predict_corpus",
+    "predict_folds",
 ]
 
 PREDICTION_SOURCES: tuple[str, ...] = ("auto", "cache", "audio")
@@ -59,29 +61,6 @@ _REFERENCE_COLUMNS: tuple[str, ...] = (
     ("utt_id", "speaker", "gender", "label", "source_label", "split", "fold")
     + tuple(f"p_{c}" for c in CATEGORIES) + DIMENSIONS
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class RunFeatures:
-    """The features a run was trained on, from its run.json.
-
-    ``layer`` is the hidden_states index (0 = transformer input; MFBF0's only layer is 0);
-    ``feature_dir`` the feature cache folder as recorded (may be relative to where training ran).
-    """
-
-    feature_model: str
-    layer: int
-    feature_dir: str | None
-    manifest_sha256: str | None
-    corpus: str | None
-    corpus_classes: tuple[str, ...] | None
-    vocabulary: Vocabulary = PAPER_VOCABULARY
-    """The run's output classes (run.json ``label_vocabulary``; the paper's 9 for older runs)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["vocabulary"] = self.vocabulary.to_dict()
-        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,70 +85,9 @@ class FoldRun:
     seed: int
 
 
-def run_features(run_info: Mapping[str, Any], *, run_dir: str | os.PathLike) -> RunFeatures:
-    """Read the feature provenance of a finished run (the dict :func:`edge_ser.train.load_run` returns)."""
-    if not run_info.get("finished", False) or "features" not in run_info:
-        raise ManifestError(
-            f"{run_dir} has no finished run.json (training was interrupted or is still running); expected a "
-            "finished run folder. Finish it with `edge-ser train ... --resume`."
-        )
-    features = run_info["features"] or {}
-    model = run_info.get("feature_model") or features.get("feature_model")
-    layer = run_info.get("feature_layer", features.get("layer"))
-    if model is None or layer is None:
-        raise ManifestError(
-            f"{run_dir}/run.json records feature model {model!r} and layer {layer!r}; expected both (a run trained "
-            "on a feature cache). Runs trained on in-memory arrays cannot be evaluated from audio or a cache."
-        )
-    classes = (run_info.get("valid_metrics") or {}).get("corpus_classes")
-    return RunFeatures(
-        feature_model=str(model), layer=int(layer), feature_dir=features.get("feature_dir"),
-        manifest_sha256=run_info.get("feature_manifest_sha256") or features.get("manifest_sha256"),
-        corpus=features.get("corpus"), corpus_classes=tuple(classes) if classes is not None else None,
-        vocabulary=Vocabulary.from_dict(run_info.get("label_vocabulary")),
-    )
-
-
-def _locate_cache(features: RunFeatures, *, run_dir: Path, features_dir: str | os.PathLike | None) -> Path | None:
-    """The run's feature cache folder if it exists: the override, the recorded path, or it relative to the run."""
-    candidates: list[Path] = []
-    if features_dir is not None:
-        candidates.append(Path(features_dir))
-    elif features.feature_dir:
-        recorded = Path(features.feature_dir)
-        candidates.append(recorded)
-        if not recorded.is_absolute():
-            candidates += [run_dir / recorded, run_dir.parent / recorded]
-    for candidate in candidates:
-        if (candidate / "manifest.json").is_file():
-            return candidate
-    return None
-
-
-def _cache_manifest(cache_dir: Path, features: RunFeatures) -> dict[str, Any]:
-    """The cache manifest, checked to be the one the run was trained on."""
-    manifest_path = cache_dir / "manifest.json"
-    if features.manifest_sha256 is not None:
-        actual = sha256_file(manifest_path)
-        if actual != features.manifest_sha256:
-            raise ManifestError(
-                f"{manifest_path} has sha256 {actual[:12]}..., the run was trained on a cache whose manifest had "
-                f"{features.manifest_sha256[:12]}...: the features were re-extracted (or this is another cache). "
-                "Point features_dir (--features) at the cache the run was trained on, or re-train the run."
-            )
-    manifest = read_json(manifest_path)
-    if manifest.get("model") != features.feature_model:
-        raise ManifestError(
-            f"{cache_dir} holds {manifest.get('model')!r} features; the run was trained on "
-            f"{features.feature_model!r}. Point features_dir (--features) at the run's feature cache."
-        )
-    return manifest
-
-
 def choose_source(
     *,
-    features: RunFeatures,
-    run_dir: str | os.PathLike,
+    run: RunInfo,
     corpus_manifest: Mapping[str, Any],
     source: str = "auto",
     features_dir: str | os.PathLike | None = None,
@@ -180,15 +98,14 @@ def choose_source(
     """
     if source not in PREDICTION_SOURCES:
         raise ValueError(f"source={source!r}; expected one of {list(PREDICTION_SOURCES)}.")
-    run_dir = Path(run_dir)
-    cache_dir = _locate_cache(features, run_dir=run_dir, features_dir=features_dir)
+    cache_dir = run.feature_cache(features_dir)
     reason: str
     usable = False
     if cache_dir is None:
-        reason = (f"the run's feature cache {features.feature_dir!r} was not found"
+        reason = (f"the run's feature cache {run.feature_dir!r} was not found"
                   + (f" (features_dir={os.fspath(features_dir)!r})" if features_dir is not None else ""))
     else:
-        manifest = _cache_manifest(cache_dir, features)
+        _, manifest = run.feature_manifest(cache_dir)
         cache_sha = (manifest.get("corpus") or {}).get("table_sha256")
         corpus_sha = corpus_manifest.get("table_sha256")
         stored = [int(k) for k in manifest.get("layers_stored", [])]
@@ -196,11 +113,11 @@ def choose_source(
             reason = (f"the cache was extracted from corpus {(manifest.get('corpus') or {}).get('name')!r} "
                       f"(table sha256 {str(cache_sha)[:12]}...), not from this corpus "
                       f"{corpus_manifest.get('corpus')!r} (table sha256 {str(corpus_sha)[:12]}...)")
-        elif features.layer not in stored:
-            reason = f"the cache stores frame-level layers {stored}, not the run's layer {features.layer}"
+        elif run.layer not in stored:
+            reason = f"the cache stores frame-level layers {stored}, not the run's layer {run.layer}"
         else:
             usable = True
-            reason = f"cached layer-{features.layer} frames of this corpus in {cache_dir}"
+            reason = f"cached layer-{run.layer} frames of this corpus in {cache_dir}"
     if source == "cache" and not usable:
         raise ManifestError(
             f"cannot predict from cached features: {reason}. Use source='audio' (--source audio) to compute "
@@ -244,30 +161,11 @@ class _AudioFrames:
             self.expected_frames = self.module.frames_for_samples
             self.max_samples = None
             return
-        from edge_ser.fm.model import load_foundation_model, max_samples, min_samples
+        from edge_ser.fm.model import check_input_level, load_foundation_model, max_samples, min_samples
 
-        recorded = manifest.get("weights_source") or {}
-        kind = recorded.get("kind")
-        if kind == "random-init":
-            plan_seed = (manifest.get("plan") or {}).get("seed")
-            seed = 0 if plan_seed is None else int(plan_seed)
-            loaded = load_foundation_model(model, random_init=True, seed=seed)
-        elif recorded.get("path"):
-            loaded = load_foundation_model(model, weights=recorded["path"])
-        else:
-            raise ManifestError(
-                f"{cache_dir}/manifest.json records weights {recorded!r} for {model}; expected a weights path or "
-                "random init to rebuild the foundation model. Re-extract the features with this edge-ser."
-            )
-        actual = loaded.weights_source.sha256
-        if recorded.get("sha256") and actual != recorded["sha256"]:
-            raise ManifestError(
-                f"{model} weights loaded from {loaded.weights_source.path or 'random init'} have sha256 "
-                f"{str(actual)[:12]}..., the run's features were extracted with {str(recorded['sha256'])[:12]}... "
-                f"({recorded.get('detail')}). Restore those weights; features from other weights would not match "
-                "what the head was trained on."
-            )
-        from edge_ser.fm.model import check_input_level
+        loaded = load_foundation_model(model, **RunInfo.foundation_weights(manifest))
+        RunInfo.check_foundation_weights(manifest, loaded.weights_source.sha256,
+                                         loaded_from=loaded.weights_source.path or "random init")
 
         check_input_level((manifest.get("spec") or {}).get("input_level"), loaded,
                           where=f"the run's feature cache {cache_dir}")
@@ -296,18 +194,18 @@ class _AudioFrames:
         return frames
 
 
-def _audio_frames(choice: SourceChoice, features: RunFeatures, *, memo: dict[tuple, _AudioFrames]) -> _AudioFrames:
+def _audio_frames(choice: SourceChoice, run: RunInfo, *, memo: dict[tuple, _AudioFrames]) -> _AudioFrames:
     if choice.cache_dir is None:
         raise ManifestError(
-            f"predicting from audio needs the manifest.json of the run's feature cache ({features.feature_dir!r}, "
+            f"predicting from audio needs the manifest.json of the run's feature cache ({run.feature_dir!r}, "
             "not found) to rebuild the foundation model with the same weights. Pass features_dir (--features) "
             "pointing at that cache folder (only its manifest.json is read)."
         )
-    manifest = _cache_manifest(Path(choice.cache_dir), features)
-    key = (features.feature_model, features.layer, (manifest.get("weights_source") or {}).get("sha256"),
+    _, manifest = run.feature_manifest(choice.cache_dir)
+    key = (run.feature_model, run.layer, (manifest.get("weights_source") or {}).get("sha256"),
            (manifest.get("plan") or {}).get("seed"))
     if key not in memo:  # k-fold runs share one foundation model: build it once
-        memo[key] = _AudioFrames(manifest, layer=features.layer, cache_dir=choice.cache_dir)
+        memo[key] = _AudioFrames(manifest, layer=run.layer, cache_dir=choice.cache_dir)
     return memo[key]
 
 
@@ -355,14 +253,14 @@ def _batches(n: int, size: int) -> Iterator[slice]:
 
 @torch.no_grad()
 def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus, *, batch_size: int,
-                  desc: str, progress: bool, features: RunFeatures, run_dir: Path) -> pd.DataFrame:
+                  desc: str, progress: bool, run: RunInfo) -> pd.DataFrame:
     """Reference columns of `rows` + the head's outputs; frames_of(utt_id, audio_path) -> (T, N)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; expected a positive integer.")
     n = len(rows)
-    classes = features.vocabulary.classes
+    classes = run.vocabulary.classes
     if getattr(model, "n_classes", len(classes)) != len(classes):
-        raise ManifestError(f"the head in {run_dir} has {model.n_classes} class outputs; its run.json vocabulary has "
+        raise ManifestError(f"the head in {run.run_dir} has {model.n_classes} class outputs; its run.json vocabulary has "
                             f"{len(classes)} ({list(classes)}). The run folder is inconsistent; re-train it.")
     probs = np.zeros((n, len(classes)), dtype=np.float64)
     avd = np.zeros((n, len(DIMENSIONS)), dtype=np.float64)
@@ -372,8 +270,8 @@ def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus,
         feats = [frames_of(str(r["utt_id"]), corpus.audio_path(r)) for r in rows.iloc[part].to_dict("records")]
         if part.start == 0 and (feats[0].ndim != 2 or feats[0].shape[1] != model.input_dim):
             raise ManifestError(
-                f"{features.feature_model} layer {features.layer} gives frames of shape {feats[0].shape}; the head "
-                f"in {run_dir} expects width {model.input_dim}. The feature cache and the run do not belong together."
+                f"{run.feature_model} layer {run.layer} gives frames of shape {feats[0].shape}; the head "
+                f"in {run.run_dir} expects width {model.input_dim}. The feature cache and the run do not belong together."
             )
         lengths = np.asarray([f.shape[0] for f in feats], dtype=np.int64)
         x = np.zeros((len(feats), int(lengths.max()), feats[0].shape[1]), dtype=np.float32)
@@ -387,7 +285,7 @@ def _predict_rows(model: torch.nn.Module, frames_of, rows: pd.DataFrame, corpus,
         n_frames[part] = lengths
         bar.update(len(feats))
     bar.close()
-    table = reference_columns(rows, features.vocabulary)
+    table = reference_columns(rows, run.vocabulary)
     for i, c in enumerate(classes):
         table[f"pred_{c}"] = probs[:, i]
     for i, d in enumerate(DIMENSIONS):
@@ -423,24 +321,21 @@ def predict_corpus(
         holds the feature source used and why, the run's feature model and layer.
     """
     from edge_ser.data.table import load_corpus
-    from edge_ser.train.runs import load_run
 
     run_dir = Path(run_dir)
-    model, info = load_run(run_dir)
-    features = run_features(info, run_dir=run_dir)
+    run = read_run_info(run_dir)
     corpus = load_corpus(corpus_dir)
     rows = _select_rows(corpus.table, split=split, corpus=corpus.name)
-    choice = choose_source(features=features, run_dir=run_dir, corpus_manifest=corpus.manifest, source=source,
-                           features_dir=features_dir)
+    choice = choose_source(run=run, corpus_manifest=corpus.manifest, source=source, features_dir=features_dir)
     if choice.source == "cache":
-        frames_of = _CacheFrames(choice.cache_dir, features.layer)
+        frames_of = _CacheFrames(choice.cache_dir, run.layer)
     else:
-        frames_of = _audio_frames(choice, features, memo={} if _memo is None else _memo)
-    table = _predict_rows(model, frames_of, rows, corpus, batch_size=batch_size, progress=progress,
-                          desc=f"predict {corpus.name} ({choice.source})", features=features, run_dir=run_dir)
+        frames_of = _audio_frames(choice, run, memo={} if _memo is None else _memo)
+    table = _predict_rows(run.load_head(), frames_of, rows, corpus, batch_size=batch_size, progress=progress,
+                          desc=f"predict {corpus.name} ({choice.source})", run=run)
     table["feature_source"] = choice.source
     table.attrs["edge_ser"] = {"run_dir": os.fspath(run_dir), "corpus_dir": os.fspath(corpus_dir),
-                               "corpus": corpus.name, "split": split, "features": features.to_dict(),
+                               "corpus": corpus.name, "split": split, "features": run.to_dict(),
                                "source": choice.to_dict()}
     return table
 
@@ -537,31 +432,21 @@ def predict_folds(
 
 def _predict_fold(*, run: FoldRun, corpus, rows: pd.DataFrame, source: str, batch_size: int,
                   features_dir: str | os.PathLike | None, progress: bool, memo: dict) -> pd.DataFrame:
-    from edge_ser.train.runs import load_run
-
-    run_dir = Path(run.run_dir)
-    model, info = load_run(run_dir)
-    features = run_features(info, run_dir=run_dir)
-    choice = choose_source(features=features, run_dir=run_dir, corpus_manifest=corpus.manifest, source=source,
-                           features_dir=features_dir)
-    frames_of = (_CacheFrames(choice.cache_dir, features.layer) if choice.source == "cache"
-                 else _audio_frames(choice, features, memo=memo))
-    part = _predict_rows(model, frames_of, rows, corpus, batch_size=batch_size, progress=progress,
-                         desc=f"fold {run.fold} ({choice.source})", features=features, run_dir=run_dir)
+    info = read_run_info(run.run_dir)
+    choice = choose_source(run=info, corpus_manifest=corpus.manifest, source=source, features_dir=features_dir)
+    frames_of = (_CacheFrames(choice.cache_dir, info.layer) if choice.source == "cache"
+                 else _audio_frames(choice, info, memo=memo))
+    part = _predict_rows(info.load_head(), frames_of, rows, corpus, batch_size=batch_size, progress=progress,
+                         desc=f"fold {run.fold} ({choice.source})", run=info)
     part["feature_source"] = choice.source
-    part["fold_run"] = run_dir.name
-    part.attrs["edge_ser"] = {"features": features.to_dict(), "source": choice.to_dict()}
+    part["fold_run"] = info.run_dir.name
+    part.attrs["edge_ser"] = {"features": info.to_dict(), "source": choice.to_dict()}
     return part
 
 
 def _check_speaker_folds(table: pd.DataFrame, run: FoldRun, *, features_dir: str | os.PathLike | None) -> None:
     """Each test speaker's fold must equal its fold in the training table, or a run saw its speaker."""
-    from edge_ser.train.runs import load_run
-
-    run_dir = Path(run.run_dir)
-    _, info = load_run(run_dir)
-    features = run_features(info, run_dir=run_dir)
-    cache_dir = _locate_cache(features, run_dir=run_dir, features_dir=features_dir)
+    cache_dir = read_run_info(run.run_dir).feature_cache(features_dir)
     if cache_dir is None or not (cache_dir / "utterances.csv").is_file():
         return
     train_table = pd.read_csv(cache_dir / "utterances.csv", usecols=["speaker", "fold"], dtype={"speaker": str},

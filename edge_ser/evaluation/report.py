@@ -32,9 +32,9 @@ import numpy as np
 import pandas as pd
 
 from edge_ser import __version__
-from edge_ser.evaluation import metrics
+from edge_ser import metrics
 from edge_ser.evaluation import plots
-from edge_ser.evaluation.metrics import EvaluationError, PA_UAR_THRESHOLDS
+from edge_ser.metrics import EvaluationError, PA_UAR_THRESHOLDS
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
 from edge_ser.labels import CATEGORIES, DIMENSIONS, REPORTED_CATEGORIES
 

@@ -28,15 +28,13 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
-from edge_ser.evaluation.metrics import EvaluationError
-from edge_ser.evaluation.predict import (
-    PREDICTION_SOURCES, find_fold_runs, predict_corpus, predict_folds, run_features,
-)
+from edge_ser.evaluation.predict import PREDICTION_SOURCES, find_fold_runs, predict_corpus, predict_folds
 from edge_ser.evaluation.report import (
     REPORT_MD, TestSetReport, compare_reports, evaluate_predictions, summary_metrics, write_report,
 )
 from edge_ser.io import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from edge_ser.labels import REPORTED_CATEGORIES
+from edge_ser.metrics import EvaluationError
 
 __all__ = ["TestSetInfo", "evaluate_run", "evaluate_folds", "compare_runs", "test_set_name", "load_test_sets"]
 
@@ -328,12 +326,11 @@ def evaluate_run(
         features_dir: the run's feature cache, if it moved since training.
         title: report title (default: "<feature model> layer <k> (<run folder>)").
     """
-    from edge_ser.train.runs import load_run
+    from edge_ser.train.runs import read_run_info
 
     _check_options(source=source, bootstrap=bootstrap, classes=classes)
     run_dir = Path(run_dir)
-    _, info = load_run(run_dir)
-    features = run_features(info, run_dir=run_dir)
+    features = read_run_info(run_dir)
     title = title or f"{features.feature_model} layer {features.layer} ({run_dir.resolve().name})"
     run_info = {"run": os.fspath(run_dir), "feature_model": features.feature_model, "layer": features.layer,
                 "training_corpus": features.corpus, "source": source, "split": split or "all",
@@ -372,7 +369,7 @@ def evaluate_folds(
     (``"<set> seed<s>"``); ``seeds`` limits which (default: all found). Other arguments as
     :func:`evaluate_run`; ``seed`` is the bootstrap seed.
     """
-    from edge_ser.train.runs import load_run
+    from edge_ser.train.runs import read_run_info
 
     _check_options(source=source, bootstrap=bootstrap, classes=classes)
     runs = find_fold_runs(folds_dir)
@@ -381,8 +378,7 @@ def evaluate_folds(
     absent = sorted(set(chosen) - set(found))
     if absent:
         raise ValueError(f"seeds {absent} have no runs in {folds_dir}; seeds present: {found}.")
-    _, info = load_run(runs[0].run_dir)
-    features = run_features(info, run_dir=runs[0].run_dir)
+    features = read_run_info(runs[0].run_dir)
     title = title or (f"{features.feature_model} layer {features.layer} "
                       f"({runs[0].k}-fold, {Path(folds_dir).resolve().name})")
     run_info = {"folds_dir": os.fspath(folds_dir), "k": runs[0].k, "training_seeds": ", ".join(map(str, chosen)),

@@ -206,13 +206,8 @@ class CacheFeatureSource(_TargetsMixin):
                  vocabulary: Vocabulary | None = None) -> None:
         if labels not in LABEL_VOCABULARIES:
             raise ValueError(f"labels={labels!r}; expected one of {list(LABEL_VOCABULARIES)}.")
-        try:
-            from edge_ser.features.cache import FeatureCache
-        except ImportError as exc:
-            raise ImportError(
-                f"reading a feature cache needs edge_ser.features.cache ({exc}); install the complete edge-ser package."
-            ) from exc
         from edge_ser.data.table import PROB_COLUMNS
+        from edge_ser.features.cache import FeatureCache
 
         self.cache_dir = Path(cache_dir)
         self._cache = FeatureCache.open(self.cache_dir)

@@ -31,7 +31,9 @@ def ccc(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
     CCC = 2 Cov(x, y) / (var x + var y + (mean x - mean y)^2).
     x, y: (N,) or (N, K) -> scalar or (K,). A tiny epsilon in the denominator makes two
-    identical constants give 0 instead of NaN.
+    identical constants give 0 instead of NaN, so the loss and its gradient stay finite. This is
+    the training objective; reported CCC (validation, evaluation, parity) is
+    :func:`edge_ser.metrics.ccc`, NaN in that undefined case.
 
     >>> round(float(ccc(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]))), 6)
     1.0

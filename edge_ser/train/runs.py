@@ -13,26 +13,34 @@
 
 Every file is written atomically (``edge_ser.io``); the optimizer state and weights are safetensors,
 so loading a run never unpickles anything.
+
+Later stages (evaluation, conversion, verification) read a finished run through one reader,
+:func:`read_run_info` -> :class:`RunInfo`: configuration, label vocabulary, feature model and
+layer, the feature cache it was trained on (one rule to find it, checked by the sha256 of its
+manifest), the foundation-model weights behind those features, and the sha256 of the weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from edge_ser.errors import ManifestError
-from edge_ser.io import atomic_path, read_json, write_json_atomic
+from edge_ser.io import atomic_path, read_json, sha256_file, write_json_atomic
+from edge_ser.labels import Vocabulary
 from edge_ser.train.model import TCGRU
 
 __all__ = [
     "RUN_FORMAT", "RUN_FORMAT_VERSION", "CONFIG_FILE", "BEST_WEIGHTS", "LAST_WEIGHTS", "OPTIMIZER_FILE",
     "STATE_FILE", "HISTORY_FILE", "RUN_FILE", "CURVES_FILE", "save_weights", "load_weights", "save_optimizer",
-    "load_optimizer", "load_run", "plot_history",
+    "load_optimizer", "load_run", "plot_history", "RunInfo", "read_run_info",
 ]
 
 RUN_FORMAT = "edge-ser-run"
@@ -164,6 +172,201 @@ def load_run(run_dir: str | os.PathLike, *, weights: str = BEST_WEIGHTS) -> tupl
     run_path = run_dir / RUN_FILE
     info = read_json(run_path) if run_path.is_file() else {"config": config, "finished": False}
     return model, info
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What a finished training run says about itself, read once by :func:`read_run_info`.
+
+    ``layer`` is the hidden_states index the head was trained on (MFBF0's only layer is 0);
+    ``feature_dir`` the feature cache folder as recorded at training (maybe relative);
+    ``feature_manifest_sha256`` the sha256 of that cache's manifest.json then; ``corpus`` the
+    training corpus name; ``corpus_classes`` the classes its validation split had; ``fold``/``k``
+    the test fold of a k-fold run. ``info`` and ``config`` are run.json and config.json as read.
+    """
+
+    run_dir: Path
+    config: dict[str, Any]
+    info: dict[str, Any]
+    vocabulary: Vocabulary
+    feature_model: str
+    layer: int
+    feature_dir: str | None
+    feature_manifest_sha256: str | None
+    corpus: str | None
+    corpus_classes: tuple[str, ...] | None
+    fold: int | None
+    k: int | None
+
+    @property
+    def weights_path(self) -> Path:
+        return self.run_dir / BEST_WEIGHTS
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """sha256 of the run's best weights (``model.safetensors``), which an artifact records as ``run_sha256``."""
+        if not self.weights_path.is_file():
+            raise ManifestError(f"{self.run_dir} has no {BEST_WEIGHTS}; expected a finished training run folder. "
+                                "Finish it with `edge-ser train ... --resume`.")
+        return sha256_file(self.weights_path)
+
+    def load_head(self) -> TCGRU:
+        """The trained head with its best weights, in eval mode."""
+        return load_run(self.run_dir)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_dir": os.fspath(self.run_dir), "feature_model": self.feature_model, "layer": self.layer,
+                "feature_dir": self.feature_dir, "manifest_sha256": self.feature_manifest_sha256,
+                "corpus": self.corpus, "corpus_classes": self.corpus_classes, "fold": self.fold, "k": self.k,
+                "vocabulary": self.vocabulary.to_dict()}
+
+    # ------------------------------------------------------------------ the feature cache
+
+    def feature_cache(self, features_dir: str | os.PathLike | None = None) -> Path | None:
+        """The feature cache this run was trained on, or None when no candidate folder exists.
+
+        The one rule: ``features_dir`` when given (the cache moved), else the recorded path as it
+        is, relative to the run folder, then relative to the run folder's parent; the first
+        candidate with a manifest.json whose sha256 is the one recorded at training is the cache.
+        Raises :class:`ManifestError` when candidates exist but none has that manifest (the
+        features were re-extracted, or it is another cache).
+        """
+        if features_dir is not None:
+            candidates = [Path(features_dir)]
+        elif self.feature_dir:
+            recorded = Path(self.feature_dir)
+            candidates = [recorded] + ([] if recorded.is_absolute() else [self.run_dir / recorded,
+                                                                          self.run_dir.parent / recorded])
+        else:
+            candidates = []
+        found = [c for c in candidates if (c / "manifest.json").is_file()]
+        if not found:
+            return None
+        if self.feature_manifest_sha256 is None:  # a run that recorded no digest: the first one found
+            return found[0]
+        digests = {c: sha256_file(c / "manifest.json") for c in found}
+        for candidate, digest in digests.items():
+            if digest == self.feature_manifest_sha256:
+                return candidate
+        seen = ", ".join(f"{c} ({d[:12]}...)" for c, d in digests.items())
+        raise ManifestError(
+            f"run {self.run_dir} was trained on a feature cache whose manifest.json had sha256 "
+            f"{self.feature_manifest_sha256[:12]}...; found {seen}: the features were re-extracted, or this is "
+            "another cache. Point features_dir (--features) at the cache the run was trained on, or re-train the run."
+        )
+
+    def feature_manifest(self, features_dir: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
+        """``(cache folder, manifest)`` of the run's feature cache (:meth:`feature_cache`); ManifestError
+        when it is missing or holds another model's features."""
+        cache_dir = self.feature_cache(features_dir)
+        if cache_dir is None:
+            where = os.fspath(features_dir) if features_dir is not None else repr(self.feature_dir)
+            raise ManifestError(
+                f"run {self.run_dir} was trained on the feature cache {where}, which has no manifest.json; expected "
+                "the cache folder to still exist (weights source and corpus come from it). Restore it, or pass "
+                "features_dir (--features) pointing at it (only its manifest.json is read)."
+            )
+        manifest = read_json(cache_dir / "manifest.json")
+        if manifest.get("model") != self.feature_model:
+            raise ManifestError(
+                f"{cache_dir} holds {manifest.get('model')!r} features; the run was trained on "
+                f"{self.feature_model!r}. Point features_dir (--features) at the run's feature cache."
+            )
+        return cache_dir, manifest
+
+    def provenance(self, features_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Feature model, layer, feature cache, weights source, fold and corpus folder behind the run
+        (run.json -> its feature cache's manifest.json -> the corpus), as conversion records it."""
+        cache_dir, manifest = self.feature_manifest(features_dir)
+        corpus = manifest.get("corpus") or {}
+        return {
+            "feature_model": self.feature_model, "layer": self.layer, "feature_dir": str(cache_dir),
+            "feature_manifest_sha256": self.feature_manifest_sha256,
+            "weights_source": manifest.get("weights_source"), "fold": self.fold,
+            "corpus_dir": corpus.get("dir"), "corpus": corpus.get("name"),
+            "input_level": (manifest.get("spec") or {}).get("input_level"),
+        }
+
+    # ------------------------------------------------------------------ foundation-model weights
+
+    @staticmethod
+    def foundation_weights(manifest: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments of :func:`edge_ser.fm.load_foundation_model` (``weights``, ``random_init``,
+        ``seed``) that rebuild the foundation model a feature cache was extracted with."""
+        recorded = manifest.get("weights_source") or {}
+        if recorded.get("kind") == "random-init":
+            seed = (manifest.get("plan") or {}).get("seed")
+            return {"weights": None, "random_init": True, "seed": 0 if seed is None else int(seed)}
+        if recorded.get("path"):
+            return {"weights": recorded["path"], "random_init": False, "seed": 0}
+        raise ManifestError(
+            f"the feature cache manifest records weights {recorded!r} for {manifest.get('model')}; expected a weights "
+            "path or random init to rebuild the foundation model. Re-extract the features with this edge-ser."
+        )
+
+    @staticmethod
+    def check_foundation_weights(manifest: Mapping[str, Any], sha256: str | None, *, loaded_from: Any,
+                                 recorded_by: str = "the run's features were extracted") -> None:
+        """Raise unless foundation-model weights loaded now (``sha256``) are those ``manifest`` records
+        (a feature cache's, or an artifact's source block): a head trained on features of other
+        weights would silently disagree. The one weights-digest check of evaluation, conversion and
+        verification."""
+        recorded = manifest.get("weights_source") or {}
+        expected = recorded.get("sha256") if isinstance(recorded, Mapping) else None
+        if expected and sha256 and expected != sha256:
+            raise ManifestError(
+                f"{manifest.get('model')} weights loaded from {loaded_from} have sha256 {str(sha256)[:12]}..., but "
+                f"{recorded_by} with {str(expected)[:12]}... ({recorded.get('detail')}). Pass "
+                "weights=<the folder used for feature extraction> (--weights) or restore those weights, or "
+                "re-extract features and retrain."
+            )
+
+    def check_artifact(self, source: Mapping[str, Any], *, artifact: Any, role: str = "artifact") -> None:
+        """Raise unless an artifact's manifest ``source`` block says it was converted from this run
+        (``run_sha256`` equals :attr:`weights_sha256`)."""
+        recorded = source.get("run_sha256")
+        if not recorded:
+            raise ManifestError(
+                f"{role} {artifact} records no source run sha256 (manifest source = {dict(source)}); expected "
+                "source.run_sha256 written by `edge-ser convert`. Re-convert the run with this edge-ser."
+            )
+        if recorded != self.weights_sha256:
+            raise ManifestError(
+                f"{role} {artifact} was converted from another run: its manifest records run "
+                f"{source.get('run')!r} with model.safetensors sha256 {str(recorded)[:16]}..., but {self.run_dir} has "
+                f"{self.weights_sha256[:16]}.... Pass the run it was converted from (--run), or re-convert this run."
+            )
+
+
+def read_run_info(run_dir: str | os.PathLike) -> RunInfo:
+    """Read a finished training run folder (config.json + run.json); ManifestError when it is not one."""
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    run_path = run_dir / RUN_FILE
+    info = read_json(run_path) if run_path.is_file() else {}
+    if not info.get("finished", False) or "features" not in info:
+        raise ManifestError(
+            f"{run_dir} has no finished run.json (training was interrupted or is still running); expected a "
+            "finished run folder. Finish it with `edge-ser train ... --resume`."
+        )
+    features = info["features"] or {}
+    model = info.get("feature_model") or features.get("feature_model")
+    layer = info.get("feature_layer", features.get("layer"))
+    if model is None or layer is None:
+        raise ManifestError(
+            f"{run_dir}/run.json records feature model {model!r} and layer {layer!r}; expected both (a run trained "
+            "on a feature cache). Runs trained on in-memory arrays cannot be evaluated or converted from audio."
+        )
+    classes = (info.get("valid_metrics") or {}).get("corpus_classes")
+    return RunInfo(
+        run_dir=run_dir, config=config, info=info,
+        vocabulary=Vocabulary.from_dict(info.get("label_vocabulary")),
+        feature_model=str(model), layer=int(layer), feature_dir=features.get("feature_dir"),
+        feature_manifest_sha256=info.get("feature_manifest_sha256") or features.get("manifest_sha256"),
+        corpus=features.get("corpus"), corpus_classes=tuple(classes) if classes is not None else None,
+        fold=None if features.get("fold") is None else int(features["fold"]),
+        k=None if features.get("k") is None else int(features["k"]),
+    )
 
 
 def plot_history(history: list[dict[str, Any]], path: str | os.PathLike, *, title: str = "") -> None:

@@ -29,7 +29,7 @@ import torch
 from edge_ser import __version__
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import ManifestError
-from edge_ser.evaluation import metrics as eval_metrics
+from edge_ser import metrics as eval_metrics
 from edge_ser.io import read_json, write_json_atomic, write_text_atomic
 from edge_ser.labels import DIMENSIONS, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
@@ -168,14 +168,12 @@ class FoldSummary:
 
 
 # ----------------------------------------------------------------------------------------- metrics
-# Validation monitoring with edge_ser.evaluation.metrics; the full report (k-best, paUAR, gender) is edge_ser.evaluation.
+# Validation monitoring with edge_ser.metrics; the full report (k-best, paUAR, gender) is edge_ser.evaluation.
 
 def _uar(refs: np.ndarray, preds: np.ndarray, classes: np.ndarray) -> float | None:
     """UAR over class indices ``classes`` (indices into whatever vocabulary refs/preds use)."""
-    if len(refs) == 0:
-        return None
-    recalls = [float(np.mean(preds[refs == c] == c)) for c in classes if np.any(refs == c)]
-    return float(np.mean(recalls)) if recalls else None
+    value = eval_metrics.mean_recall(refs, preds, classes=classes)
+    return None if math.isnan(value) else value
 
 
 def _ccc_or_none(pred: np.ndarray, ref: np.ndarray) -> float | None:
