@@ -9,8 +9,9 @@ audio files of exactly one window each:
 
 - ``device`` windows: the spans the runtime runs for this clip (``EmotionModel.predict``), with
   the weight the runtime gives each when it averages them;
-- ``random`` windows (clips longer than one window only): `random_crops` more spans at random
-  positions, drawn from ``(seed, utt_id)``, for training on varied positions.
+- ``random`` windows (clips longer than one window only): up to `random_crops` more spans at
+  random positions, drawn from ``(seed, utt_id)``, for training on varied positions (a position
+  drawn twice, or equal to a device window's, is kept once).
 
 Features are extracted from the copy like from any corpus; ``edge-ser train --windows`` then
 trains on one window per utterance and epoch, and validates and tests on the device windows.
@@ -43,8 +44,11 @@ def _spans(n_samples: int, window: int, *, random_crops: int, rng: np.random.Gen
     weights = span_weights(device)
     spans = [(s, e, "device", float(w)) for (s, e), w in zip(device, weights)]
     if n_samples > window:
+        taken = {s for s, _, _, _ in spans}
         for start in rng.integers(0, n_samples - window + 1, size=random_crops):
-            spans.append((int(start), int(start) + window, "random", 0.0))
+            if int(start) not in taken:  # a clip just longer than the window has few distinct positions
+                taken.add(int(start))
+                spans.append((int(start), int(start) + window, "random", 0.0))
     return spans
 
 
