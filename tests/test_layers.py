@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 0, shared by everything: constants, errors, files, audio I/O, progress, and the numpy-only
     # metrics (CCC, UAR, ...) that training, evaluation and the runtime's parity check all use.
     ("edge_ser", "edge_ser.errors", "edge_ser.labels", "edge_ser.io", "edge_ser.progress", "edge_ser.quiet",
-     "edge_ser.cpu_features", "edge_ser.output_folder", "edge_ser.audio", "edge_ser.metrics"),
+     "edge_ser.cpu_features", "edge_ser.output_folder", "edge_ser.audio", "edge_ser.metrics", "edge_ser.windowing"),
     # 1, the deployable shim: artifact reader, runners, parity, latency (numpy, no torch at import).
     ("edge_ser.runtime",),
     # 2-6, the research stages in data-flow order.
