@@ -7,7 +7,7 @@ DATA ?=
 OUT ?= demo-out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-real bench wheel-check clean
+.PHONY: setup demo test test-real bench dist wheel-check clean
 
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-real: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only -m "not real or real" $(PYTEST_ARGS)
+
+# sdist + wheel into dist/ (version: edge_ser.__version__), contents checked
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/python .ci/check_dist.py dist/edge_ser-*.whl dist/edge_ser-*.tar.gz
 
 wheel-check: $(STAMP)
 	bash .ci/wheel_check.sh
