@@ -189,3 +189,45 @@ def test_importing_the_runtime_pulls_in_no_torch():
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"the runtime import pulled in {out.strip()}"
+
+
+def _locked_versions() -> dict[str, str]:
+    from edge_ser.cli.extras import normalize
+
+    pins = {}
+    for line in (REPO / "requirements" / "lock.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[normalize(name)] = version
+    return pins
+
+
+def _declared_requirements():
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for group, lines in [("dependencies", project["dependencies"]), *project["optional-dependencies"].items()]:
+        for line in lines:
+            yield group, Requirement(line)
+
+
+def test_every_range_starts_at_the_locked_version_it_was_tested_with():
+    from edge_ser.cli.extras import normalize
+
+    pins = _locked_versions()
+    for group, req in _declared_requirements():
+        name = normalize(req.name)
+        if name == "edge-ser":
+            continue
+        assert name in pins, f"{req} ([{group}]) is not pinned in requirements/lock.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{req} ([{group}]) excludes the locked {pins[name]}"
+        lower = [s.version for s in req.specifier if s.operator in (">=", "==")]
+        assert lower == [pins[name]], f"{req} ([{group}]): the lower bound must be the tested (locked) {pins[name]}"
+
+
+def test_no_range_admits_a_torch_that_is_cuda_only_on_the_registry():
+    torch_reqs = [(group, req) for group, req in _declared_requirements() if req.name == "torch"]
+    assert torch_reqs, "torch is declared in no extra"
+    for group, req in torch_reqs:
+        assert req.specifier.contains("2.13.0+cpu") and req.specifier.contains("2.13.0"), (group, str(req))
+        assert not req.specifier.contains("2.14.0"), f"[{group}] {req} admits torch 2.14 (a CUDA build on PyPI)"
