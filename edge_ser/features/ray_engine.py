@@ -249,6 +249,11 @@ def extract_features_ray(
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ValueError(f"address={address!r}; expected 'auto', HOST:PORT or None (start a local Ray instance).")
     ray = import_ray()  # before any work: a missing engine is a set-up error, said at once
+    if device == "cuda" and address is None and not ray.is_initialized() and not torch.cuda.is_available():
+        raise EngineError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine, and a local Ray "
+            "instance would have no GPU for its workers. Use --device cpu, or --address of a cluster with GPU nodes."
+        )
 
     extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
     plan = plan_extraction(corpus_dir=corpus_dir, extractor=extractor, layers=layers, random_init=random_init,
