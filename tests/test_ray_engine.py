@@ -131,6 +131,7 @@ def test_ray_cache_equals_the_local_engines(ray_cluster, corpus_dir, reference, 
     engine = _same_cache(cache.root, reference)
     assert (engine["name"], engine["workers"], engine["device"]) == ("ray", 2, "cpu")
     assert (engine["shard_attempts"], engine["shards_retried"], engine["worker_deaths"]) == (N_SHARDS, 0, 0)
+    assert len(engine["worker_peak_rss_mb"]) == 2 and min(engine["worker_peak_rss_mb"]) > 50  # torch alone is more
     throughput = cache.manifest["throughput"]
     assert (throughput["utterances"], throughput["shards_computed"], throughput["shards_resumed"]) == (24, N_SHARDS, 0)
 

@@ -107,8 +107,11 @@ class ShardWorker:
 
     def describe(self) -> dict[str, Any]:
         """Where this worker runs: pid, host, device, threads, model load time (s)."""
+        import resource
+
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
-                "threads": self.threads, "load_s": round(self.load_s, 3)}
+                "threads": self.threads, "load_s": round(self.load_s, 3), "peak_rss_mb": round(peak_mb, 1)}
 
     def compute(self, *, shard: int, utt_ids: Sequence[str], audio_paths: Sequence[str],
                 layers_stored: Sequence[int], max_samples: int) -> ShardResult:
@@ -249,6 +252,8 @@ def extract_features_ray(
     if address is not None and (not isinstance(address, str) or not address.strip()):
         raise ValueError(f"address={address!r}; expected 'auto', HOST:PORT or None (start a local Ray instance).")
     ray = import_ray()  # before any work: a missing engine is a set-up error, said at once
+    if address not in (None, "auto") and not ray.is_initialized():
+        _check_address(address)  # and so is a cluster that does not answer (before loading the model)
     if device == "cuda" and address is None and not ray.is_initialized() and not torch.cuda.is_available():
         raise EngineError(
             f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine, and a local Ray "
@@ -304,6 +309,7 @@ def extract_features_ray(
                     bar.update(len(result.utt_ids))
                     if on_shard is not None:
                         on_shard(result.shard, len(plan.shards))
+                pool.measure_memory()
             finally:
                 bar.close()
                 pool.stop()
@@ -348,6 +354,7 @@ class _WorkerPool:
         self.retried = 0
         self.deaths = 0
         self.compute_s = 0.0
+        self.peak_rss_mb: list[float] = []
 
     def _new_actor(self) -> Any:
         if self._remote_cls is None:
@@ -413,6 +420,11 @@ class _WorkerPool:
                 running[self._submit(worker, next_shard)] = (next_shard, worker)
             yield result
 
+    def measure_memory(self) -> None:
+        """Peak resident memory of each live worker process (model + one shard's activations)."""
+        infos = self.ray.get([actor.describe.remote() for actor in self.actors], timeout=60)
+        self.peak_rss_mb = sorted(info["peak_rss_mb"] for info in infos)
+
     def stop(self) -> None:
         for actor in self.actors:
             with contextlib.suppress(Exception):
@@ -422,7 +434,7 @@ class _WorkerPool:
     def stats(self) -> dict[str, Any]:
         return {"shard_attempts": int(sum(self.attempts.values())), "shards_retried": self.retried,
                 "worker_deaths": self.deaths, "worker_compute_s": round(self.compute_s, 3),
-                "hosts": sorted(self.hosts)}
+                "worker_peak_rss_mb": self.peak_rss_mb, "hosts": sorted(self.hosts)}
 
 
 __all__ = ["DEFAULT_RAY_WORKERS", "DEVICES", "ENGINES", "EngineError", "ShardWorker", "extract_features_ray",
