@@ -111,7 +111,8 @@ class ShardWorker:
 
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
-                "threads": self.threads, "load_s": round(self.load_s, 3), "peak_rss_mb": round(peak_mb, 1)}
+                "threads": self.threads, "load_s": round(self.load_s, 3), "peak_rss_mb": round(peak_mb, 1),
+                "weights_sha256": self.extractor.weights_source.get("sha256")}
 
     def compute(self, *, shard: int, utt_ids: Sequence[str], audio_paths: Sequence[str],
                 layers_stored: Sequence[int], max_samples: int) -> ShardResult:
@@ -285,7 +286,7 @@ def extract_features_ray(
     if todo:
         workers = min(workers, len(todo))  # an actor without a shard would only load the model
         engine["workers"] = workers
-        weights_arg = os.fspath(weights) if weights is not None else None
+        weights_arg = os.fspath(Path(weights).resolve()) if weights is not None else None  # workers' cwd differs
         pool = _WorkerPool(ray, plan=plan, workers=workers, threads=threads_per_worker,
                            device=device, worker_args={"model": model, "weights": weights_arg,
                                                        "random_init": random_init, "seed": seed},
@@ -373,6 +374,14 @@ class _WorkerPool:
             except self.ray.exceptions.RayError as exc:
                 self.stop()
                 raise EngineError(f"Ray worker {i} could not load {self.worker_args['model']}: {_cause(exc)}") from None
+            expected = self.plan.model_info["weights_source"].get("sha256")
+            if info["weights_sha256"] != expected:  # another node, other weights: the cache would mix two models
+                self.stop()
+                raise EngineError(
+                    f"Ray worker {i} on {info['host']} loaded {self.worker_args['model']} weights with sha256 "
+                    f"{str(info['weights_sha256'])[:12]}..., the driver's {str(expected)[:12]}...: install the same "
+                    "weights on every node (or pass --weights on a shared file system)."
+                )
             self.hosts.add(info["host"])
             logger.info("Ray worker %d: pid %s on %s, %s, model loaded in %.1f s", i, info["pid"], info["host"],
                         info["device"], info["load_s"])
@@ -397,8 +406,8 @@ class _WorkerPool:
             shard, worker = running.pop(ref)
             try:
                 result = self.ray.get(ref)
-            except self.ray.exceptions.RayActorError as exc:
-                # The worker process or its node is gone; what it computed of this shard is lost.
+            except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as exc:
+                # The worker process or its node is gone (with the result, if it was stored there).
                 self.deaths += 1
                 if self.attempts[shard] >= self.max_attempts:
                     raise EngineError(
