@@ -127,7 +127,18 @@ def test_cli_refuses_ray_options_without_the_ray_engine(corpus_dir, tmp_path):
 # With the module's Ray instance.
 
 def test_ray_cache_equals_the_local_engines(ray_cluster, corpus_dir, reference, tmp_path):
-    cache = extract_features_ray(corpus_dir=corpus_dir, out=tmp_path / "f", workers=2, **SETTINGS)
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    # Through the CLI, which joins the module's Ray instance (an initialised Ray is used as is).
+    result = CliRunner().invoke(root, ["features", "extract", "--corpus-dir", str(corpus_dir), "--model",
+                                       "tiny-whisper", "--random-init", "--layers", "1,2", "--shard-utterances", "8",
+                                       "--out", str(tmp_path / "f"), "--engine", "ray", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "ray: 2 workers on the Ray instance this process had joined, start-up" in result.output
+    assert "0 shard(s) retried after 0 worker death(s)" in result.output
+    cache = FeatureCache.open(tmp_path / "f")
     engine = _same_cache(cache.root, reference)
     assert (engine["name"], engine["workers"], engine["device"]) == ("ray", 2, "cpu")
     assert (engine["shard_attempts"], engine["shards_retried"], engine["worker_deaths"]) == (N_SHARDS, 0, 0)

@@ -101,7 +101,10 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
                    f"{speed['realtime_factor']:.1f}x real time ({speed['threads']} threads)")
     ray_run = cache.manifest["extraction"].get("engine")
     if ray_run and speed.get("wall_s"):
-        click.echo(f"ray: {ray_run['workers']} workers on {ray_run['address']}, start-up {ray_run['startup_s']:.1f} s, "
+        where = {"local": "a local Ray instance started for this run",
+                 "existing": "the Ray instance this process had joined"}.get(ray_run["connected"],
+                                                                            f"the cluster at {ray_run['connected']}")
+        click.echo(f"ray: {ray_run['workers']} workers on {where}, start-up {ray_run['startup_s']:.1f} s, "
                    f"{ray_run['shards_retried']} shard(s) retried after {ray_run['worker_deaths']} worker death(s)")
 
 
