@@ -281,7 +281,8 @@ def extract_features_ray(
     engine: dict[str, Any] = {"name": "ray", "ray_version": ray.__version__, "address": address or "local",
                               "workers": workers, "threads_per_worker": threads_per_worker, "device": device,
                               "shard_attempts": 0, "shards_retried": 0, "worker_deaths": 0,
-                              "startup_s": 0.0, "worker_compute_s": 0.0, "hosts": []}
+                              "startup_s": 0.0, "worker_compute_s": 0.0, "worker_peak_rss_mb": [], "hosts": [],
+                              "connected": None}  # all shards already done: no Ray needed, nothing started
     computed_utts, audio_s, wall_s = 0, 0.0, 0.0
     if todo:
         workers = min(workers, len(todo))  # an actor without a shard would only load the model
