@@ -36,7 +36,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     # Ray workers run one torch thread each; byte equality needs the local reference on one thread too
-    # (2 threads split the matrix sums differently: docs/scale.md). Other modules (the demo) change it.
+    # (2 threads split the matrix sums differently: docs/scale.md). conftest.py resets the count before
+    # each test, but a module-scoped fixture such as `reference` runs before that per-test reset.
     import torch
 
     before = torch.get_num_threads()
