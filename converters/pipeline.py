@@ -406,10 +406,12 @@ def convert_run(
     validation_utterances: int = 8,
     overwrite: bool = False,
     seed: int = 0,
+    hop_s: float | None = None,
 ) -> ConversionResult:
     """Convert a training run folder: fuse its feature model and head, calibrate on its
     training split, validate on its validation split (the corpus the run's feature cache
-    was extracted from), write the artifact. What ``edge-ser convert`` calls."""
+    was extracted from), write the artifact. What ``edge-ser convert`` calls. ``hop_s``: the
+    streaming variant (see :func:`convert`)."""
     run_dir = Path(run_dir)
     backend = get_backend(target)
     backend.precision(precision)  # fail on bad names before loading any model
@@ -434,7 +436,7 @@ def convert_run(
                    "feature_dir": provenance["feature_dir"], "fold": fold,
                    "calibration": {"split": "train", "corpus": str(corpus_dir)}})
     return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
-                   validation_waveforms=validation, source_info=source, overwrite=overwrite)
+                   validation_waveforms=validation, source_info=source, overwrite=overwrite, hop_s=hop_s)
 
 
 def run_waveforms(

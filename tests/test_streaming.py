@@ -268,3 +268,45 @@ def test_streaming_int8_is_refused_until_built(fused, tmp_path):
                 hop_s=HOP_S)
     assert not (tmp_path / "x").exists()
 
+
+
+# ---------------------------------------------------------------------------------------
+# the CLI
+
+
+def test_cli_predict_stream_prints_one_line_per_hop(artifact, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+    from edge_ser.runtime import load
+
+    out, _ = artifact
+    wave = voiced(0.9, seed=11)
+    path = write_audio(tmp_path / "talk.wav", wave)
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(out), str(path), "--stream", "--top", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    expected = list(load(out).stream().run([wave]))
+    assert len(lines) == len(expected) == 5
+    for line, point in zip(lines, expected):
+        assert line.startswith(f"talk.wav {point.start_s:6.2f}-{point.end_s:6.2f}s (since 0.00s)  "
+                               f"{point.prediction.label} ")
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(out), str(path), "--stream", "--segment-s", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert "(since 0.40s)" in result.output.splitlines()[2]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--segment-s", "0.4"], "--segment-s applies to --stream only"),
+    (["--stream", "--timeline", "0.2"], "pass one of them"),
+    (["--stream", "--segment-s", "0.3"], "whole number of hops"),
+])
+def test_cli_predict_stream_refuses_bad_options(artifact, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    path = write_audio(tmp_path / "talk.wav", voiced(0.5, seed=12))
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(artifact[0]), str(path), *args])
+    assert result.exit_code != 0
+    assert message in result.output
