@@ -73,15 +73,16 @@ class _UnrolledGRULayer(nn.Module):
         xr = self.in_r(x)
         xz = self.in_z(x)
         xn = self.in_n(x)
+        xr0, xz0, xn0 = (_frames(t, 0, 1) for t in (xr, xz, xn))
         if h0 is None:
-            r = torch.sigmoid(xr[:, 0:1])
-            z = torch.sigmoid(xz[:, 0:1])
-            n = torch.tanh(xn[:, 0:1] + r * self.b_hn0)
+            r = torch.sigmoid(xr0)
+            z = torch.sigmoid(xz0)
+            n = torch.tanh(xn0 + r * self.b_hn0)
             h = n - z * n  # (1 - z) * n with h0 = 0
         else:
-            r = torch.sigmoid(xr[:, 0:1] + self.hid_r(h0))
-            z = torch.sigmoid(xz[:, 0:1] + self.hid_z(h0))
-            n = torch.tanh(xn[:, 0:1] + r * self.hid_n(h0))
+            r = torch.sigmoid(xr0 + self.hid_r(h0))
+            z = torch.sigmoid(xz0 + self.hid_z(h0))
+            n = torch.tanh(xn0 + r * self.hid_n(h0))
             h = n + z * (h0 - n)
         steps = [h]
         for t in range(1, x.shape[1]):
@@ -91,6 +92,14 @@ class _UnrolledGRULayer(nn.Module):
             h = n + z * (h - n)
             steps.append(h)
         return torch.cat(steps, dim=1) if len(steps) > 1 else steps[0]
+
+
+def _frames(t: torch.Tensor, start: int, length: int, *, dim: int = 1) -> torch.Tensor:
+    """``t`` narrowed to ``length`` entries of ``dim`` from ``start``; ``t`` itself when that is all of
+    it (a full-extent slice exports as an ``alias`` node, which Core ML's converter rejects)."""
+    if start == 0 and length == t.shape[dim]:
+        return t
+    return t.narrow(dim, start, length)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -339,9 +348,10 @@ class StatefulGRU(nn.Module):
             return self.native(x, h0)
         finals = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, h0[i:i + 1])
-            finals.append(x[:, -1:])  # a layer's outputs are its states: the last one is its final state
-        return x, torch.cat(finals, dim=0) if len(finals) > 1 else finals[0]
+            x = layer(x, _frames(h0, i, 1, dim=0))
+            # A layer's outputs are its states: the last one is its final state.
+            finals.append(_frames(x, x.shape[1] - 1, 1))
+        return x, torch.cat(finals, dim=0) if len(finals) > 1 else finals[0].clone()
 
 
 class _UnrolledGRULayerWithState(_UnrolledGRULayer):
@@ -414,6 +424,6 @@ class TCGRUStreamingHead(nn.Module):
         count_out = count_in + started + float(m - 1)
         pooled = (pool_out + out_new[:, 0]) / (count_out + 1.0)
         embedding = torch.relu(self.embedding(pooled))
-        ctx_out = new[:, m - 2:]
+        ctx_out = _frames(new, m - 2, 2)
         return (self.avd_head(embedding), self.class_head(embedding), embedding, h_out, ctx_out, pool_out,
                 count_out)
