@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load(args.artifact, threads=args.threads)
         audio = sf.SoundFile(args.audio)
-    except (EdgeSerError, FileNotFoundError, RuntimeError, ValueError) as exc:  # sf raises LibsndfileError (RuntimeError)
+    except (EdgeSerError, FileNotFoundError, RuntimeError, ValueError) as exc:  # LibsndfileError is a RuntimeError
         print(f"error: {exc}", file=sys.stderr)
         return 1
     with audio:

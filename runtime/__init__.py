@@ -11,6 +11,7 @@ from edge_ser.runtime.model import EmotionModel, Prediction, TimelinePoint, load
 from edge_ser.runtime.stream import EmotionStream
 
 __all__ = [
-    "ArtifactError", "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "EmotionStream", "Prediction", "TimelinePoint",
+    "ArtifactError", "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "EmotionStream", "Prediction",
+    "TimelinePoint",
     "get_runner", "load", "read_manifest",
 ]

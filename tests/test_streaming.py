@@ -106,7 +106,8 @@ def test_streaming_model_equals_the_offline_computation(fused):
 
 
 @pytest.mark.parametrize(("hop_s", "expected"), [
-    (0.02, "adds \\[1, 1\\] feature frames; expected the same whole number \\(>= 2\\)"), (0.03, "multiple of the model's frame step"), (0.3, "hop <= window / 2"),
+    (0.02, "adds \\[1, 1\\] feature frames; expected the same whole number \\(>= 2\\)"),
+    (0.03, "multiple of the model's frame step"), (0.3, "hop <= window / 2"),
     (-1.0, "positive number of seconds"),
 ])
 def test_streaming_model_refuses_hops_that_do_not_tile_the_frames(fused, hop_s, expected):
