@@ -15,6 +15,12 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
+
+IONames = tuple[tuple[str, ...], tuple[str, ...]]
+DEFAULT_IO_NAMES: IONames = ((INPUT_NAME,), OUTPUT_NAMES)
+"""The windowed artifact's (inputs, outputs); a streaming one's are STREAM_INPUT_NAMES / STREAM_OUTPUT_NAMES."""
+
 Runner = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 """(1, window_samples) float32 -> {"probs", "avd", "embedding"} (edge_ser.runtime.backends runners)."""
 """Runs one ``(1, window_samples)`` float32 waveform; returns ``(probs, avd, embedding)`` arrays."""
@@ -67,18 +73,26 @@ class Backend:
         """Toolchain versions recorded in the manifest's ``backend`` block."""
         raise NotImplementedError
 
-    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path) -> Lowered:
+    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
+              io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:
         """Lower a ``torch.export.ExportedProgram`` (already PT2E-quantized when the precision is
-        ``calibrated``) into ``out_dir / artifact_file``."""
+        ``calibrated``) into ``out_dir / artifact_file``. ``io_names``: the graph's (input names,
+        output names) in order; a streaming model has its states after the usual ones."""
         raise NotImplementedError
 
     def runner(self, artifact_dir: Path, *, num_threads: int = 1) -> Runner | None:
         """A callable that runs the saved artifact with the runtime shim's runner for this target
         (the same code an app uses), or ``None`` when this platform cannot run it."""
+        runner = self.load_runner(artifact_dir, num_threads=num_threads)
+        return None if runner is None else runner.run
+
+    def load_runner(self, artifact_dir: Path, *, num_threads: int = 1) -> Any:
+        """The runtime shim's runner object for the saved artifact (``run``, ``run_all``), or ``None``
+        when this platform cannot run it."""
         from edge_ser.runtime.backends import BackendUnavailableError, get_runner
 
         try:
-            return get_runner(self.name, Path(artifact_dir) / self.artifact_file, threads=num_threads).run
+            return get_runner(self.name, Path(artifact_dir) / self.artifact_file, threads=num_threads)
         except BackendUnavailableError:
             return None
 

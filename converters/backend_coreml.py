@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES
 
 MLPACKAGE = "model.mlpackage"
@@ -50,21 +50,23 @@ class CoreMLBackend(Backend):
         return {"name": self.name, "version": coremltools.__version__, "torch": torch.__version__,
                 "minimum_deployment_target": DEPLOYMENT_TARGET, "model_type": "mlprogram"}
 
-    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path) -> Lowered:
+    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
+              io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:
         import coremltools as ct
 
         from edge_ser.converters.quantize import compress_coreml_weights
 
         start = time.perf_counter()
         reference_weights = exported_weights(exported)
-        expected_io = _exported_io(exported)
+        expected_io = _exported_io(exported, io_names)
         # The empty table keeps ops whole; the default table unrolls and copies weights per step.
         program = exported.run_decompositions({})
         compute = ct.precision.FLOAT32 if precision.name == "fp32" else ct.precision.FLOAT16
         mlmodel = ct.convert(
             program,
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(expected_io["inputs"][0]["shape"]), dtype=np.float32)],
-            outputs=[ct.TensorType(name=name) for name in OUTPUT_NAMES],
+            inputs=[ct.TensorType(name=spec["name"], shape=tuple(spec["shape"]), dtype=np.float32)
+                    for spec in expected_io["inputs"]],
+            outputs=[ct.TensorType(name=name) for name in io_names[1]],
             convert_to="mlprogram",
             minimum_deployment_target=getattr(ct.target, DEPLOYMENT_TARGET),
             compute_precision=compute,
@@ -102,15 +104,15 @@ def exported_weights(exported: Any) -> dict[str, np.ndarray]:
     return weights
 
 
-def _exported_io(exported: Any) -> dict[str, Any]:
+def _exported_io(exported: Any, io_names: IONames = DEFAULT_IO_NAMES) -> dict[str, Any]:
     placeholders = [n for n in exported.graph.nodes if n.op == "placeholder"]
     user_inputs = exported.graph_signature.user_inputs
     inputs = [n for n in placeholders if n.name in user_inputs]
     output_node = next(n for n in exported.graph.nodes if n.op == "output")
     outputs = [a.meta["val"] for a in output_node.args[0]]
     return {
-        "inputs": [{"name": INPUT_NAME, "shape": list(inputs[0].meta["val"].shape)}],
-        "outputs": [{"name": name, "shape": list(v.shape)} for name, v in zip(OUTPUT_NAMES, outputs)],
+        "inputs": [{"name": name, "shape": list(n.meta["val"].shape)} for name, n in zip(io_names[0], inputs)],
+        "outputs": [{"name": name, "shape": list(v.shape)} for name, v in zip(io_names[1], outputs)],
     }
 
 
@@ -251,10 +253,12 @@ def _check_io(spec: Any, expected: Mapping[str, Any] | None) -> dict[str, Any]:
     found_out = [{"name": o.name, "shape": list(o.type.multiArrayType.shape)} for o in spec.description.output]
     report: dict[str, Any] = {"inputs": found_in, "outputs": found_out}
     problems = []
-    if [i["name"] for i in found_in] != [INPUT_NAME]:
-        problems.append(f"inputs {[i['name'] for i in found_in]}, expected [{INPUT_NAME!r}]")
-    if [o["name"] for o in found_out] != list(OUTPUT_NAMES):
-        problems.append(f"outputs {[o['name'] for o in found_out]}, expected {list(OUTPUT_NAMES)}")
+    want_in = [e["name"] for e in expected["inputs"]] if expected is not None else [INPUT_NAME]
+    want_out = [e["name"] for e in expected["outputs"]] if expected is not None else list(OUTPUT_NAMES)
+    if [i["name"] for i in found_in] != want_in:
+        problems.append(f"inputs {[i['name'] for i in found_in]}, expected {want_in}")
+    if [o["name"] for o in found_out] != want_out:
+        problems.append(f"outputs {[o['name'] for o in found_out]}, expected {want_out}")
     if expected is not None:
         for kind, found in (("inputs", found_in), ("outputs", found_out)):
             exp_shapes = [list(e["shape"]) for e in expected[kind]]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
 
 PTE_FILE = "model.pte"
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class ExecuTorchBackend(Backend):
         return {"name": self.name, "version": executorch.version.__version__.split("+")[0],
                 "torch": torch.__version__, "delegate": "xnnpack"}
 
-    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path) -> Lowered:
+    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
+              io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:  # a .pte's I/O are positional
         from executorch.exir import to_edge_transform_and_lower
 
         if precision.calibrated:

@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_ser.converters.backend_base import Backend, Lowered, PrecisionSpec, Runner
-from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
 
 ONNX_FILE = "model.onnx"
 
@@ -37,7 +36,8 @@ class OnnxBackend(Backend):
         return {"name": self.name, "version": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                 "torch": torch.__version__}
 
-    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path) -> Lowered:
+    def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
+              io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:
         import onnx
         import torch
 
@@ -52,7 +52,7 @@ class OnnxBackend(Backend):
         # Named after the export: the exporter names values after FX nodes, and a node called
         # e.g. "embedding" (a positional-embedding lookup) would collide with the output name.
         model = onnx.load(str(fp32_path))
-        name_io(model, inputs=[INPUT_NAME], outputs=list(OUTPUT_NAMES))
+        name_io(model, inputs=list(io_names[0]), outputs=list(io_names[1]))
         onnx.save(model, str(fp32_path))
         quantization: dict[str, Any] = {}
         if precision.name == "int8":

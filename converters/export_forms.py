@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from edge_ser.train.model import TCGRU, TCGRUOutput
 
-__all__ = ["GRU_FORMS", "UnrolledGRU", "ScanGRU", "TCGRUExport", "export_head"]
+__all__ = ["GRU_FORMS", "UnrolledGRU", "ScanGRU", "StatefulGRU", "TCGRUExport", "TCGRUStreamingHead", "export_head"]
 
 GRU_FORMS: tuple[str, ...] = ("unrolled", "scan")
 """Export forms of the GRU (see the module docstring)."""
@@ -68,23 +68,38 @@ class _UnrolledGRULayer(nn.Module):
         # Step 0 has h = 0, where W_hn h + b_hn is just b_hn; kept (1, 1, H) so no reshape is needed.
         self.register_buffer("b_hn0", b_hn.reshape(1, 1, hidden).clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, frames, in_dim) -> (B, frames, H)."""
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, frames, in_dim) -> (B, frames, H); ``h0``: (B, 1, H) initial state (None: zeros)."""
         xr = self.in_r(x)
         xz = self.in_z(x)
         xn = self.in_n(x)
-        r = torch.sigmoid(xr[:, 0:1])
-        z = torch.sigmoid(xz[:, 0:1])
-        n = torch.tanh(xn[:, 0:1] + r * self.b_hn0)
-        h = n - z * n  # (1 - z) * n with h0 = 0
+        xr0, xz0, xn0 = (_frames(t, 0, 1) for t in (xr, xz, xn))
+        if h0 is None:
+            r = torch.sigmoid(xr0)
+            z = torch.sigmoid(xz0)
+            n = torch.tanh(xn0 + r * self.b_hn0)
+            h = n - z * n  # (1 - z) * n with h0 = 0
+        else:
+            r = torch.sigmoid(xr0 + self.hid_r(h0))
+            z = torch.sigmoid(xz0 + self.hid_z(h0))
+            n = torch.tanh(xn0 + r * self.hid_n(h0))
+            h = n + z * (h0 - n)
         steps = [h]
-        for t in range(1, self.frames):
+        for t in range(1, x.shape[1]):
             r = torch.sigmoid(xr[:, t:t + 1] + self.hid_r(h))
             z = torch.sigmoid(xz[:, t:t + 1] + self.hid_z(h))
             n = torch.tanh(xn[:, t:t + 1] + r * self.hid_n(h))
             h = n + z * (h - n)
             steps.append(h)
         return torch.cat(steps, dim=1) if len(steps) > 1 else steps[0]
+
+
+def _frames(t: torch.Tensor, start: int, length: int, *, dim: int = 1) -> torch.Tensor:
+    """``t`` narrowed to ``length`` entries of ``dim`` from ``start``; ``t`` itself when that is all of
+    it (a full-extent slice exports as an ``alias`` node, which Core ML's converter rejects)."""
+    if start == 0 and length == t.shape[dim]:
+        return t
+    return t.narrow(dim, start, length)
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -190,26 +205,33 @@ class _ScanGRULayer(nn.Module):
         w = qd.dequantize_per_channel.default(self.w_hh_q, self.w_hh_scale, self.w_hh_zero, 0, -127, 127, torch.int8)
         return F.conv2d(h_dq, w, self.b_hidden)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (1, frames, in_dim) -> (1, frames, H)."""
+    def _step(self, h: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One GRU step: state (1, H, 1, 1) and input gates (1, 3H, 1, 1) -> (new state, (1, H) copy)."""
+        hidden = self.hidden
+        gh = self._hidden_product(h)  # (1, 3H, 1, 1)
+        rz = torch.sigmoid(gx[:, : 2 * hidden] + gh[:, : 2 * hidden])
+        r, z = rz[:, :hidden], rz[:, hidden:]
+        n = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
+        h_next = n + z * (h - n)
+        # A copy in another shape: scan outputs may not alias the carry, and a same-shape
+        # clone is folded away in lowering, leaving XNNPACK one node as two outputs.
+        return h_next, h_next.reshape(1, hidden).clone()
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (1, frames, in_dim) -> (1, frames, H); ``h0``: (1, 1, H) initial state (None: zeros).
+
+        One frame runs as the step's ops directly (a one-step loop would only add loop overhead)."""
         from torch._higher_order_ops.scan import scan  # torch's scan HOP (no public alias in 2.13)
 
         hidden = self.hidden
         # (frames, 1, 3H, 1, 1): scan runs over dim 0; each step sees (1, 3H, 1, 1), the layout of
         # the 1x1 conv, so the body has no reshape between its ops.
         gates_x = self.inp(x).reshape(-1, 1, 3 * hidden, 1, 1)
-
-        def step(h: torch.Tensor, gx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            gh = self._hidden_product(h)  # (1, 3H, 1, 1)
-            rz = torch.sigmoid(gx[:, : 2 * hidden] + gh[:, : 2 * hidden])
-            r, z = rz[:, :hidden], rz[:, hidden:]
-            n = torch.tanh(gx[:, 2 * hidden:] + r * gh[:, 2 * hidden:])
-            h_next = n + z * (h - n)
-            # A copy in another shape: scan outputs may not alias the carry, and a same-shape
-            # clone is folded away in lowering, leaving XNNPACK one node as two outputs.
-            return h_next, h_next.reshape(1, hidden).clone()
-
-        _, outputs = scan(step, torch.zeros(1, hidden, 1, 1, dtype=x.dtype), gates_x)  # (frames, 1, H)
+        init = torch.zeros(1, hidden, 1, 1, dtype=x.dtype) if h0 is None else h0.reshape(1, hidden, 1, 1)
+        if x.shape[1] == 1:
+            _, out = self._step(init, gates_x[0])
+            return out.reshape(1, 1, hidden)
+        _, outputs = scan(self._step, init, gates_x)  # (frames, 1, H)
         return outputs.reshape(1, -1, hidden)
 
 
@@ -293,3 +315,115 @@ def _copy_module(module: nn.Module) -> nn.Module:
     for p in clone.parameters():
         p.requires_grad_(False)
     return clone
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming: the head over one hop of new frames, its state carried between calls
+
+
+class StatefulGRU(nn.Module):
+    """A multi-layer ``nn.GRU`` (batch 1, batch_first) that starts from a given state and returns
+    its final state: ``forward(x (1, T, in), h0 (L, 1, H)) -> (out (1, T, H), h_T (L, 1, H))``.
+
+    ``gru_form``: ``"native"`` (an ``nn.GRU`` copy: ONNX exports one GRU op per call),
+    ``"unrolled"`` (per frame: Core ML) or ``"scan"`` (``torch.scan``: ExecuTorch); same values.
+    """
+
+    def __init__(self, gru: nn.GRU, *, gru_form: str) -> None:
+        super().__init__()
+        _check_export_gru(gru, 1, "StatefulGRU")
+        if gru_form not in ("native", *GRU_FORMS):
+            raise ValueError(f"gru_form={gru_form!r}; expected one of native, {', '.join(GRU_FORMS)}.")
+        self.gru_form = gru_form
+        self.num_layers = int(gru.num_layers)
+        self.hidden = int(gru.hidden_size)
+        if gru_form == "native":
+            self.native = _copy_module(gru).eval()
+        else:
+            layer_cls = _ScanGRULayer if gru_form == "scan" else _UnrolledGRULayerWithState
+            self.layers = nn.ModuleList(layer_cls(**_gru_layer_weights(gru, i)) for i in range(self.num_layers))
+
+    def forward(self, x: torch.Tensor, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.gru_form == "native":
+            return self.native(x, h0)
+        finals = []
+        for i, layer in enumerate(self.layers):
+            x = layer(x, _frames(h0, i, 1, dim=0))
+            # A layer's outputs are its states: the last one is its final state.
+            finals.append(_frames(x, x.shape[1] - 1, 1))
+        return x, torch.cat(finals, dim=0) if len(finals) > 1 else finals[0].clone()
+
+
+class _UnrolledGRULayerWithState(_UnrolledGRULayer):
+    """:class:`_UnrolledGRULayer` for any number of frames (the frame count comes from the input)."""
+
+    def __init__(self, **weights: torch.Tensor) -> None:
+        super().__init__(**weights, frames=1)
+
+
+class TCGRUStreamingHead(nn.Module):
+    """The TC-GRU over one hop: the newest ``hop_frames`` feature frames of a window, with the
+    recurrent state, the conv's context and the running time pool carried between calls.
+
+    ``forward(features (1, F, N), h_in (L, 1, H), ctx_in (1, 2, N), pool_in (1, H), count_in (1, 1))
+    -> (avd, logits, embedding, h_out, ctx_out, pool_out, count_out)``; all states start at zero.
+
+    The conv before the GRU sees one frame to each side, so the head runs one frame behind the
+    audio: a call finishes the frame whose look-ahead has just arrived and the ``hop_frames - 1``
+    before the newest, and runs the newest with zero look-ahead (the "same" padding the offline
+    head gives its last frame) for the estimate only; the next call redoes that frame with its real
+    neighbour. ``ctx`` holds the last two normalised frames; ``pool``/``count`` the sum and number
+    of finished GRU outputs. The estimate pools finished outputs plus the provisional newest one,
+    so after K calls it equals :class:`~edge_ser.train.model.TCGRU` on the K hops' frames joined
+    (eval mode, no padding). On the first call (``count_in == 0``) the frame before the stream is
+    the zero left padding: its step is discarded (the state and pool keep their zeros).
+    """
+
+    def __init__(self, model: TCGRU, *, hop_frames: int, gru_form: str = "scan") -> None:
+        super().__init__()
+        if isinstance(hop_frames, bool) or int(hop_frames) != hop_frames or hop_frames < 2:
+            raise ValueError(f"hop_frames={hop_frames!r}; expected at least 2 feature frames per hop "
+                             "(a longer hop_s).")
+        self.hop_frames = int(hop_frames)
+        self.input_dim = model.input_dim
+        self.gru_layers = model.gru_layers
+        self.gru_hidden = model.gru_hidden
+        self.n_classes = model.n_classes
+        self.register_buffer("feat_mean", model.feat_mean.detach().clone())
+        self.register_buffer("feat_inv_std", 1.0 / model.feat_std.detach().clone())
+        self.register_buffer("lookahead", torch.zeros(1, 1, model.input_dim))  # the zero right padding
+        conv = _copy_module(model.conv)
+        conv.padding = (0,)  # context comes from ctx_in and the look-ahead frame instead
+        self.conv = conv
+        self.gru = StatefulGRU(model.gru, gru_form=gru_form)
+        self.embedding = _copy_module(model.embedding)
+        self.avd_head = _copy_module(model.avd_head)
+        self.class_head = _copy_module(model.class_head)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the carried states, by input name (``*_in``)."""
+        return {"h_in": (self.gru_layers, 1, self.gru_hidden), "ctx_in": (1, 2, self.input_dim),
+                "pool_in": (1, self.gru_hidden), "count_in": (1, 1)}
+
+    def forward(self, features: torch.Tensor, h_in: torch.Tensor, ctx_in: torch.Tensor, pool_in: torch.Tensor,
+                count_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m = self.hop_frames
+        new = (features[:, features.shape[1] - m:] - self.feat_mean) * self.feat_inv_std  # (1, m, N)
+        sequence = torch.cat([ctx_in, new, self.lookahead], dim=1)  # (1, m + 3, N)
+        # ReLU after the transpose, as in TCGRUExport (XNNPACK's dynamic int8 has no conv+relu pattern).
+        conv = torch.relu(self.conv(sequence.transpose(1, 2)).transpose(1, 2))  # (1, m + 1, C)
+        started = torch.clamp(count_in, 0.0, 1.0)  # (1, 1): 0 on the first call only
+        out0, h0 = self.gru(conv[:, 0:1], h_in)
+        h1 = h_in + started * (h0 - h_in)  # the first call's step 0 is the zero padding's: discarded
+        out_mid, h_out = self.gru(conv[:, 1:m], h1)
+        out_new, _ = self.gru(conv[:, m:m + 1], h_out)  # the newest frame, provisional
+        pool_out = pool_in + started * out0[:, 0] + torch.sum(out_mid, dim=1)
+        count_out = count_in + started + float(m - 1)
+        pooled = (pool_out + out_new[:, 0]) / (count_out + 1.0)
+        embedding = torch.relu(self.embedding(pooled))
+        ctx_out = _frames(new, m - 2, 2)
+        return (self.avd_head(embedding), self.class_head(embedding), embedding, h_out, ctx_out, pool_out,
+                count_out)

@@ -24,7 +24,16 @@ import torch
 from edge_ser.progress import progress_bar
 
 from edge_ser.converters.backends import Runner, get_backend
-from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES
+from edge_ser.converters.fused import OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
+from edge_ser.converters.streaming import (
+    StreamingSER,
+    build_streaming_model,
+    offline_stream_reference,
+    stream_outputs,
+)
+from edge_ser.labels import SAMPLE_RATE
+from edge_ser.runtime.artifact import STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
 from edge_ser.converters.quantize import calibration_tensors, export_folded, quantize_pt2e_xnnpack_int8
 from edge_ser.cpu_features import cpu_features
@@ -96,8 +105,14 @@ def convert(
     source_info: Mapping[str, Any],
     overwrite: bool = False,
     num_threads: int = 1,
+    hop_s: float | None = None,
 ) -> ConversionResult:
     """Quantize (if the precision calls for it), lower, validate and save one artifact folder.
+
+    ``hop_s``: write the streaming variant instead (:mod:`edge_ser.converters.streaming`): one hop
+    of ``hop_s`` seconds per call with the state carried between calls, the window as the FM's
+    context. Its parity check streams the validation audio, joined into one stream, through the
+    artifact and compares every hop's estimate with the offline computation over the same samples.
 
     ``calibration_waveforms``: real utterances from the run's training split, each one window
     (``fused.window_samples``) long; used only by calibrated precisions (ExecuTorch int8).
@@ -122,21 +137,27 @@ def convert(
     fused = fused.eval()
     # The target's GRU form (ONNX: nn.GRU; Core ML: per frame; ExecuTorch: scan). Validation
     # compares the artifact with `fused` as given, so a form change is part of the measured error.
-    lowered_model = fused.with_gru_form(backend.gru_form)
+    streaming = build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form) if hop_s is not None else None
+    lowered_model = fused.with_gru_form(backend.gru_form) if streaming is None else streaming
+    example = fused.example_input() if streaming is None else streaming.example_inputs()
+    examples = (example,) if streaming is None else example
+    io_names = DEFAULT_IO_NAMES if streaming is None else (STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES)
 
     start = time.perf_counter()
     module: torch.nn.Module = lowered_model
     if spec.calibrated:
+        if streaming is not None:
+            raise ValueError(f"{target}/{precision} streaming artifacts are not built yet (int8 calibration runs "
+                             "whole windows); convert the streaming variant at fp32, or the windowed one at int8.")
         module = quantize_pt2e_xnnpack_int8(lowered_model, calibration_waveforms=calibration, window_samples=window)
         timings["quantize"] = time.perf_counter() - start
     elif backend.name == "executorch":  # XNNPACK takes a linear only with a constant bias
-        module = export_folded(lowered_model, fused.example_input())
-    example = fused.example_input()
+        module = export_folded(lowered_model, examples)
     with torch.no_grad():
-        example_outputs = fused(example)
+        example_outputs = lowered_model(*examples)
     start = time.perf_counter()
     with torch.no_grad():  # an inference graph: the scan GRU's backward is not traced
-        exported = torch.export.export(module, (example,), strict=False)
+        exported = torch.export.export(module, examples, strict=False)
     timings["export"] = time.perf_counter() - start
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +165,17 @@ def convert(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         start = time.perf_counter()
-        lowered = backend.lower(exported, precision=spec, out_dir=tmp)
+        lowered = backend.lower(exported, precision=spec, out_dir=tmp, io_names=io_names)
         timings["lower"] = time.perf_counter() - start
         start = time.perf_counter()
         verification = backend.verify(tmp, lowered=lowered, precision=spec)
-        runner = backend.runner(tmp, num_threads=num_threads)
+        runner = backend.runner(tmp, num_threads=num_threads) if streaming is None else backend.load_runner(
+            tmp, num_threads=num_threads)
         report: ParityReport | None = None
-        if runner is not None:
+        if runner is not None and streaming is not None:
+            report = validate_stream(runner.run_all, fused, streaming, validation, target=target, precision=precision)
+            parity = report.to_dict()
+        elif runner is not None:
             report = validate(runner, fused, validation, target=target, precision=precision)
             parity = report.to_dict()
             report = _validate_kernel_paths(backend, tmp, spec=spec, fused=fused, validation=validation,
@@ -166,7 +191,7 @@ def convert(
         manifest = build_manifest(
             artifact_dir=tmp, target=target, precision=precision, backend=backend.versions(),
             source=_manifest_source(source_info), window_samples=window,
-            inputs=tensor_specs([INPUT_NAME], [example]), outputs=tensor_specs(OUTPUT_NAMES, example_outputs),
+            inputs=tensor_specs(io_names[0], examples), outputs=tensor_specs(io_names[1], example_outputs),
             model_files=lowered.files, quantization=_quantization_block(spec, calibration, source_info),
             parity=_parity_summary(parity), delegation=lowered.info.get("delegation"),
             verification=_verification_summary(verification) if verification else None,
@@ -174,6 +199,8 @@ def convert(
         )
         manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
         manifest["converted_on"] = cpu_features().to_dict()
+        if streaming is not None:
+            manifest["streaming"] = streaming_manifest_block(streaming)
         write_manifest(tmp, manifest)
         if report is not None and not report.passed:
             raise ParityError(report)
@@ -189,6 +216,72 @@ def convert(
     log.info("wrote %s (%d bytes)", out, manifest["size_bytes"])
     return ConversionResult(out=out, target=target, precision=precision, size_bytes=int(manifest["size_bytes"]),
                             manifest=manifest, parity=parity, timings_s={k: round(v, 3) for k, v in timings.items()})
+
+
+def validate_stream(
+    run_all: Callable[[Sequence[np.ndarray]], Sequence[np.ndarray]],
+    fused: FusedSER,
+    streaming: StreamingSER,
+    waveforms: Sequence[torch.Tensor | np.ndarray],
+    *,
+    target: str,
+    precision: str,
+) -> ParityReport:
+    """Stream ``waveforms``, joined into one stream, through a streaming artifact (``run_all``: its
+    runner's, every input -> every output, the state fed back each hop) and compare every hop's outputs with
+    :func:`edge_ser.converters.streaming.offline_stream_reference` (the same samples, no streaming,
+    the training head over the joined frames). Same tolerance table as :func:`validate`."""
+    stream = np.concatenate([np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms])
+    hop = streaming.hop_samples
+    if len(stream) < 2 * hop:
+        raise ValueError(f"validation audio holds {len(stream)} samples; expected at least two hops "
+                         f"({2 * hop} samples) to check the carried state.")
+    reference = offline_stream_reference(fused, stream, hop_samples=hop)
+    initial = [s.numpy() for s in streaming.initial_state()]
+    candidate = stream_outputs(run_all, stream, initial_state=initial, hop_samples=hop)
+    stack = lambda rows, i: np.stack([np.asarray(r[i], dtype=np.float64).reshape(-1) for r in rows])  # noqa: E731
+    return compare({name: stack(reference, i) for i, name in enumerate(OUTPUT_NAMES)},
+                   {name: stack(candidate, i) for i, name in enumerate(OUTPUT_NAMES)},
+                   target=target, precision=precision,
+                   comparison=f"streamed artifact vs offline computation over the same samples ({len(reference)} hops "
+                              f"of {hop / SAMPLE_RATE:g} s, state carried)")
+
+
+def streaming_manifest_block(streaming: StreamingSER) -> dict[str, Any]:
+    """The manifest's ``streaming`` block: hop, states and what a call computes (docs/streaming.md)."""
+    g = streaming.geometry
+    head = streaming.head
+    meaning = {
+        "audio_in": "the previous window - hop samples (the FM's left context); zeros at the start",
+        "h_in": "the GRU state of every layer after the last finished frame",
+        "ctx_in": "the last two normalised feature frames (the conv's left context and the frame still "
+                  "waiting for its look-ahead)",
+        "pool_in": "sum of the finished frames' GRU outputs (top layer) since the start",
+        "count_in": "number of finished frames since the start (float32; 0 marks the first call)",
+    }
+    shapes = streaming.state_shapes()
+    return {
+        "hop_samples": g.hop_samples, "hop_s": g.hop_samples / SAMPLE_RATE,
+        "context_samples": g.context_samples, "window_samples": g.window_samples,
+        "hop_frames": g.hop_frames, "window_frames": g.window_frames,
+        "frame_s": g.hop_samples / g.hop_frames / SAMPLE_RATE,
+        "state": [{"input": i, "output": o, "shape": list(shapes[i]), "dtype": "float32", "initial": "zeros",
+                   "holds": meaning[i]} for i, o in STREAM_STATES],
+        "gru_layers": head.gru_layers, "gru_hidden": head.gru_hidden,
+        "foundation_model_per_hop": (
+            f"runs on the whole {g.window_samples}-sample window (audio_in + the hop); only its newest "
+            f"{g.hop_frames} frames feed the head. The stream starts with {g.context_samples} samples of zeros."),
+        "estimate": (
+            "probs/avd/embedding after each hop are the TC-GRU's outputs over every frame since the start: the mean "
+            "of the GRU outputs of all finished frames plus the newest frame computed with zero look-ahead (it is "
+            "redone with its real neighbour on the next hop). Reset the states to zeros to start a new segment."),
+        "offline_equivalent": (
+            "the same windows through the foundation model, their newest frames joined in time, and the training "
+            "TC-GRU over frames 0..k (edge_ser.converters.streaming.offline_stream_reference); the parity check "
+            "compares every hop with it"),
+        "latency_s": {"first_estimate": g.hop_samples / SAMPLE_RATE,
+                      "finished_frames_lag": g.hop_samples / g.hop_frames / SAMPLE_RATE},
+    }
 
 
 def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, fused: FusedSER,
@@ -313,10 +406,12 @@ def convert_run(
     validation_utterances: int = 8,
     overwrite: bool = False,
     seed: int = 0,
+    hop_s: float | None = None,
 ) -> ConversionResult:
     """Convert a training run folder: fuse its feature model and head, calibrate on its
     training split, validate on its validation split (the corpus the run's feature cache
-    was extracted from), write the artifact. What ``edge-ser convert`` calls."""
+    was extracted from), write the artifact. What ``edge-ser convert`` calls. ``hop_s``: the
+    streaming variant (see :func:`convert`)."""
     run_dir = Path(run_dir)
     backend = get_backend(target)
     backend.precision(precision)  # fail on bad names before loading any model
@@ -341,7 +436,7 @@ def convert_run(
                    "feature_dir": provenance["feature_dir"], "fold": fold,
                    "calibration": {"split": "train", "corpus": str(corpus_dir)}})
     return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
-                   validation_waveforms=validation, source_info=source, overwrite=overwrite)
+                   validation_waveforms=validation, source_info=source, overwrite=overwrite, hop_s=hop_s)
 
 
 def run_waveforms(

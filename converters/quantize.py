@@ -247,11 +247,13 @@ def fold_constant_biases(graph: torch.fx.GraphModule) -> int:
     return folded
 
 
-def export_folded(module: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def export_folded(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """``module`` exported for an XNNPACK lowering (inference graph, constant bias chains folded,
-    :func:`fold_constant_biases`), as a GraphModule to export again or to quantize."""
+    :func:`fold_constant_biases`), as a GraphModule to export again or to quantize. ``example``:
+    the one input, or a tuple of all inputs (a streaming model's hop and states)."""
+    examples = example if isinstance(example, tuple) else (example,)
     with torch.no_grad():
-        graph = torch.export.export(module.eval(), (example,), strict=False).module()
+        graph = torch.export.export(module.eval(), examples, strict=False).module()
     fold_constant_biases(graph)
     return graph
 

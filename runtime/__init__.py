@@ -8,8 +8,10 @@ backend's runtime (executorch, onnxruntime or coremltools on macOS).
 from edge_ser.runtime.artifact import ArtifactError, ArtifactManifest, read_manifest
 from edge_ser.runtime.backends import BackendUnavailableError, get_runner
 from edge_ser.runtime.model import EmotionModel, Prediction, TimelinePoint, load
+from edge_ser.runtime.stream import EmotionStream
 
 __all__ = [
-    "ArtifactError", "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "Prediction", "TimelinePoint",
+    "ArtifactError", "ArtifactManifest", "BackendUnavailableError", "EmotionModel", "EmotionStream", "Prediction",
+    "TimelinePoint",
     "get_runner", "load", "read_manifest",
 ]

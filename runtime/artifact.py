@@ -42,6 +42,15 @@ MODEL_FILES: dict[str, str] = {"executorch": "model.pte", "onnx": "model.onnx", 
 OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
 """The fused graph's outputs, in order: the one definition the converters, runners, parity and apps read."""
 INPUT_NAME = "waveform"
+STREAM_STATES: tuple[tuple[str, str], ...] = (
+    ("audio_in", "audio_out"), ("h_in", "h_out"), ("ctx_in", "ctx_out"), ("pool_in", "pool_out"),
+    ("count_in", "count_out"),
+)
+"""A streaming artifact's carried states as (input, output) name pairs, in graph order: each call's
+``*_out`` is the next call's ``*_in``, all zeros at the start (the manifest's ``streaming.state``
+says what each holds)."""
+STREAM_INPUT_NAMES: tuple[str, ...] = (INPUT_NAME, *(i for i, _ in STREAM_STATES))
+STREAM_OUTPUT_NAMES: tuple[str, ...] = (*OUTPUT_NAMES, *(o for _, o in STREAM_STATES))
 ARTIFACT_SAMPLE_RATES: tuple[int, ...] = (16_000,)
 """Rates an artifact's graph may take: every edge-ser model reads 16 kHz audio."""
 
@@ -88,6 +97,17 @@ class ArtifactManifest:
     @property
     def window_s(self) -> float:
         return self.window_samples / self.sample_rate
+
+    @property
+    def streaming(self) -> dict[str, Any] | None:
+        """The ``streaming`` block of a streaming artifact (hop, states), None for a windowed one."""
+        block = self.raw.get("streaming")
+        return block if isinstance(block, dict) else None
+
+    @property
+    def hop_samples(self) -> int | None:
+        """Samples per call of a streaming artifact; None for a windowed one."""
+        return int(self.streaming["hop_samples"]) if self.streaming else None
 
     @property
     def size_bytes(self) -> int:
@@ -218,7 +238,10 @@ def check_consistency(manifest: ArtifactManifest) -> None:
             problems.append(f"{len(manifest.labels)} labels for {by_name['probs']['shape'][-1]} class probabilities")
         if by_name["avd"]["shape"][-1] != len(manifest.dimensions):
             problems.append(f"{len(manifest.dimensions)} dimensions for {by_name['avd']['shape'][-1]} A/V/D outputs")
-    if manifest.inputs:
+    streaming = manifest.streaming
+    if streaming is not None:
+        problems.extend(_streaming_problems(manifest, streaming))
+    elif manifest.inputs:
         shape = manifest.inputs[0]["shape"]
         if shape[-1] != manifest.window_samples:
             problems.append(f"input shape {shape} does not end in window_samples={manifest.window_samples}")
@@ -229,6 +252,35 @@ def check_consistency(manifest: ArtifactManifest) -> None:
                         f"{manifest.window_samples / manifest.sample_rate:g}")
     if problems:
         raise ArtifactError(f"{where} is inconsistent: {'; '.join(problems)}. {_FIX}")
+
+
+def _streaming_problems(manifest: ArtifactManifest, streaming: Mapping[str, Any]) -> list[str]:
+    """A streaming manifest's hop, state list and tensor lists agree with each other."""
+    problems = []
+    hop = streaming.get("hop_samples")
+    if isinstance(hop, bool) or not isinstance(hop, int) or not 0 < hop < manifest.window_samples:
+        return [f"streaming.hop_samples={hop!r} is not a sample count below window_samples={manifest.window_samples}"]
+    states = streaming.get("state")
+    pairs = [(st.get("input"), st.get("output")) for st in states] if isinstance(states, list) and all(
+        isinstance(st, dict) for st in states) else None
+    if pairs != list(STREAM_STATES):
+        return [f"streaming.state pairs {pairs} are not this runtime's {list(STREAM_STATES)}"]
+    in_names = [spec["name"] for spec in manifest.inputs]
+    out_names = [spec["name"] for spec in manifest.outputs]
+    if in_names != list(STREAM_INPUT_NAMES) or out_names != list(STREAM_OUTPUT_NAMES):
+        return [f"inputs {in_names} / outputs {out_names} are not the streaming graph's "
+                f"{list(STREAM_INPUT_NAMES)} / {list(STREAM_OUTPUT_NAMES)}"]
+    if manifest.inputs[0]["shape"] != [1, hop]:
+        problems.append(f"input {INPUT_NAME!r} has shape {manifest.inputs[0]['shape']}, expected one hop [1, {hop}]")
+    shapes_in = {spec["name"]: spec["shape"] for spec in manifest.inputs}
+    shapes_out = {spec["name"]: spec["shape"] for spec in manifest.outputs}
+    for st in states:
+        if not (st.get("shape") == shapes_in[st["input"]] == shapes_out[st["output"]]):
+            problems.append(f"state {st['input']}/{st['output']} has shapes {st.get('shape')}, "
+                            f"{shapes_in[st['input']]} and {shapes_out[st['output']]}; expected one shape")
+    if shapes_in["audio_in"] != [1, manifest.window_samples - hop]:
+        problems.append(f"audio_in has shape {shapes_in['audio_in']}, expected [1, window_samples - hop_samples]")
+    return problems
 
 
 def check_containment(manifest: ArtifactManifest) -> None:

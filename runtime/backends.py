@@ -36,6 +36,9 @@ class Runner(Protocol):
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         """waveform: (1, window_samples) float32 -> {"probs", "avd", "embedding"}."""
 
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Every input in graph order (a streaming artifact's hop and states) -> every output in graph order."""
+
 
 PTE_FILE_IDENTIFIERS: tuple[bytes, ...] = (b"ET12",)
 """Flatbuffer file identifiers of the ExecuTorch program schema this runtime reads."""
@@ -158,9 +161,16 @@ class ExecuTorchRunner:
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
-        outputs = self._method.execute((torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32)),))
-        return {name: np.asarray(out.detach().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
-                for name, out in zip(OUTPUT_NAMES, outputs)}
+        return dict(zip(OUTPUT_NAMES, self.run_all([waveform])))
+
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        outputs = self._method.execute(tuple(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+                                             for x in inputs))
+        # Copies: an output tensor may share memory with the method's planned buffers, which the next call reuses.
+        return [np.array(out.detach().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+                for out in outputs]
 
 
 def _default_threads() -> int:
@@ -193,11 +203,21 @@ class OnnxRunner:
         source = model_path if isinstance(model_path, bytes) else str(model_path)
         self._session = ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.input_shape = _static_shape(self._session.get_inputs()[0].shape)
         by_name = {o.name: _static_shape(o.shape) for o in self._session.get_outputs()}
         named = all(n in by_name for n in OUTPUT_NAMES)
-        self.output_shapes = tuple(by_name[n] for n in OUTPUT_NAMES) if named else tuple(by_name.values())
+        # The named outputs first, then any others (a streaming artifact's states) in graph order.
+        self.output_shapes = (tuple(by_name[n] for n in OUTPUT_NAMES)
+                              + tuple(v for n, v in by_name.items() if n not in OUTPUT_NAMES)
+                              if named else tuple(by_name.values()))
+
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self._inputs):
+            raise ValueError(f"got {len(inputs)} inputs; this model takes {len(self._inputs)} ({self._inputs}).")
+        feeds = {name: np.ascontiguousarray(x, dtype=np.float32) for name, x in zip(self._inputs, inputs)}
+        return [np.asarray(v, dtype=np.float32) for v in self._session.run(None, feeds)]
 
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(None, {self._input: np.ascontiguousarray(waveform, dtype=np.float32)})
@@ -230,6 +250,12 @@ class CoreMLRunner:
     def run(self, waveform: np.ndarray) -> dict[str, np.ndarray]:  # pragma: no cover - macOS only
         out = self._model.predict({INPUT_NAME: np.ascontiguousarray(waveform, dtype=np.float32)})
         return {name: np.asarray(out[name], dtype=np.float32) for name in OUTPUT_NAMES}
+
+    def run_all(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:  # pragma: no cover - macOS only
+        description = self._model.get_spec().description
+        names = [i.name for i in description.input]
+        out = self._model.predict({n: np.ascontiguousarray(x, dtype=np.float32) for n, x in zip(names, inputs)})
+        return [np.asarray(out[o.name], dtype=np.float32) for o in description.output]
 
 
 RUNNERS: dict[str, Callable[..., Runner]] = {

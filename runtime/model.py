@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from edge_ser.runtime.backends import MODEL_FILE_CHECKS, Runner, get_runner
 
 from edge_ser.audio import MAX_DURATION_S, MIN_DURATION_S
 from edge_ser.windowing import PadMode, fit_window, span_weights, window_spans
+
+if TYPE_CHECKING:  # pragma: no cover
+    from edge_ser.runtime.stream import EmotionStream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,9 +86,14 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class TimelinePoint:
+    """One prediction of a timeline: the window ``[start_s, end_s)``, or for a stream
+    (:meth:`EmotionModel.stream`) the hop just completed, whose estimate pools every frame since
+    ``segment_start_s``."""
+
     start_s: float
     end_s: float
     prediction: Prediction
+    segment_start_s: float | None = None
 
 
 class EmotionModel:
@@ -145,6 +153,12 @@ class EmotionModel:
     # -- running ----------------------------------------------------------------------
     def run_window(self, window: np.ndarray) -> dict[str, np.ndarray]:
         """Run exactly one window (window_samples,) -> raw outputs (no validation)."""
+        if self.manifest.streaming is not None:
+            raise ValueError(
+                f"{self.manifest.root} is a streaming artifact (one {self.manifest.hop_samples}-sample hop per call "
+                "with carried state); predict/timeline run windowed artifacts. Use model.stream() (or "
+                "`edge-ser predict --stream`), or convert without --stream-hop for a windowed artifact."
+            )
         try:
             return self.runner.run(window.reshape(1, -1).astype(np.float32, copy=False))
         except RuntimeError as exc:  # a backend failure on a valid window: the model file is at fault
@@ -154,6 +168,52 @@ class EmotionModel:
                 f"{self.manifest.model_path}: the {self.manifest.target} runtime failed on a valid "
                 f"{self.window_samples}-sample window ({type(exc).__name__}: {str(exc).strip()[:300]}); expected the "
                 "model written by `edge-ser convert`. Copy the artifact again or re-convert it."
+            ) from None
+
+    def stream(self, *, sample_rate: int | None = None, segment_s: float | None = None) -> "EmotionStream":
+        """A stream for a streaming artifact: push chunks of any length as they arrive, get one
+        :class:`TimelinePoint` per completed hop (:class:`edge_ser.runtime.stream.EmotionStream`).
+
+        ``sample_rate``: the chunks' rate (default: the artifact's; others are resampled as they
+        stream). ``segment_s``: start a new segment (states back to zero) every so many seconds, a
+        whole number of hops; default None: one segment, every estimate pools the whole stream so far.
+        """
+        from edge_ser.runtime.stream import EmotionStream
+
+        return EmotionStream(self, sample_rate=sample_rate, segment_s=segment_s)
+
+    def stream_file(self, path: str | os.PathLike, *, chunk_s: float = 0.1,
+                    segment_s: float | None = None) -> Iterator[TimelinePoint]:
+        """Stream an audio file through :meth:`stream` in chunks of ``chunk_s`` seconds (as a live
+        capture would deliver them); yields one point per hop, the last partial hop zero-padded."""
+        import soundfile as sf
+
+        path = Path(path)
+        try:
+            handle = sf.SoundFile(path)
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+            raise AudioError(f"cannot read audio file {path}: {str(exc).strip()!r}. Expected a WAV/FLAC/OGG file "
+                             "libsndfile can decode; re-encode it (e.g. `sox in.xyz -c 1 -r 16000 out.flac`).") from exc
+        if isinstance(chunk_s, bool) or not isinstance(chunk_s, (int, float)) or not (
+                np.isfinite(chunk_s) and chunk_s > 0):
+            raise ValueError(f"chunk_s={chunk_s!r}; expected a positive number of seconds such as 0.1.")
+        with handle:
+            stream = self.stream(sample_rate=handle.samplerate, segment_s=segment_s)
+            block = max(1, int(round(chunk_s * handle.samplerate)))
+            yield from stream.run(handle.blocks(blocksize=block, dtype="float32", always_2d=True))
+
+    def run_stream_hop(self, hop: np.ndarray, state: list[np.ndarray]) -> list[np.ndarray]:
+        """One call of a streaming artifact: ``hop`` (hop_samples,) and the states in manifest order ->
+        every output (probs, avd, embedding, then the next states). No validation: use :meth:`stream`."""
+        try:
+            return self.runner.run_all([hop.reshape(1, -1).astype(np.float32, copy=False), *state])
+        except RuntimeError as exc:
+            if isinstance(exc, EdgeSerError):
+                raise
+            raise ArtifactError(
+                f"{self.manifest.model_path}: the {self.manifest.target} runtime failed on a valid "
+                f"{self.manifest.hop_samples}-sample hop ({type(exc).__name__}: {str(exc).strip()[:300]}); expected "
+                "the model written by `edge-ser convert --stream-hop`. Copy the artifact again or re-convert it."
             ) from None
 
     def _to_prediction(self, outputs: dict[str, np.ndarray], *, windows: int = 1) -> Prediction:
@@ -310,12 +370,18 @@ def check_model_io(manifest: ArtifactManifest, runner: Runner) -> None:
     """The manifest's window, labels and dimensions against the model's real input and outputs
     (where the backend reports them). Raises ArtifactError on any disagreement."""
     problems = []
-    if runner.input_shape is not None and runner.input_shape[-1] not in (None, manifest.window_samples):
+    if runner.input_shape is not None and not manifest.streaming and runner.input_shape[-1] not in (
+            None, manifest.window_samples):
         problems.append(f"the model takes {runner.input_shape[-1]} samples, the manifest's window_samples is "
                         f"{manifest.window_samples}")
+    expected_outputs = [spec["name"] for spec in manifest.outputs] if manifest.streaming else list(OUTPUT_NAMES)
+    if runner.input_shape is not None and manifest.streaming and runner.input_shape[-1] not in (
+            None, manifest.hop_samples):
+        problems.append(f"the model takes {runner.input_shape[-1]} samples per call, the manifest's hop_samples is "
+                        f"{manifest.hop_samples}")
     if runner.output_shapes is not None:
-        if len(runner.output_shapes) != len(OUTPUT_NAMES):
-            problems.append(f"the model has {len(runner.output_shapes)} outputs; expected {list(OUTPUT_NAMES)}")
+        if len(runner.output_shapes) != len(expected_outputs):
+            problems.append(f"the model has {len(runner.output_shapes)} outputs; expected {expected_outputs}")
         else:
             for name, shape, names in (("probs", runner.output_shapes[0], manifest.labels),
                                        ("avd", runner.output_shapes[1], manifest.dimensions)):

@@ -221,12 +221,59 @@ def _production_manifest(tiny_manifest: dict) -> dict:
     return manifest
 
 
+STREAM_KEYS = {f"streaming.state.{i}.{end}" for i in range(5) for end in ("input", "output")}
+"""The state names of a streaming artifact; the starters read the states' shapes from the model."""
+
+
+def _windowed(constants: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in constants.items() if not k.startswith("streaming.")}
+
+
+def _streaming(constants: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in constants.items() if k.startswith("streaming.")}
+
+
+def stream_contract_mismatches(constants: dict[str, object], manifest: dict) -> list[str]:
+    problems = [f"missing marker {key}" for key in sorted(STREAM_KEYS - set(constants))]
+    return problems + [f"{key}: snippet has {value!r}, manifest has {_manifest_value(manifest, key)!r}"
+                       for key, value in sorted(constants.items()) if value != _manifest_value(manifest, key)]
+
+
+@pytest.fixture(scope="module")
+def streaming_pte(tmp_path_factory) -> Path:
+    """A tiny ExecuTorch streaming artifact (tiny WavLM cut at layer 2, a 2-layer TC-GRU, 0.2 s hops)."""
+    from edge_ser.converters.fused import build_fused_model
+    from edge_ser.converters.pipeline import convert
+    from edge_ser.fm import load_foundation_model
+    from edge_ser.train.model import TCGRU
+
+    torch.manual_seed(0)
+    fm = load_foundation_model("tiny-wavlm", random_init=True)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=8, gru_hidden=8, gru_layers=2)
+    fused = build_fused_model(feature_model=fm, layer=2, head=head, window_s=TINY_WINDOW_S)
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-stream-pte"
+    convert(fused=fused, target="executorch", precision="fp32", out=out, calibration_waveforms=[],
+            validation_waveforms=[speech_like(TINY_WINDOW_S, seed=s) for s in (1, 2)],
+            source_info=_source_info("tiny-wavlm"), hop_s=0.2)
+    return out
+
+
 @pytest.mark.parametrize("language", sorted(SNIPPETS))
 def test_mobile_starter_constants_match_a_converted_manifest(onnx_artifact, language):
     tiny = json.loads((onnx_artifact / "manifest.json").read_text())
     assert len(tiny["inputs"]) == 1 and len(tiny["outputs"]) == 3  # the marked indices cover every tensor
-    constants = contract_constants(SNIPPETS[language].read_text())
+    constants = _windowed(contract_constants(SNIPPETS[language].read_text()))
     assert contract_mismatches(constants, _production_manifest(tiny)) == []
+
+
+@pytest.mark.parametrize("language", sorted(SNIPPETS))
+def test_mobile_starter_state_names_match_a_streaming_manifest(streaming_pte, language):
+    manifest = json.loads((streaming_pte / "manifest.json").read_text())
+    assert len(manifest["streaming"]["state"]) == 5  # the marked indices cover every state
+    constants = _streaming(contract_constants(SNIPPETS[language].read_text()))
+    assert stream_contract_mismatches(constants, manifest) == []
+    swapped = _streaming(contract_constants(SNIPPETS[language].read_text().replace('"h_in"', '"ctx_in"', 1)))
+    assert any(p.startswith("streaming.state.1.input:") for p in stream_contract_mismatches(swapped, manifest))
 
 
 def test_contract_check_catches_a_drifted_constant(onnx_artifact):
@@ -235,9 +282,10 @@ def test_contract_check_catches_a_drifted_constant(onnx_artifact):
     swapped = source.replace('"happy", "sad"', '"sad", "happy"')
     resized = source.replace("[1, 256]", "[1, 128]")
     unmarked = re.sub(r"\s*// edge-ser:manifest dimensions", "", source)
-    assert any(p.startswith("labels:") for p in contract_mismatches(contract_constants(swapped), manifest))
-    assert any(p.startswith("outputs.2.shape:") for p in contract_mismatches(contract_constants(resized), manifest))
-    assert contract_mismatches(contract_constants(unmarked), manifest) == ["missing marker dimensions"]
+    assert any(p.startswith("labels:") for p in contract_mismatches(_windowed(contract_constants(swapped)), manifest))
+    assert any(p.startswith("outputs.2.shape:")
+               for p in contract_mismatches(_windowed(contract_constants(resized)), manifest))
+    assert contract_mismatches(_windowed(contract_constants(unmarked)), manifest) == ["missing marker dimensions"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -324,6 +372,62 @@ def test_cpp_starter_builds_and_matches_the_python_runtime(tmp_path):
     points = model.timeline(clip, SAMPLE_RATE, hop_s=1.0)
     assert [(float(s), float(e), label) for s, e, label in rows] == [
         (round(p.start_s, 2), round(p.end_s, 2), p.prediction.label) for p in points]
+
+
+@pytest.mark.slow
+def test_cpp_starter_streams_like_the_python_runtime(streaming_pte, tmp_path):
+    from edge_ser.runtime import load
+
+    include, lib = _executorch_sdk()
+    binary = tmp_path / "emotion_executorch"
+    build = subprocess.run(
+        ["g++", "-std=c++17", "-O1", "-Wall", "-Wno-deprecated-declarations", "-DC10_USING_CUSTOM_GENERATED_MACROS",
+         f"-I{include}", f"-I{include}/executorch/runtime/core/portable_type/c10", str(SNIPPETS["cpp"]),
+         "-o", str(binary), f"-L{lib}", "-Wl,--no-as-needed", "-lexecutorch", "-lexecutorch_backend_xnnpack",
+         "-lexecutorch_kernels_optimized", f"-Wl,-rpath,{lib}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr[-3000:]
+    clip = speech_like(1.1, seed=8)
+    raw = tmp_path / "clip.f32"
+    clip.astype("<f4").tofile(raw)
+    run = subprocess.run([str(binary), "--stream", str(streaming_pte / "model.pte"), str(raw), "0.07"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = re.findall(r"^\s+([0-9.]+)-\s*([0-9.]+) s\s+(\w+)\s+([0-9.]+)\s+A (-?[0-9.]+) V (-?[0-9.]+) D (-?[0-9.]+)",
+                      run.stdout, flags=re.M)
+    points = _pushed(load(streaming_pte), clip)
+    assert len(rows) == len(points) == 5  # 1.1 s in 0.2 s hops: 5 whole hops (C++ has no flush)
+    for row, point in zip(rows, points):
+        p = point.prediction
+        assert (float(row[0]), float(row[1]), row[2]) == (round(point.start_s, 2), round(point.end_s, 2), p.label)
+        np.testing.assert_allclose([float(v) for v in row[3:]], [p.top_k(1)[0][1], p.arousal, p.valence,
+                                                                  p.dominance], atol=6e-3)
+
+
+def _pushed(model, clip: np.ndarray) -> list:
+    stream = model.stream()
+    return [p for chunk in np.array_split(clip, 16) for p in stream.push(chunk)]
+
+
+def test_live_stream_example_prints_one_line_per_hop(streaming_pte, tmp_path, monkeypatch, capsys):
+    from edge_ser.runtime import load
+
+    clip = speech_like(0.9, seed=9)
+    wav = write_audio(tmp_path / "live.wav", clip)
+    assert _run_script("live_stream.py", [str(streaming_pte), str(wav), "--chunk", "0.05"], monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "hops of 0.2 s, executorch/fp32" in out
+    rows = re.findall(r"^\s*([0-9.]+)-\s*([0-9.]+)\s+([0-9.]+)\s+(\w+)\s+([0-9.]+)", out, flags=re.M)
+    expected = list(load(streaming_pte).stream().run([clip]))
+    assert len(rows) == len(expected) == 5  # 4 whole hops and the flushed partial one
+    assert [(float(r[1]), r[3]) for r in rows] == [(round(p.end_s, 2), p.prediction.label) for p in expected]
+
+
+def test_live_stream_example_refuses_a_windowed_artifact(onnx_artifact, tmp_path, monkeypatch, capsys):
+    wav = write_audio(tmp_path / "live.wav", speech_like(0.6, seed=10))
+    assert _run_script("live_stream.py", [str(onnx_artifact), str(wav)], monkeypatch) == 1
+    assert "--stream-hop" in capsys.readouterr().err
 
 
 def _production_manifest_window() -> int:

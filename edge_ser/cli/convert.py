@@ -49,9 +49,13 @@ def _precisions() -> list[str]:
                    "activations are quantized dynamically per call).")
 @click.option("--validation-utterances", type=click.IntRange(min=1), default=8, show_default=True,
               help="Validation-split utterances compared against the eager model.")
+@click.option("--stream-hop", "hop_s", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Write the streaming variant: one hop of HOP_S seconds per call (a multiple of 0.02, at most "
+                   "half the window), the GRU state carried between calls, the window as the FM's context "
+                   "(docs/streaming.md). fp32 only for now.")
 @one_line_errors
 def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
-            calibration_utterances: int, validation_utterances: int) -> None:
+            calibration_utterances: int, validation_utterances: int, hop_s: float | None) -> None:
     """Fuse a run's truncated feature model and head, quantize, lower, validate and save."""
     from edge_ser.converters.backends import get_backend
     from edge_ser.converters.pipeline import convert_run
@@ -66,7 +70,7 @@ def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Pa
     try:
         result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out, window_s=window_s,
                              calibration_utterances=calibration_utterances,
-                             validation_utterances=validation_utterances, overwrite=overwrite)
+                             validation_utterances=validation_utterances, overwrite=overwrite, hop_s=hop_s)
     except ParityError as exc:  # the message is the full report (per-output errors, agreement, failures)
         raise click.ClickException(f"{target}/{precision} artifact is outside its parity tolerance; nothing was "
                                    f"written.\n{exc}") from None

@@ -23,14 +23,37 @@ def register(root: click.Group) -> None:
 @click.option("--timeline", "hop_s", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Print a timeline with windows every HOP_S s (at most the artifact's window).")
 @click.option("--strict", is_flag=True, help="Refuse stereo or other-rate audio instead of converting it.")
+@click.option("--stream", "stream", is_flag=True,
+              help="Stream each file through a streaming artifact (edge-ser convert --stream-hop) in 0.1 s chunks, "
+                   "as a live capture would deliver them; prints one estimate per hop.")
+@click.option("--segment-s", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="With --stream: restart the head's state every SEGMENT_S seconds (a whole number of hops); "
+                   "default: every estimate pools the whole file so far.")
 @one_line_errors
-def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | None, strict: bool) -> None:
+def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | None, strict: bool, stream: bool,
+            segment_s: float | None) -> None:
     """Classify audio files with an artifact."""
     from edge_ser.audio import load_audio
     from edge_ser.runtime import load
 
+    if segment_s is not None and not stream:
+        raise click.BadParameter("--segment-s applies to --stream only; add --stream.", param_hint="--segment-s")
+    if stream and hop_s is not None:
+        raise click.BadParameter("--timeline runs a windowed artifact, --stream a streaming one; pass one of them.",
+                                 param_hint="--timeline")
     model = load(artifact, strict=strict, resample=not strict)
+    if stream and model.manifest.streaming is None:
+        raise click.BadParameter(
+            f"{artifact} is a windowed artifact; --stream needs a streaming one. Convert with "
+            "`edge-ser convert ... --stream-hop 1.0`, or use --timeline HOP_S with this one.", param_hint="--stream")
     for path in audio:
+        if stream:
+            for point in model.stream_file(path, chunk_s=0.1, segment_s=segment_s):
+                p = point.prediction
+                ranked = ", ".join(f"{name} {prob:.2f}" for name, prob in p.top_k(top))
+                click.echo(f"{path.name} {point.start_s:6.2f}-{point.end_s:6.2f}s (since {point.segment_start_s:.2f}s)"
+                           f"  {ranked} | A {p.arousal:.2f} V {p.valence:.2f} D {p.dominance:.2f}")
+            continue
         if hop_s is not None:
             clip = load_audio(path, target_sr=model.sample_rate, strict=strict)
             for point in model.timeline(clip, model.sample_rate, hop_s=hop_s):

@@ -13,6 +13,7 @@
 //
 // Command line (define EDGE_SER_NO_MAIN to drop main() when embedding the class):
 //   emotion_executorch model.pte audio.f32 [hop_seconds]
+//   emotion_executorch --stream stream.pte audio.f32 [chunk_seconds]   (a streaming artifact)
 // audio.f32 is raw little-endian float32, 16 kHz, mono, samples in [-1, 1], e.g.
 //   ffmpeg -i clip.wav -ac 1 -ar 16000 -f f32le audio.f32
 
@@ -59,6 +60,23 @@ constexpr std::array<SizesType, 2> kEmbeddingShape = {1, 256};  // edge-ser:mani
 constexpr ScalarType kOutputDType = ScalarType::Float;  // edge-ser:manifest outputs.*.dtype
 constexpr std::array<const char*, 9> kLabels = {"neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt", "other"};  // edge-ser:manifest labels
 constexpr std::array<const char*, 3> kDimensions = {"arousal", "valence", "dominance"};  // edge-ser:manifest dimensions
+
+// Streaming artifacts (`edge-ser convert ... --stream-hop S`): input 0 is one hop of samples, then
+// the carried states; outputs probs, avd, embedding, then the next states. Each state output is
+// fed back as the same state's input on the next call; all start at zeros. Their shapes depend
+// on the model and are read from the program (manifest "streaming.state").
+constexpr const char* kAudioIn = "audio_in";  // edge-ser:manifest streaming.state.0.input
+constexpr const char* kAudioOut = "audio_out";  // edge-ser:manifest streaming.state.0.output
+constexpr const char* kHIn = "h_in";  // edge-ser:manifest streaming.state.1.input
+constexpr const char* kHOut = "h_out";  // edge-ser:manifest streaming.state.1.output
+constexpr const char* kCtxIn = "ctx_in";  // edge-ser:manifest streaming.state.2.input
+constexpr const char* kCtxOut = "ctx_out";  // edge-ser:manifest streaming.state.2.output
+constexpr const char* kPoolIn = "pool_in";  // edge-ser:manifest streaming.state.3.input
+constexpr const char* kPoolOut = "pool_out";  // edge-ser:manifest streaming.state.3.output
+constexpr const char* kCountIn = "count_in";  // edge-ser:manifest streaming.state.4.input
+constexpr const char* kCountOut = "count_out";  // edge-ser:manifest streaming.state.4.output
+constexpr std::array<const char*, 5> kStateInputs = {kAudioIn, kHIn, kCtxIn, kPoolIn, kCountIn};
+constexpr std::array<const char*, 5> kStateOutputs = {kAudioOut, kHOut, kCtxOut, kPoolOut, kCountOut};
 }  // namespace contract
 
 constexpr std::size_t kNumLabels = contract::kLabels.size();
@@ -240,6 +258,104 @@ class EmotionClassifier {
   std::vector<float> window_;  // one input window, reused for every call
 };
 
+// A streaming artifact: push() samples as they arrive (16 kHz mono float32 in [-1, 1]); every
+// completed hop runs the program once with the carried states and returns the running estimate,
+// pooled over every frame since the start (or the last reset()). Same loop as
+// edge_ser.runtime.EmotionStream.
+class EmotionStream {
+ public:
+  explicit EmotionStream(const std::string& pte_path) : module_(pte_path, Module::LoadMode::Mmap) {
+    if (module_.load_forward() != Error::Ok) {
+      throw std::runtime_error("cannot load " + pte_path + ": expected an edge-ser streaming ExecuTorch artifact.");
+    }
+    const auto meta = module_.method_meta("forward");
+    const std::size_t n_states = contract::kStateInputs.size();
+    if (!meta.ok() || meta->num_inputs() != 1 + n_states || meta->num_outputs() != 3 + n_states) {
+      throw std::runtime_error("the program does not take a hop plus " + std::to_string(n_states) +
+                               " states; expected a streaming artifact (edge-ser convert ... --stream-hop S).");
+    }
+    const auto hop = meta->input_tensor_meta(0);
+    hop_ = static_cast<std::size_t>(hop->sizes()[hop->sizes().size() - 1]);
+    for (std::size_t i = 0; i < n_states; ++i) {
+      const auto in = meta->input_tensor_meta(1 + i);
+      const auto out = meta->output_tensor_meta(3 + i);
+      std::vector<SizesType> sizes(in->sizes().begin(), in->sizes().end());
+      if (!out.ok() || std::vector<SizesType>(out->sizes().begin(), out->sizes().end()) != sizes) {
+        throw std::runtime_error(std::string("state ") + contract::kStateInputs[i] + " and " +
+                                 contract::kStateOutputs[i] + " differ in shape; expected one state carried.");
+      }
+      std::size_t count = 1;
+      for (auto d : sizes) count *= static_cast<std::size_t>(d);
+      state_sizes_.push_back(sizes);
+      states_.emplace_back(count, 0.f);
+    }
+  }
+
+  std::size_t hop_samples() const { return hop_; }
+
+  // Appends n samples; returns one point per hop they complete (often none or one).
+  std::vector<TimelinePoint> push(const float* samples, std::size_t n) {
+    std::vector<TimelinePoint> points;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!std::isfinite(samples[i]) || std::fabs(samples[i]) > 1.f) {
+        throw std::invalid_argument("sample " + std::to_string(i) + " of the chunk is NaN/inf or outside [-1, 1].");
+      }
+      pending_.push_back(samples[i]);
+      if (pending_.size() == hop_) {
+        const double start = static_cast<double>(hops_ * hop_) / contract::kSampleRate;
+        points.push_back({start, start + static_cast<double>(hop_) / contract::kSampleRate, run_hop()});
+        pending_.clear();
+        ++hops_;
+      }
+    }
+    return points;
+  }
+
+  // A new segment of the same audio: the head's states back to zeros, the audio context (state 0) kept.
+  void reset() {
+    for (std::size_t i = 1; i < states_.size(); ++i) std::fill(states_[i].begin(), states_[i].end(), 0.f);
+  }
+
+ private:
+  Prediction run_hop() {
+    std::vector<executorch::extension::TensorPtr> tensors;
+    tensors.push_back(from_blob(pending_.data(), {1, static_cast<SizesType>(hop_)}, ScalarType::Float));
+    for (std::size_t i = 0; i < states_.size(); ++i) {
+      tensors.push_back(from_blob(states_[i].data(), state_sizes_[i], ScalarType::Float));
+    }
+    std::vector<executorch::runtime::EValue> inputs;
+    for (const auto& t : tensors) inputs.emplace_back(*t);
+    const auto result = module_.forward(inputs);
+    if (!result.ok()) {
+      throw std::runtime_error("forward failed with ExecuTorch error " +
+                               std::to_string(static_cast<int>(result.error())));
+    }
+    const auto& outputs = *result;
+    Prediction p;
+    const float* probs = outputs.at(0).toTensor().const_data_ptr<float>();
+    std::copy(probs, probs + kNumLabels, p.probabilities.begin());
+    const float* avd = outputs.at(1).toTensor().const_data_ptr<float>();
+    p.arousal = avd[0];
+    p.valence = avd[1];
+    p.dominance = avd[2];
+    const auto embedding = outputs.at(2).toTensor();
+    p.embedding.assign(embedding.const_data_ptr<float>(), embedding.const_data_ptr<float>() + embedding.numel());
+    // Copy the next states out: the outputs live in the method's buffers, which the next call reuses.
+    for (std::size_t i = 0; i < states_.size(); ++i) {
+      const float* next = outputs.at(3 + i).toTensor().const_data_ptr<float>();
+      std::copy(next, next + states_[i].size(), states_[i].begin());
+    }
+    return p;
+  }
+
+  Module module_;
+  std::size_t hop_ = 0;
+  std::size_t hops_ = 0;
+  std::vector<float> pending_;
+  std::vector<std::vector<SizesType>> state_sizes_;
+  std::vector<std::vector<float>> states_;
+};
+
 }  // namespace edge_ser
 
 #ifndef EDGE_SER_NO_MAIN
@@ -261,9 +377,36 @@ std::vector<float> read_f32(const std::string& path) {
 
 }  // namespace
 
+// --stream: feed the file in chunks of chunk_seconds (as a microphone would) and print each hop's estimate.
+int stream_main(const std::string& pte, const std::string& audio_path, double chunk_s) {
+  edge_ser::EmotionStream stream(pte);
+  const std::vector<float> audio = read_f32(audio_path);
+  const auto chunk = std::max<std::size_t>(1, static_cast<std::size_t>(std::lround(chunk_s * edge_ser::contract::kSampleRate)));
+  std::printf("%s: streaming, hops of %zu samples\n", audio_path.c_str(), stream.hop_samples());
+  for (std::size_t start = 0; start < audio.size(); start += chunk) {
+    const std::size_t n = std::min(chunk, audio.size() - start);
+    for (const auto& point : stream.push(audio.data() + start, n)) {
+      const auto best = point.prediction.top_k(1).front();
+      std::printf("  %7.2f-%7.2f s  %-9s %.2f  A %.2f V %.2f D %.2f\n", point.start_s, point.end_s,
+                  best.first.c_str(), best.second, point.prediction.arousal, point.prediction.valence,
+                  point.prediction.dominance);
+    }
+  }
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc >= 4 && std::string(argv[1]) == "--stream") {
+    try {
+      return stream_main(argv[2], argv[3], argc > 4 ? std::stod(argv[4]) : 0.1);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "error: %s\n", e.what());
+      return 1;
+    }
+  }
   if (argc < 3) {
-    std::fprintf(stderr, "usage: %s model.pte audio.f32 [hop_seconds]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s model.pte audio.f32 [hop_seconds]\n       %s --stream model.pte audio.f32 "
+                 "[chunk_seconds]\n", argv[0], argv[0]);
     return 2;
   }
   try {

@@ -32,6 +32,21 @@ enum EmotionModelContract {
     static let outputDataType = MLMultiArrayDataType.float32  // edge-ser:manifest outputs.*.dtype
     static let labels = ["neutral", "happy", "sad", "angry", "surprise", "fear", "disgust", "contempt", "other"]  // edge-ser:manifest labels
     static let dimensions = ["arousal", "valence", "dominance"]  // edge-ser:manifest dimensions
+
+    /// Streaming artifacts (`edge-ser convert ... --stream-hop S`): `inputName` takes one hop of samples,
+    /// then come the carried states as (input, output) pairs; each output is the same state's input on
+    /// the next call, all start at zeros. Their shapes depend on the model and are read from it.
+    static let audioIn = "audio_in"  // edge-ser:manifest streaming.state.0.input
+    static let audioOut = "audio_out"  // edge-ser:manifest streaming.state.0.output
+    static let hIn = "h_in"  // edge-ser:manifest streaming.state.1.input
+    static let hOut = "h_out"  // edge-ser:manifest streaming.state.1.output
+    static let ctxIn = "ctx_in"  // edge-ser:manifest streaming.state.2.input
+    static let ctxOut = "ctx_out"  // edge-ser:manifest streaming.state.2.output
+    static let poolIn = "pool_in"  // edge-ser:manifest streaming.state.3.input
+    static let poolOut = "pool_out"  // edge-ser:manifest streaming.state.3.output
+    static let countIn = "count_in"  // edge-ser:manifest streaming.state.4.input
+    static let countOut = "count_out"  // edge-ser:manifest streaming.state.4.output
+    static let states = [(audioIn, audioOut), (hIn, hOut), (ctxIn, ctxOut), (poolIn, poolOut), (countIn, countOut)]
 }
 
 /// One clip's emotions.
@@ -215,6 +230,91 @@ final class EmotionClassifier {
     }
 }
 
+/// A streaming artifact: `push` samples as they arrive (16 kHz mono Float32); each completed hop runs
+/// the model once with the carried states and yields the running estimate, pooled over every frame
+/// since the start (or the last `reset()`). The same loop as `edge_ser.runtime.EmotionStream`.
+final class EmotionStream {
+    private let model: MLModel
+    private let hop: MLMultiArray
+    private var states: [String: MLMultiArray] = [:]  // by input name
+    private var filled = 0
+    private var hops = 0
+    let hopSamples: Int
+
+    init(compiledModelURL: URL, computeUnits: MLComputeUnits = .cpuOnly) throws {
+        let configuration = MLModelConfiguration()
+        configuration.computeUnits = computeUnits
+        model = try MLModel(contentsOf: compiledModelURL, configuration: configuration)
+        let inputs = model.modelDescription.inputDescriptionsByName
+        guard let hopShape = inputs[EmotionModelContract.inputName]?.multiArrayConstraint?.shape,
+              hopShape.count == 2 else {
+            throw EmotionClassifierError.contractMismatch("input '\(EmotionModelContract.inputName)' is not [1, hop]")
+        }
+        hopSamples = hopShape[1].intValue
+        hop = try MLMultiArray(shape: hopShape, dataType: .float32)
+        for (name, _) in EmotionModelContract.states {
+            guard let shape = inputs[name]?.multiArrayConstraint?.shape else {
+                throw EmotionClassifierError.contractMismatch("the model has no state input '\(name)'; expected a streaming artifact")
+            }
+            states[name] = try MLMultiArray(shape: shape, dataType: .float32)
+        }
+        reset(keepingAudio: false)
+    }
+
+    /// A new segment of the same audio: the head's states back to zeros; the audio context is kept.
+    func reset(keepingAudio: Bool = true) {
+        for (name, _) in EmotionModelContract.states where !(keepingAudio && name == EmotionModelContract.audioIn) {
+            states[name]!.withUnsafeMutableBufferPointer(ofType: Float.self) { buffer, _ in
+                for i in buffer.indices { buffer[i] = 0 }
+            }
+        }
+    }
+
+    /// Appends samples; returns one point per hop they complete (often none or one).
+    func push(_ samples: [Float]) throws -> [EmotionTimelinePoint] {
+        var points: [EmotionTimelinePoint] = []
+        for (index, sample) in samples.enumerated() {
+            guard sample.isFinite else { throw EmotionClassifierError.nonFiniteSample(index: index) }
+            hop[filled] = NSNumber(value: sample)
+            filled += 1
+            if filled == hopSamples {
+                let rate = Double(EmotionModelContract.sampleRate)
+                let start = Double(hops * hopSamples) / rate
+                points.append(EmotionTimelinePoint(startSeconds: start, endSeconds: start + Double(hopSamples) / rate,
+                                                   prediction: try runHop()))
+                filled = 0
+                hops += 1
+            }
+        }
+        return points
+    }
+
+    private func runHop() throws -> EmotionPrediction {
+        var inputs: [String: MLFeatureValue] = [EmotionModelContract.inputName: MLFeatureValue(multiArray: hop)]
+        for (name, array) in states { inputs[name] = MLFeatureValue(multiArray: array) }
+        let output = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: inputs))
+        for (input, outputName) in EmotionModelContract.states {
+            guard let next = output.featureValue(for: outputName)?.multiArrayValue else {
+                throw EmotionClassifierError.contractMismatch("the model returned no state '\(outputName)'")
+            }
+            // Copy the values: the state must outlive this prediction's output buffers.
+            let target = states[input]!
+            for i in 0..<target.count { target[i] = next[i] }
+        }
+        func values(_ name: String) throws -> [Float] {
+            guard let array = output.featureValue(for: name)?.multiArrayValue else {
+                throw EmotionClassifierError.contractMismatch("the model returned no multi-array named '\(name)'")
+            }
+            return (0..<array.shape[1].intValue).map { array[[0, NSNumber(value: $0)]].floatValue }
+        }
+        let probs = try values(EmotionModelContract.probsName)
+        let avd = try values(EmotionModelContract.avdName)
+        return EmotionPrediction(
+            probabilities: Array(zip(EmotionModelContract.labels, probs)).map { (label: $0.0, probability: $0.1) },
+            arousal: avd[0], valence: avd[1], dominance: avd[2], embedding: try values(EmotionModelContract.embeddingName))
+    }
+}
+
 // Usage (e.g. in a view model):
 //
 //     let classifier = try EmotionClassifier.bundled()
@@ -222,3 +322,7 @@ final class EmotionClassifier {
 //     for (label, p) in prediction.topK(3) { print(label, p) }
 //     print(prediction.arousal, prediction.valence, prediction.dominance)
 //     let points = try classifier.timeline(longRecording, hopSeconds: 1.0)
+//
+//     // A streaming artifact, fed from the microphone tap (16 kHz mono Float32 buffers):
+//     let stream = try EmotionStream(compiledModelURL: streamModelURL)
+//     for point in try stream.push(bufferSamples) { show(point.prediction.topK(1), at: point.endSeconds) }

@@ -1,0 +1,343 @@
+"""Streaming artifacts: the head carries its state across hops, and streamed == offline.
+
+"Offline" is the same computation over the same samples without streaming: the foundation model
+on the same windows, their newest frames joined in time, and the training TC-GRU over all frames
+so far (:func:`edge_ser.converters.streaming.offline_stream_reference`). Fast tier: a tiny random
+Whisper (3 blocks, width 64) cut at block 2, a 2-layer TC-GRU, 0.5 s windows, 0.2 s hops.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from edge_ser.audio import write_audio
+from edge_ser.converters.export_forms import TCGRUStreamingHead
+from edge_ser.converters.fused import build_fused_model
+from edge_ser.converters.streaming import build_streaming_model, offline_stream_reference, stream_outputs
+from edge_ser.errors import AudioError
+from edge_ser.labels import SAMPLE_RATE
+from edge_ser.runtime.artifact import OUTPUT_NAMES, STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
+from edge_ser.runtime.parity import compare
+from edge_ser.train.model import TCGRU
+
+WINDOW_S = 0.5
+HOP_S = 0.2
+HOP = int(HOP_S * SAMPLE_RATE)
+
+
+def voiced(seconds: float, *, seed: int) -> np.ndarray:
+    """Speech-like audio: a vibrato harmonic tone with a syllable envelope plus noise, (samples,) float32."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    phase = 2 * np.pi * rng.uniform(90, 260) * (t + 0.02 * np.sin(2 * np.pi * rng.uniform(2, 6) * t))
+    tone = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = np.abs(np.sin(2 * np.pi * rng.uniform(2, 5) * t + rng.uniform(0, np.pi)))
+    return (rng.uniform(0.1, 0.5) * tone * envelope + 0.01 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fused():
+    from edge_ser.fm import load_foundation_model
+
+    fm = load_foundation_model("tiny-whisper", random_init=True, seed=0)
+    torch.manual_seed(0)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=16, gru_hidden=16, gru_layers=2, embed_dim=256)
+    with torch.no_grad():
+        head.class_head.weight.mul_(20.0)  # random heads are near-uniform; sharpen so top-1 means something
+        head.set_feature_stats(np.zeros(fm.spec.hidden_size), np.full(fm.spec.hidden_size, 0.5))
+    return build_fused_model(feature_model=fm, layer=2, head=head.eval(), window_s=WINDOW_S)
+
+
+def _parity(reference, candidate, *, precision: str = "fp32", target: str = "onnx"):
+    stack = lambda rows, i: np.stack([np.asarray(r[i], np.float64).reshape(-1) for r in rows])  # noqa: E731
+    return compare({n: stack(reference, i) for i, n in enumerate(OUTPUT_NAMES)},
+                   {n: stack(candidate, i) for i, n in enumerate(OUTPUT_NAMES)},
+                   target=target, precision=precision, comparison="streamed vs offline (test)")
+
+
+# ---------------------------------------------------------------------------------------
+# the streaming head and model, in PyTorch
+
+
+@pytest.mark.parametrize("gru_form", ["native", "scan", "unrolled"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_streaming_head_equals_the_training_head_on_the_joined_frames(gru_form, layers):
+    torch.manual_seed(layers)
+    head = TCGRU(12, conv_channels=8, gru_hidden=6, gru_layers=layers, embed_dim=16).eval()
+    head.set_feature_stats(torch.randn(12), torch.rand(12) + 0.5)
+    m, hops = 5, 4
+    frames = torch.randn(1, hops * m, 12)
+    streaming = TCGRUStreamingHead(head, hop_frames=m, gru_form=gru_form)
+    state = [torch.zeros(shape) for shape in streaming.state_shapes().values()]
+    for k in range(hops):
+        # The newest m frames of a longer window feed the head; the older ones are context only.
+        window = torch.cat([torch.randn(1, 7, 12), frames[:, k * m:(k + 1) * m]], dim=1)
+        with torch.no_grad():
+            avd, logits, embedding, *state = streaming(window, *state)
+            offline = head(frames[:, :(k + 1) * m])
+        torch.testing.assert_close(logits, offline.logits, atol=1e-6, rtol=0)
+        torch.testing.assert_close(avd, offline.avd, atol=1e-6, rtol=0)
+        torch.testing.assert_close(embedding, offline.embedding, atol=1e-6, rtol=0)
+        # The newest frame is provisional (no look-ahead yet): m - 1 finished on the first hop, m after.
+        assert float(state[-1]) == (k + 1) * m - 1
+
+
+def test_streaming_model_equals_the_offline_computation(fused):
+    streaming = build_streaming_model(fused, hop_s=HOP_S)
+    assert (streaming.hop_samples, streaming.geometry.hop_frames, streaming.geometry.context_samples) == (
+        HOP, 10, fused.window_samples - HOP)
+    wave = voiced(1.3, seed=1)  # 6 whole hops; the rest is not a hop and is not run
+
+    def step(inputs):
+        with torch.no_grad():
+            return [t.numpy() for t in streaming(*(torch.from_numpy(x) for x in inputs))]
+
+    initial = [s.numpy() for s in streaming.initial_state()]
+    streamed = stream_outputs(step, wave, initial_state=initial, hop_samples=HOP)
+    offline = offline_stream_reference(fused, wave, hop_samples=HOP)
+    assert len(streamed) == len(offline) == 6
+    report = _parity(offline, streamed)
+    assert report.passed, report.failures
+    assert max(o.max_abs for o in report.outputs) < 1e-5
+
+
+@pytest.mark.parametrize(("hop_s", "expected"), [
+    (0.02, "adds \\[1, 1\\] feature frames; expected the same whole number \\(>= 2\\)"),
+    (0.03, "multiple of the model's frame step"), (0.3, "hop <= window / 2"),
+    (-1.0, "positive number of seconds"),
+])
+def test_streaming_model_refuses_hops_that_do_not_tile_the_frames(fused, hop_s, expected):
+    with pytest.raises(ValueError, match=expected):
+        build_streaming_model(fused, hop_s=hop_s)
+
+
+def test_streaming_model_refuses_a_wrong_hop_length(fused):
+    streaming = build_streaming_model(fused, hop_s=HOP_S)
+    _, *state = streaming.example_inputs()
+    with pytest.raises(AudioError, match=f"expected one hop, \\(1, {HOP}\\)"):
+        streaming(torch.zeros(1, HOP + 1), *state)
+
+
+# ---------------------------------------------------------------------------------------
+# artifacts: ExecuTorch and ONNX, converted by the one pipeline, run by the runtime
+
+
+@pytest.fixture(scope="module", params=["onnx", "executorch"])
+def artifact(request, fused, tmp_path_factory):
+    from edge_ser.converters.pipeline import convert
+
+    out = tmp_path_factory.mktemp("stream") / f"{request.param}-fp32-stream"
+    result = convert(fused=fused, target=request.param, precision="fp32", out=out, calibration_waveforms=[],
+                     validation_waveforms=[voiced(WINDOW_S, seed=s) for s in (100, 101, 102)],
+                     source_info={**fused.source, "run": "unit-test"}, hop_s=HOP_S)
+    return out, result
+
+
+def test_streaming_artifact_manifest_documents_the_state(artifact, fused):
+    out, result = artifact
+    from edge_ser.runtime.artifact import read_manifest
+
+    manifest = read_manifest(out).raw
+    assert [i["name"] for i in manifest["inputs"]] == list(STREAM_INPUT_NAMES)
+    assert [o["name"] for o in manifest["outputs"]] == list(STREAM_OUTPUT_NAMES)
+    block = manifest["streaming"]
+    assert block["hop_samples"] == HOP and block["hop_frames"] == 10
+    assert block["context_samples"] == fused.window_samples - HOP
+    shapes = {i["name"]: i["shape"] for i in manifest["inputs"]}
+    assert shapes["waveform"] == [1, HOP] and shapes["h_in"] == [2, 1, 16]
+    assert [(s["input"], s["output"]) for s in block["state"]] == list(STREAM_STATES)
+    assert all(s["shape"] == shapes[s["input"]] and s["initial"] == "zeros" for s in block["state"])
+    assert {"foundation_model_per_hop", "estimate", "offline_equivalent"} <= set(block)
+    # The conversion gate streamed the validation audio (3 x 0.5 s = 7 hops) and compared every hop.
+    parity = result.parity
+    assert parity["ran"] and parity["passed"] and parity["n_utterances"] == 7, parity.get("failures")
+    assert "state carried" in parity["comparison"]
+
+
+def test_streamed_artifact_equals_offline_for_chunks_of_any_size(artifact, fused):
+    from edge_ser.runtime import load
+
+    out, _ = artifact
+    model = load(out)
+    wave = voiced(1.45, seed=7)
+    stream = model.stream()
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(1, len(wave)), size=9, replace=False))
+    points = [p for chunk in np.split(wave, cuts) for p in stream.push(chunk)]
+    assert len(points) == len(wave) // HOP == 7
+    offline = offline_stream_reference(fused, wave, hop_samples=HOP)
+    streamed = [[np.array([p.prediction.probabilities[c] for c in model.manifest.labels]),
+                 np.array([p.prediction.arousal, p.prediction.valence, p.prediction.dominance]),
+                 p.prediction.embedding] for p in points]
+    report = _parity(offline, streamed, target=model.manifest.target)
+    assert report.passed, report.failures
+    np.testing.assert_allclose([p.end_s for p in points], np.arange(1, 8) * HOP_S, atol=1e-9)
+    assert all(p.segment_start_s == 0.0 for p in points)
+    tail = stream.flush()  # 0.05 s left: one zero-padded hop, ending at the last real sample
+    assert len(tail) == 1 and tail[0].end_s == pytest.approx(1.45)
+
+
+def test_segments_restart_the_state(artifact, fused):
+    from edge_ser.runtime import load
+
+    out, _ = artifact
+    model = load(out)
+    wave = voiced(1.6, seed=8)
+    points = list(model.stream(segment_s=2 * HOP_S).run([wave]))
+    assert [p.segment_start_s for p in points] == pytest.approx([0, 0, 0.4, 0.4, 0.8, 0.8, 1.2, 1.2])
+    # The definition: every second hop, all states but the audio context (the FM's left context) restart at zero.
+    streaming = build_streaming_model(fused, hop_s=HOP_S)
+    state = streaming.initial_state()
+    expected = []
+    for k in range(len(wave) // HOP):
+        if k % 2 == 0:
+            state = [state[0]] + streaming.initial_state()[1:]
+        with torch.no_grad():
+            probs, avd, embedding, *state = streaming(torch.from_numpy(wave[k * HOP:(k + 1) * HOP]).reshape(1, -1),
+                                                      *state)
+        expected.append(embedding.numpy().reshape(-1))
+    got = np.stack([p.prediction.embedding for p in points])
+    np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
+    unsegmented = np.stack([p.prediction.embedding for p in model.stream().run([wave])])
+    assert np.abs(unsegmented[3:] - got[3:]).max() > 1e-4  # the reset changed what later hops pool
+
+
+def test_stream_file_matches_pushing_the_samples(artifact, tmp_path):
+    from edge_ser.runtime import load
+
+    out, _ = artifact
+    model = load(out)
+    wave = voiced(0.9, seed=9)
+    path = write_audio(tmp_path / "clip.wav", wave)
+    from_file = list(model.stream_file(path, chunk_s=0.07))
+    pushed = list(model.stream().run([wave]))
+    assert len(from_file) == len(pushed) == 5  # 4 whole hops and a partial one
+    for a, b in zip(from_file, pushed):
+        assert a.end_s == pytest.approx(b.end_s)
+        np.testing.assert_allclose(a.prediction.embedding, b.prediction.embedding, atol=1e-4)
+
+
+@pytest.mark.parametrize(("chunk", "expected"), [
+    (np.zeros(100, np.int16), "integer dtype int16; expected float samples"),
+    (np.full(100, np.nan, np.float32), "NaN or inf"),
+    (np.full(100, 2.0, np.float32), "expected floats in \\[-1, 1\\]"),
+    (np.zeros((2, 3, 4), np.float32), "expected \\(samples,\\) or \\(samples, channels\\)"),
+    (np.array(["a"]), "expected a float32 array"),
+])
+def test_stream_refuses_bad_chunks_with_clear_errors(artifact, chunk, expected):
+    from edge_ser.runtime import load
+
+    model = load(artifact[0])
+    with pytest.raises(AudioError, match=expected):
+        model.stream().push(chunk)
+
+
+def test_stream_options_and_artifact_kinds_are_checked(artifact, tmp_path):
+    from edge_ser.runtime import load
+
+    model = load(artifact[0])
+    with pytest.raises(ValueError, match="whole number of hops"):
+        model.stream(segment_s=0.3)
+    with pytest.raises(ValueError, match="streaming artifact .* Use model.stream"):
+        model.predict(voiced(0.5, seed=1), SAMPLE_RATE)
+    stereo = np.stack([voiced(0.4, seed=2)] * 2, axis=1)
+    assert len(model.stream().push(stereo)) == 2  # downmixed
+    resampled = model.stream(sample_rate=8000)
+    assert len(resampled.push(voiced(0.8, seed=3)[::2])) >= 1  # 0.4 s at 8 kHz -> about 2 hops at 16 kHz
+
+
+def test_windowed_artifact_refuses_stream(tmp_path, fused):
+    from edge_ser.converters.pipeline import convert
+    from edge_ser.runtime import load
+
+    out = tmp_path / "windowed"
+    convert(fused=fused, target="onnx", precision="fp32", out=out, calibration_waveforms=[],
+            validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "unit-test"})
+    with pytest.raises(ValueError, match="windowed artifact .* --stream-hop"):
+        load(out).stream()
+
+
+def test_streaming_int8_is_refused_until_built(fused, tmp_path):
+    from edge_ser.converters.pipeline import convert
+
+    with pytest.raises(ValueError, match="streaming artifacts are not built yet"):
+        convert(fused=fused, target="executorch", precision="int8", out=tmp_path / "x",
+                calibration_waveforms=[voiced(WINDOW_S, seed=s) for s in range(2)],
+                validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "t"},
+                hop_s=HOP_S)
+    assert not (tmp_path / "x").exists()
+
+
+
+# ---------------------------------------------------------------------------------------
+# the CLI
+
+
+def test_cli_predict_stream_prints_one_line_per_hop(artifact, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+    from edge_ser.runtime import load
+
+    out, _ = artifact
+    wave = voiced(0.9, seed=11)
+    path = write_audio(tmp_path / "talk.wav", wave)
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(out), str(path), "--stream", "--top", "1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    expected = list(load(out).stream().run([wave]))
+    assert len(lines) == len(expected) == 5
+    for line, point in zip(lines, expected):
+        assert line.startswith(f"talk.wav {point.start_s:6.2f}-{point.end_s:6.2f}s (since 0.00s)  "
+                               f"{point.prediction.label} ")
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(out), str(path), "--stream", "--segment-s", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert "(since 0.40s)" in result.output.splitlines()[2]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--segment-s", "0.4"], "--segment-s applies to --stream only"),
+    (["--stream", "--timeline", "0.2"], "pass one of them"),
+    (["--stream", "--segment-s", "0.3"], "whole number of hops"),
+])
+def test_cli_predict_stream_refuses_bad_options(artifact, tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    path = write_audio(tmp_path / "talk.wav", voiced(0.5, seed=12))
+    result = CliRunner().invoke(root, ["predict", "--artifact", str(artifact[0]), str(path), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_path):
+    """Core ML cannot predict off macOS: the converted program is checked structurally (names, shapes)."""
+    import sys
+
+    from edge_ser.converters.pipeline import convert
+
+    if sys.platform == "darwin":
+        pytest.skip("on macOS the streamed parity check runs instead (the ExecuTorch/ONNX tests cover it here)")
+    out = tmp_path / "coreml-stream"
+    result = convert(fused=fused, target="coreml", precision="fp32", out=out, calibration_waveforms=[],
+                     validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "t"},
+                     hop_s=HOP_S)
+    assert result.parity["ran"] is False
+    io = json.loads((out / "parity.json").read_text())["verification"]["io"]
+    assert io["passed"], io["problems"]
+    assert [i["name"] for i in io["inputs"]] == list(STREAM_INPUT_NAMES)
+    assert [o["name"] for o in io["outputs"]] == list(STREAM_OUTPUT_NAMES)
+    shapes = {i["name"]: i["shape"] for i in io["inputs"]}
+    assert shapes["waveform"] == [1, HOP] and shapes["h_in"] == [2, 1, 16] and shapes["count_in"] == [1, 1]
+    assert read_manifest_streaming(out)["hop_samples"] == HOP
+
+
+def read_manifest_streaming(out):
+    from edge_ser.runtime.artifact import read_manifest
+
+    return read_manifest(out).streaming
