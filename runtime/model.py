@@ -186,14 +186,9 @@ class EmotionModel:
                     segment_s: float | None = None) -> Iterator[TimelinePoint]:
         """Stream an audio file through :meth:`stream` in chunks of ``chunk_s`` seconds (as a live
         capture would deliver them); yields one point per hop, the last partial hop zero-padded."""
-        import soundfile as sf
 
         path = Path(path)
-        try:
-            handle = sf.SoundFile(path)
-        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-            raise AudioError(f"cannot read audio file {path}: {str(exc).strip()!r}. Expected a WAV/FLAC/OGG file "
-                             "libsndfile can decode; re-encode it (e.g. `sox in.xyz -c 1 -r 16000 out.flac`).") from exc
+        handle = _open_sound_file(path)
         if isinstance(chunk_s, bool) or not isinstance(chunk_s, (int, float)) or not (
                 np.isfinite(chunk_s) and chunk_s > 0):
             raise ValueError(f"chunk_s={chunk_s!r}; expected a positive number of seconds such as 0.1.")
@@ -276,18 +271,13 @@ class EmotionModel:
         Other rates are resampled as they stream (soxr), several channels averaged (both
         refused with ``strict``).
         """
-        import soundfile as sf
         import soxr
 
         from edge_ser.audio import SILENCE_PEAK, check_sample_rate, validate_waveform
 
         hop, n = self._hop(hop_s), self.window_samples
         path = Path(path)
-        try:
-            handle = sf.SoundFile(path)
-        except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
-            raise AudioError(f"cannot read audio file {path}: {str(exc).strip()!r}. Expected a WAV/FLAC/OGG file "
-                             "libsndfile can decode; re-encode it (e.g. `sox in.xyz -c 1 -r 16000 out.flac`).") from exc
+        handle = _open_sound_file(path)
         with handle:
             rate = check_sample_rate(handle.samplerate, name=str(path))
             if self.strict and (handle.channels > 1 or rate != self.sample_rate):
@@ -393,3 +383,14 @@ def check_model_io(manifest: ArtifactManifest, runner: Runner) -> None:
             f"{manifest.root}: the manifest does not describe its model: {'; '.join(problems)}. Expected the manifest "
             "written with this model by `edge-ser convert`; copy the artifact folder again or re-convert it."
         )
+
+
+def _open_sound_file(path: Path) -> Any:
+    """``soundfile.SoundFile(path)``; an unreadable file raises AudioError saying what to do."""
+    import soundfile as sf
+
+    try:
+        return sf.SoundFile(path)
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as exc:
+        raise AudioError(f"cannot read audio file {path}: {str(exc).strip()!r}. Expected a WAV/FLAC/OGG file "
+                         "libsndfile can decode; re-encode it (e.g. `sox in.xyz -c 1 -r 16000 out.flac`).") from exc
