@@ -261,6 +261,17 @@ class CacheFeatureSource(_TargetsMixin):
     def frames(self, index: int) -> np.ndarray:
         return np.asarray(self._cache.frames(int(index), self.layer))
 
+    @property
+    def table(self) -> Any:
+        """The cache's copy of the utterance table (pandas DataFrame, one row per utterance)."""
+        return self._cache.table
+
+    @property
+    def corpus_manifest(self) -> dict[str, Any]:
+        """The ``corpus`` block of the cache manifest ({} when absent)."""
+        corpus = self._cache.manifest.get("corpus")
+        return corpus if isinstance(corpus, dict) else {}
+
 
 def corpus_targets(source_labels: Sequence[Any], vocabulary: Vocabulary | None = None,
                    ) -> tuple[Vocabulary, np.ndarray, np.ndarray]:
@@ -365,15 +376,14 @@ class WindowedFeatureSource(_TargetsMixin):
 
         self._base = base
         try:
-            self._parents, self._roles, self._weights = window_rows_of(base._cache.table["extras"])
+            self._parents, self._roles, self._weights = window_rows_of(base.table["extras"])
         except ValueError as exc:
             raise ManifestError(f"feature cache {base.cache_dir}: {exc}") from None
         self._vocabulary = base.vocabulary
         self._utt_ids, self._soft, self._dims, self._labels = base.utt_ids, base.soft_targets, base.dimensions, base.labels
         self._speakers, self._genders, self._folds = base.speakers, base.genders, base.folds
         self._splits = self.restrict_splits(base.splits)
-        manifest = base._cache.manifest.get("corpus") if isinstance(base._cache.manifest.get("corpus"), dict) else {}
-        self._info = {**base.info, "windows": True, "window_corpus": manifest.get("name") if manifest else None}
+        self._info = {**base.info, "windows": True, "window_corpus": base.corpus_manifest.get("name")}
         self._check_arrays()
 
     @property
