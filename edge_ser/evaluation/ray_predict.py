@@ -22,7 +22,7 @@ local engine's by the float16 rounding; shipping float32 frames of one shard cos
 writing and reading a cache, and the driver holds only the shards that finished before the
 one the head is waiting for.
 
-Ray is imported only when this engine is entered; nothing here runs at import.
+Ray is imported only when a :class:`RayAudioEngine` is created; importing this module does not import it.
 """
 
 from __future__ import annotations
