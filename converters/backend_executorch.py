@@ -1,4 +1,6 @@
-"""ExecuTorch target: ``torch.export`` graph -> XNNPACK-delegated ``.pte`` program."""
+"""ExecuTorch target, converter side: the PT2E int8 step (:mod:`edge_ser.converters.quantize_xnnpack`)
+and ``torch.export`` graph -> XNNPACK-delegated ``.pte`` program. The file name, precisions,
+tolerances and runner are declared in :mod:`edge_ser.runtime.target_executorch`."""
 
 from __future__ import annotations
 
@@ -6,31 +8,19 @@ import collections
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec
+from edge_ser.runtime import target_executorch
 
-PTE_FILE = "model.pte"
 log = logging.getLogger(__name__)
 
 
 class ExecuTorchBackend(Backend):
-    name = "executorch"
-    artifact_file = PTE_FILE
+    target = target_executorch.TARGET
     gru_form = "scan"  # one lowered GRU step run in a loop; the per-frame graph takes minutes to lower
-    precisions = {
-        "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations, XNNPACK delegate"),
-        "int8": PrecisionSpec(
-            "int8", "pt2e-int8-dynamic-activations-xnnpack", True,
-            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer, of the "
-            "foundation model's convs (run as per-frame linears over stacked taps) and of the TC-GRU conv (run as "
-            "height-1 Conv2d), int8 activations quantized per call (dynamic ranges); the STFT/mel front end stays "
-            "float32. The GRU step's hidden-to-hidden "
-            "product is int8 too (int8 weights per row, the state quantized per step). Prepared on training utterances.",
-        ),
-    }
 
     def versions(self) -> dict[str, str]:
         import executorch.version
@@ -38,6 +28,19 @@ class ExecuTorchBackend(Backend):
 
         return {"name": self.name, "version": executorch.version.__version__.split("+")[0],
                 "torch": torch.__version__, "delegate": "xnnpack"}
+
+    def quantize_before_export(self, module: Any, *, precision: PrecisionSpec, examples: tuple[Any, ...],
+                               calibration_waveforms: Sequence[Any], window_samples: int) -> Any:
+        """int8: PT2E for XNNPACK on the calibration utterances
+        (:func:`edge_ser.converters.quantize_xnnpack.quantize_pt2e_xnnpack_int8`). fp32: constant
+        bias chains folded (:func:`~edge_ser.converters.quantize_xnnpack.export_folded`), because
+        XNNPACK takes a linear only with a constant bias."""
+        from edge_ser.converters.quantize_xnnpack import export_folded, quantize_pt2e_xnnpack_int8
+
+        if precision.calibrated:
+            return quantize_pt2e_xnnpack_int8(module, calibration_waveforms=calibration_waveforms,
+                                              window_samples=window_samples)
+        return export_folded(module, examples)
 
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
               io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:  # a .pte's I/O are positional
@@ -65,12 +68,11 @@ class ExecuTorchBackend(Backend):
             edge = to_edge_transform_and_lower(exported, partitioner=[scan_xnnpack_partitioner()])
         delegation = delegation_summary(edge.exported_program().graph_module)
         program = edge.to_executorch()
-        path = Path(out_dir) / PTE_FILE
+        path = Path(out_dir) / self.artifact_file
         path.write_bytes(program.buffer)
-        return Lowered(files=(PTE_FILE,), info={"lowering_s": round(time.perf_counter() - start, 3),
+        return Lowered(files=(self.artifact_file,), info={"lowering_s": round(time.perf_counter() - start, 3),
                                                 "delegation": delegation,
                                                 "loop_constants_in_delegate": not stranded})
-
 
 
 def inline_scan_constants_pass() -> Any:

@@ -8,8 +8,8 @@ handling (:meth:`edge_ser.runtime.EmotionModel.prepare`, ``windows`` and window 
 each window is run through both, and window outputs are averaged per utterance with the
 runtime's weights (real samples per window), so the comparison is at the level an app sees.
 
-Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances from
-:data:`edge_ser.runtime.parity.TOLERANCES`):
+Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances as the artifact's target
+declares them for its precision, :mod:`edge_ser.runtime.targets`):
 
 - ``"artifact vs PyTorch reference"``: always first; its pass/fail is the verdict;
 - for int8 artifacts whose arithmetic depends on the CPU (ONNX int8): the artifact as each

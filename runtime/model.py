@@ -39,7 +39,7 @@ import numpy as np
 
 from edge_ser.errors import AudioError, EdgeSerError
 from edge_ser.runtime.artifact import OUTPUT_NAMES, ArtifactError, ArtifactManifest, read_manifest
-from edge_ser.runtime.backends import MODEL_FILE_CHECKS, Runner, get_runner
+from edge_ser.runtime.targets import Runner, get_runner, get_target
 
 from edge_ser.audio import MAX_DURATION_S, MIN_DURATION_S
 from edge_ser.windowing import PadMode, fit_window, span_weights, window_spans
@@ -347,7 +347,7 @@ def load(artifact_dir: str | os.PathLike, *, threads: int | None = None, resampl
     [('angry', 0.71), ('disgust', 0.12), ('neutral', 0.06)]
     """
     manifest = read_manifest(Path(artifact_dir), verify=verify)
-    check_file = MODEL_FILE_CHECKS.get(manifest.target)
+    check_file = get_target(manifest.target).check_file
     if check_file is not None:
         check_file(manifest.model_path)
     runner = get_runner(manifest.target, manifest.model_path, threads=threads)
