@@ -89,62 +89,77 @@ def inline_scan_constants_pass() -> Any:
     an int8 weight there becomes a dynamically quantized op. Same outputs:
     only where the tensor lives changes.
     """
-    import torch
     from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
-    from torch.export.graph_signature import ExportGraphSignature, InputKind
-
-    constant_kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 
     class InlineScanConstants(ExportedProgramPassBase):
         def call(self, program: Any) -> Any:
-            graph_module = program.graph_module
-            specs = {spec.arg.name: spec for spec in program.graph_signature.input_specs
-                     if spec.kind in constant_kinds and hasattr(spec.arg, "name")}
-            inlined: set[str] = set()
-            for node in list(graph_module.graph.nodes):
-                if node.op != "call_function" or node.target is not torch.ops.higher_order.scan:
-                    continue
-                combine, init, xs, additional = node.args
-                body = getattr(graph_module, combine.target)
-                placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
-                offset = len(init) + len(xs)
-                kept = []
-                for j, arg in enumerate(additional):
-                    spec = specs.get(getattr(arg, "name", None)) if getattr(arg, "op", None) == "placeholder" else None
-                    if spec is None:
-                        kept.append(arg)
-                        continue
-                    tensor = (program.state_dict[spec.target] if spec.target in program.state_dict
-                              else program.constants[spec.target])
-                    placeholder = placeholders[offset + j]
-                    attr = f"_inlined_{placeholder.name}"
-                    body.register_buffer(attr, tensor)
-                    with body.graph.inserting_before(placeholder):
-                        constant = body.graph.get_attr(attr)
-                    constant.meta = dict(placeholder.meta)
-                    placeholder.replace_all_uses_with(constant)
-                    body.graph.erase_node(placeholder)
-                    inlined.add(arg.name)
-                node.args = (combine, init, xs, tuple(kept))
-                body.recompile()
-            if not inlined:
-                return ExportedProgramPassResult(program, False)
-            placeholders = {n.name: n for n in graph_module.graph.nodes if n.op == "placeholder"}
-            input_specs = []
-            for spec in program.graph_signature.input_specs:
-                name = getattr(spec.arg, "name", None)
-                if name in inlined and not placeholders[name].users:
-                    graph_module.graph.erase_node(placeholders[name])
-                    store = program._state_dict if spec.target in program.state_dict else program._constants
-                    del store[spec.target]
-                    continue
-                input_specs.append(spec)
-            program._graph_signature = ExportGraphSignature(
-                input_specs=input_specs, output_specs=program.graph_signature.output_specs)
-            graph_module.recompile()
-            return ExportedProgramPassResult(program, True)
+            inlined = _inline_scan_constants(program)
+            if inlined:
+                _drop_unused_inputs(program, inlined)
+            return ExportedProgramPassResult(program, bool(inlined))
 
     return InlineScanConstants()
+
+
+def _inline_scan_constants(program: Any) -> set[str]:
+    """Replace, in every scan of ``program``, each loop input that is a parameter, buffer or constant
+    by a ``get_attr`` constant inside the body; returns the names of the top-level inputs inlined."""
+    import torch
+    from torch.export.graph_signature import InputKind
+
+    constant_kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    graph_module = program.graph_module
+    specs = {spec.arg.name: spec for spec in program.graph_signature.input_specs
+             if spec.kind in constant_kinds and hasattr(spec.arg, "name")}
+    inlined: set[str] = set()
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.higher_order.scan:
+            continue
+        combine, init, xs, additional = node.args
+        body = getattr(graph_module, combine.target)
+        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+        offset = len(init) + len(xs)
+        kept = []
+        for j, arg in enumerate(additional):
+            spec = specs.get(getattr(arg, "name", None)) if getattr(arg, "op", None) == "placeholder" else None
+            if spec is None:
+                kept.append(arg)
+                continue
+            tensor = (program.state_dict[spec.target] if spec.target in program.state_dict
+                      else program.constants[spec.target])
+            placeholder = placeholders[offset + j]
+            attr = f"_inlined_{placeholder.name}"
+            body.register_buffer(attr, tensor)
+            with body.graph.inserting_before(placeholder):
+                constant = body.graph.get_attr(attr)
+            constant.meta = dict(placeholder.meta)
+            placeholder.replace_all_uses_with(constant)
+            body.graph.erase_node(placeholder)
+            inlined.add(arg.name)
+        node.args = (combine, init, xs, tuple(kept))
+        body.recompile()
+    return inlined
+
+
+def _drop_unused_inputs(program: Any, inlined: set[str]) -> None:
+    """Remove the top-level inputs in ``inlined`` that nothing reads any more (placeholder, signature
+    entry and stored tensor)."""
+    from torch.export.graph_signature import ExportGraphSignature
+
+    graph_module = program.graph_module
+    placeholders = {n.name: n for n in graph_module.graph.nodes if n.op == "placeholder"}
+    input_specs = []
+    for spec in program.graph_signature.input_specs:
+        name = getattr(spec.arg, "name", None)
+        if name in inlined and not placeholders[name].users:
+            graph_module.graph.erase_node(placeholders[name])
+            store = program._state_dict if spec.target in program.state_dict else program._constants
+            del store[spec.target]
+            continue
+        input_specs.append(spec)
+    program._graph_signature = ExportGraphSignature(
+        input_specs=input_specs, output_specs=program.graph_signature.output_specs)
+    graph_module.recompile()
 
 
 def _loop_bodies(graph_module: Any) -> Any:
