@@ -14,6 +14,7 @@ import numpy as np
 from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
 from edge_ser.runtime import target_onnx
 
+
 class OnnxBackend(Backend):
     target = target_onnx.TARGET
     gru_form = "native"  # ONNX has a native GRU op; the per-frame graph only slows export (minutes at 3 s)

@@ -16,6 +16,7 @@ from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
 from edge_ser.runtime.target_spec import BackendUnavailableError, PrecisionSpec, TargetSpec
 from edge_ser.runtime.tolerances import FLOAT16_COMPUTE, FLOAT32_LOWERING, QUANTIZED_8BIT
 
+
 class CoreMLRunner:
     """Runs a ``.mlpackage`` with Core ML. Prediction exists only on macOS."""
 

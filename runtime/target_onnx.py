@@ -16,6 +16,7 @@ from edge_ser.runtime.artifact import OUTPUT_NAMES, ArtifactError
 from edge_ser.runtime.target_spec import PrecisionSpec, TargetSpec
 from edge_ser.runtime.tolerances import FLOAT32_LOWERING, QUANTIZED_8BIT
 
+
 def check_onnx_file(path: Path) -> None:
     """Parse and check an ONNX model (``onnx.checker``) before ONNX Runtime loads it, where the
     ``onnx`` package is installed (an app that ships only onnxruntime skips this check)."""
