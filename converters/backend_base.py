@@ -1,45 +1,33 @@
-"""What a conversion target is: each backend knows how to *lower* an exported graph and how
-to *load/run* its artifact, nothing else (STYLE.md "One pipeline, thin backends").
+"""A conversion target, converter side: each backend adds to its target's declaration
+(:class:`edge_ser.runtime.target_spec.TargetSpec`: model file, precisions with their scheme and
+tolerance, runner) what needs torch: the GRU form to export, the quantization step before export,
+the lowering, and optional structural checks (STYLE.md "One pipeline, thin backends").
 
-Truncation, fusion, calibration, validation and the manifest live in
-:mod:`edge_ser.converters.pipeline`. Backend modules import their heavy toolchains
-(ExecuTorch, coremltools, onnxruntime) inside functions, so reading this registry (for
-CLI choices, say) is cheap.
+Truncation, fusion, validation and the manifest live in :mod:`edge_ser.converters.pipeline`.
+Backend modules import their heavy toolchains (ExecuTorch, coremltools, onnxruntime) inside
+functions, so reading this registry (for CLI choices, say) is cheap.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from edge_ser.runtime.artifact import INPUT_NAME, OUTPUT_NAMES
+from edge_ser.runtime.target_spec import PrecisionSpec, TargetSpec
+from edge_ser.runtime.targets import BackendUnavailableError, get_runner
+
+__all__ = ["Backend", "DEFAULT_IO_NAMES", "IONames", "Lowered", "PrecisionSpec", "Runner"]
 
 IONames = tuple[tuple[str, ...], tuple[str, ...]]
 DEFAULT_IO_NAMES: IONames = ((INPUT_NAME,), OUTPUT_NAMES)
 """The windowed artifact's (inputs, outputs); a streaming one's are STREAM_INPUT_NAMES / STREAM_OUTPUT_NAMES."""
 
 Runner = Callable[[np.ndarray], Mapping[str, np.ndarray]]
-"""(1, window_samples) float32 -> {"probs", "avd", "embedding"} (edge_ser.runtime.backends runners)."""
-"""Runs one ``(1, window_samples)`` float32 waveform; returns ``(probs, avd, embedding)`` arrays."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PrecisionSpec:
-    """One precision a backend offers.
-
-    ``calibrated``: the pipeline quantizes the graph with PT2E *before* lowering (int8 weights,
-    activations quantized dynamically per call), running calibration utterances through the
-    prepared graph. Otherwise any compression is weight-only or dynamic and the backend applies
-    it while lowering (no calibration data involved).
-    """
-
-    name: str
-    scheme: str
-    calibrated: bool
-    description: str
+"""Runs one ``(1, window_samples)`` float32 waveform -> {"probs", "avd", "embedding"} (a runtime runner's ``run``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,20 +46,49 @@ class Lowered:
 
 
 class Backend:
-    """Base class of a conversion target. Subclasses set the class attributes and override
-    :meth:`lower`, :meth:`runner` and, when useful, :meth:`verify`."""
+    """Base class of a conversion target. Subclasses set :attr:`target` (the runtime's declaration)
+    and :attr:`gru_form`, and override :meth:`lower` and, when useful, :meth:`quantize_before_export`
+    and :meth:`verify`."""
 
-    name: str = ""
-    artifact_file: str = ""
+    target: TargetSpec
     gru_form: str = "unrolled"
     """How the fused model's GRU is written for this target: ``"native"`` (``nn.GRU``),
     ``"unrolled"`` (per frame) or ``"scan"`` (one ``torch.scan`` per layer); see
-    :mod:`edge_ser.train.model`."""
-    precisions: Mapping[str, PrecisionSpec] = {}
+    :mod:`edge_ser.converters.export_forms`."""
+
+    @property
+    def name(self) -> str:
+        """The target's name, as the manifest records it."""
+        return self.target.name
+
+    @property
+    def artifact_file(self) -> str:
+        """The model file (or package folder) the lowering writes into the artifact folder."""
+        return self.target.model_file
+
+    @property
+    def precisions(self) -> Mapping[str, PrecisionSpec]:
+        return self.target.precisions
+
+    def precision(self, name: str) -> PrecisionSpec:
+        """The precision called ``name``; an unknown one lists those this target offers."""
+        return self.target.precision(name)
 
     def versions(self) -> dict[str, str]:
         """Toolchain versions recorded in the manifest's ``backend`` block."""
         raise NotImplementedError
+
+    def quantize_before_export(self, module: Any, *, precision: PrecisionSpec, examples: tuple[Any, ...],
+                               calibration_waveforms: Sequence[Any], window_samples: int) -> Any:
+        """This target's step between the fused model and ``torch.export``: quantize it (a
+        ``calibrated`` precision, on ``calibration_waveforms``, one window each) or rewrite it for
+        the lowering. ``examples``: the model's example inputs (one waveform, or a streaming model's
+        hop and states). Returns the module to export. Default: ``module`` unchanged (targets whose
+        compression happens while lowering, or none)."""
+        if precision.calibrated:
+            raise NotImplementedError(f"target {self.name!r} declares calibrated precision {precision.name!r} but "
+                                      "its backend has no quantization step (quantize_before_export).")
+        return module
 
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
               io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:
@@ -89,8 +106,6 @@ class Backend:
     def load_runner(self, artifact_dir: Path, *, num_threads: int = 1) -> Any:
         """The runtime shim's runner object for the saved artifact (``run``, ``run_all``), or ``None``
         when this platform cannot run it."""
-        from edge_ser.runtime.backends import BackendUnavailableError, get_runner
-
         try:
             return get_runner(self.name, Path(artifact_dir) / self.artifact_file, threads=num_threads)
         except BackendUnavailableError:
@@ -106,14 +121,3 @@ class Backend:
     def verify(self, artifact_dir: Path, *, lowered: Lowered, precision: PrecisionSpec) -> dict[str, Any]:
         """Structural checks that do not need to run the model (default: none)."""
         return {}
-
-    def precision(self, name: str) -> PrecisionSpec:
-        try:
-            return self.precisions[name]
-        except KeyError:
-            raise ValueError(
-                f"precision {name!r} is not offered by target {self.name!r}; known precisions for {self.name}: "
-                f"{sorted(self.precisions)}."
-            ) from None
-
-

@@ -1,4 +1,6 @@
-"""Core ML target: ``ExportedProgram.run_decompositions({})`` -> ML Program ``.mlpackage``.
+"""Core ML target, converter side: ``ExportedProgram.run_decompositions({})`` -> ML Program
+``.mlpackage``, weights compressed by :func:`compress_coreml_weights` (below). The file name,
+precisions, tolerances and runner are declared in :mod:`edge_ser.runtime.target_coreml`.
 
 Prediction needs macOS. On other platforms the artifact is verified structurally by
 :func:`verify_mlpackage`: input/output names and shapes from the saved spec, and every
@@ -16,10 +18,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec
+from edge_ser.runtime import target_coreml
 from edge_ser.converters.fused import INPUT_NAME, OUTPUT_NAMES
 
-MLPACKAGE = "model.mlpackage"
 DEPLOYMENT_TARGET = "iOS17"
 """Set explicitly: ML Program + per-channel int8 and 4-bit LUT constexprs need iOS 16+; iOS 17
 keeps the iOS16/17 constexpr ops. The Conv-DFT front end needs no iOS 18 STFT op."""
@@ -28,20 +30,7 @@ _SUFFIXES = ("_quantized", "_palettized", "_to_fp16")
 
 
 class CoreMLBackend(Backend):
-    name = "coreml"
-    artifact_file = MLPACKAGE
-    precisions = {
-        "fp32": PrecisionSpec("fp32", "none", False, "float32 weights, float32 compute"),
-        "fp16": PrecisionSpec("fp16", "fp16", False, "float16 weights and compute"),
-        "int8": PrecisionSpec(
-            "int8", "coreml-linear-symmetric-int8-per-channel", False,
-            "int8 weights (linear symmetric, per output channel), float16 compute",
-        ),
-        "palette4": PrecisionSpec(
-            "palette4", "coreml-palettize-kmeans-4bit", False,
-            "4-bit k-means palettized weights (16-entry table per tensor), float16 compute",
-        ),
-    }
+    target = target_coreml.TARGET
 
     def versions(self) -> dict[str, str]:
         import coremltools
@@ -53,8 +42,6 @@ class CoreMLBackend(Backend):
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
               io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:
         import coremltools as ct
-
-        from edge_ser.converters.quantize import compress_coreml_weights
 
         start = time.perf_counter()
         reference_weights = exported_weights(exported)
@@ -73,9 +60,9 @@ class CoreMLBackend(Backend):
         )
         if precision.name in ("int8", "palette4"):
             mlmodel = compress_coreml_weights(mlmodel, scheme=precision.name)
-        mlmodel.save(str(Path(out_dir) / MLPACKAGE))
+        mlmodel.save(str(Path(out_dir) / self.artifact_file))
         return Lowered(
-            files=(MLPACKAGE,),
+            files=(self.artifact_file,),
             info={"lowering_s": round(time.perf_counter() - start, 3), "compute_precision": compute.value},
             reference={"weights": reference_weights, "io": expected_io},
         )
@@ -83,7 +70,7 @@ class CoreMLBackend(Backend):
     def verify(self, artifact_dir: Path, *, lowered: Lowered, precision: PrecisionSpec) -> dict[str, Any]:
         ref = lowered.reference or {}
         return verify_mlpackage(
-            Path(artifact_dir) / MLPACKAGE, reference_weights=ref.get("weights", {}),
+            Path(artifact_dir) / self.artifact_file, reference_weights=ref.get("weights", {}),
             expected_io=ref.get("io"), precision=precision.name,
         )
 
@@ -269,3 +256,24 @@ def _check_io(spec: Any, expected: Mapping[str, Any] | None) -> dict[str, Any]:
     report["problems"] = problems
     report["passed"] = not problems
     return report
+
+
+COREML_WEIGHT_THRESHOLD = 2048
+"""Core ML compresses weight tensors with at least this many elements; biases and other
+small tensors stay fp32 (they are a negligible share of the size and sensitive to error)."""
+
+
+def compress_coreml_weights(mlmodel: Any, *, scheme: str) -> Any:
+    """Weight compression of a Core ML ML Program: ``"int8"`` (linear symmetric, per output
+    channel) or ``"palette4"`` (4-bit k-means palettization, one 16-entry table per tensor)."""
+    import coremltools.optimize.coreml as cto
+
+    if scheme == "int8":
+        op_config = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=COREML_WEIGHT_THRESHOLD,
+        )
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    if scheme == "palette4":
+        op_config = cto.OpPalettizerConfig(mode="kmeans", nbits=4, weight_threshold=COREML_WEIGHT_THRESHOLD)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op_config))
+    raise ValueError(f"unknown Core ML weight compression {scheme!r}; expected 'int8' or 'palette4'.")

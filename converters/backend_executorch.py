@@ -1,4 +1,6 @@
-"""ExecuTorch target: ``torch.export`` graph -> XNNPACK-delegated ``.pte`` program."""
+"""ExecuTorch target, converter side: the PT2E int8 step (:mod:`edge_ser.converters.quantize_xnnpack`)
+and ``torch.export`` graph -> XNNPACK-delegated ``.pte`` program. The file name, precisions,
+tolerances and runner are declared in :mod:`edge_ser.runtime.target_executorch`."""
 
 from __future__ import annotations
 
@@ -6,31 +8,19 @@ import collections
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec
+from edge_ser.runtime import target_executorch
 
-PTE_FILE = "model.pte"
 log = logging.getLogger(__name__)
 
 
 class ExecuTorchBackend(Backend):
-    name = "executorch"
-    artifact_file = PTE_FILE
+    target = target_executorch.TARGET
     gru_form = "scan"  # one lowered GRU step run in a loop; the per-frame graph takes minutes to lower
-    precisions = {
-        "fp32": PrecisionSpec("fp32", "none", False, "float32 weights and activations, XNNPACK delegate"),
-        "int8": PrecisionSpec(
-            "int8", "pt2e-int8-dynamic-activations-xnnpack", True,
-            "PT2E int8 (XNNPACKQuantizer): per-channel symmetric int8 weights of every linear layer, of the "
-            "foundation model's convs (run as per-frame linears over stacked taps) and of the TC-GRU conv (run as "
-            "height-1 Conv2d), int8 activations quantized per call (dynamic ranges); the STFT/mel front end stays "
-            "float32. The GRU step's hidden-to-hidden "
-            "product is int8 too (int8 weights per row, the state quantized per step). Prepared on training utterances.",
-        ),
-    }
 
     def versions(self) -> dict[str, str]:
         import executorch.version
@@ -38,6 +28,19 @@ class ExecuTorchBackend(Backend):
 
         return {"name": self.name, "version": executorch.version.__version__.split("+")[0],
                 "torch": torch.__version__, "delegate": "xnnpack"}
+
+    def quantize_before_export(self, module: Any, *, precision: PrecisionSpec, examples: tuple[Any, ...],
+                               calibration_waveforms: Sequence[Any], window_samples: int) -> Any:
+        """int8: PT2E for XNNPACK on the calibration utterances
+        (:func:`edge_ser.converters.quantize_xnnpack.quantize_pt2e_xnnpack_int8`). fp32: constant
+        bias chains folded (:func:`~edge_ser.converters.quantize_xnnpack.export_folded`), because
+        XNNPACK takes a linear only with a constant bias."""
+        from edge_ser.converters.quantize_xnnpack import export_folded, quantize_pt2e_xnnpack_int8
+
+        if precision.calibrated:
+            return quantize_pt2e_xnnpack_int8(module, calibration_waveforms=calibration_waveforms,
+                                              window_samples=window_samples)
+        return export_folded(module, examples)
 
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,
               io_names: IONames = DEFAULT_IO_NAMES) -> Lowered:  # a .pte's I/O are positional
@@ -65,12 +68,11 @@ class ExecuTorchBackend(Backend):
             edge = to_edge_transform_and_lower(exported, partitioner=[scan_xnnpack_partitioner()])
         delegation = delegation_summary(edge.exported_program().graph_module)
         program = edge.to_executorch()
-        path = Path(out_dir) / PTE_FILE
+        path = Path(out_dir) / self.artifact_file
         path.write_bytes(program.buffer)
-        return Lowered(files=(PTE_FILE,), info={"lowering_s": round(time.perf_counter() - start, 3),
+        return Lowered(files=(self.artifact_file,), info={"lowering_s": round(time.perf_counter() - start, 3),
                                                 "delegation": delegation,
                                                 "loop_constants_in_delegate": not stranded})
-
 
 
 def inline_scan_constants_pass() -> Any:
@@ -87,62 +89,77 @@ def inline_scan_constants_pass() -> Any:
     an int8 weight there becomes a dynamically quantized op. Same outputs:
     only where the tensor lives changes.
     """
-    import torch
     from executorch.exir.pass_base import ExportedProgramPassBase, ExportedProgramPassResult
-    from torch.export.graph_signature import ExportGraphSignature, InputKind
-
-    constant_kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
 
     class InlineScanConstants(ExportedProgramPassBase):
         def call(self, program: Any) -> Any:
-            graph_module = program.graph_module
-            specs = {spec.arg.name: spec for spec in program.graph_signature.input_specs
-                     if spec.kind in constant_kinds and hasattr(spec.arg, "name")}
-            inlined: set[str] = set()
-            for node in list(graph_module.graph.nodes):
-                if node.op != "call_function" or node.target is not torch.ops.higher_order.scan:
-                    continue
-                combine, init, xs, additional = node.args
-                body = getattr(graph_module, combine.target)
-                placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
-                offset = len(init) + len(xs)
-                kept = []
-                for j, arg in enumerate(additional):
-                    spec = specs.get(getattr(arg, "name", None)) if getattr(arg, "op", None) == "placeholder" else None
-                    if spec is None:
-                        kept.append(arg)
-                        continue
-                    tensor = (program.state_dict[spec.target] if spec.target in program.state_dict
-                              else program.constants[spec.target])
-                    placeholder = placeholders[offset + j]
-                    attr = f"_inlined_{placeholder.name}"
-                    body.register_buffer(attr, tensor)
-                    with body.graph.inserting_before(placeholder):
-                        constant = body.graph.get_attr(attr)
-                    constant.meta = dict(placeholder.meta)
-                    placeholder.replace_all_uses_with(constant)
-                    body.graph.erase_node(placeholder)
-                    inlined.add(arg.name)
-                node.args = (combine, init, xs, tuple(kept))
-                body.recompile()
-            if not inlined:
-                return ExportedProgramPassResult(program, False)
-            placeholders = {n.name: n for n in graph_module.graph.nodes if n.op == "placeholder"}
-            input_specs = []
-            for spec in program.graph_signature.input_specs:
-                name = getattr(spec.arg, "name", None)
-                if name in inlined and not placeholders[name].users:
-                    graph_module.graph.erase_node(placeholders[name])
-                    store = program._state_dict if spec.target in program.state_dict else program._constants
-                    del store[spec.target]
-                    continue
-                input_specs.append(spec)
-            program._graph_signature = ExportGraphSignature(
-                input_specs=input_specs, output_specs=program.graph_signature.output_specs)
-            graph_module.recompile()
-            return ExportedProgramPassResult(program, True)
+            inlined = _inline_scan_constants(program)
+            if inlined:
+                _drop_unused_inputs(program, inlined)
+            return ExportedProgramPassResult(program, bool(inlined))
 
     return InlineScanConstants()
+
+
+def _inline_scan_constants(program: Any) -> set[str]:
+    """Replace, in every scan of ``program``, each loop input that is a parameter, buffer or constant
+    by a ``get_attr`` constant inside the body; returns the names of the top-level inputs inlined."""
+    import torch
+    from torch.export.graph_signature import InputKind
+
+    constant_kinds = (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR)
+    graph_module = program.graph_module
+    specs = {spec.arg.name: spec for spec in program.graph_signature.input_specs
+             if spec.kind in constant_kinds and hasattr(spec.arg, "name")}
+    inlined: set[str] = set()
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.higher_order.scan:
+            continue
+        combine, init, xs, additional = node.args
+        body = getattr(graph_module, combine.target)
+        placeholders = [n for n in body.graph.nodes if n.op == "placeholder"]
+        offset = len(init) + len(xs)
+        kept = []
+        for j, arg in enumerate(additional):
+            spec = specs.get(getattr(arg, "name", None)) if getattr(arg, "op", None) == "placeholder" else None
+            if spec is None:
+                kept.append(arg)
+                continue
+            tensor = (program.state_dict[spec.target] if spec.target in program.state_dict
+                      else program.constants[spec.target])
+            placeholder = placeholders[offset + j]
+            attr = f"_inlined_{placeholder.name}"
+            body.register_buffer(attr, tensor)
+            with body.graph.inserting_before(placeholder):
+                constant = body.graph.get_attr(attr)
+            constant.meta = dict(placeholder.meta)
+            placeholder.replace_all_uses_with(constant)
+            body.graph.erase_node(placeholder)
+            inlined.add(arg.name)
+        node.args = (combine, init, xs, tuple(kept))
+        body.recompile()
+    return inlined
+
+
+def _drop_unused_inputs(program: Any, inlined: set[str]) -> None:
+    """Remove the top-level inputs in ``inlined`` that nothing reads any more (placeholder, signature
+    entry and stored tensor)."""
+    from torch.export.graph_signature import ExportGraphSignature
+
+    graph_module = program.graph_module
+    placeholders = {n.name: n for n in graph_module.graph.nodes if n.op == "placeholder"}
+    input_specs = []
+    for spec in program.graph_signature.input_specs:
+        name = getattr(spec.arg, "name", None)
+        if name in inlined and not placeholders[name].users:
+            graph_module.graph.erase_node(placeholders[name])
+            store = program._state_dict if spec.target in program.state_dict else program._constants
+            del store[spec.target]
+            continue
+        input_specs.append(spec)
+    program._graph_signature = ExportGraphSignature(
+        input_specs=input_specs, output_specs=program.graph_signature.output_specs)
+    graph_module.recompile()
 
 
 def _loop_bodies(graph_module: Any) -> Any:

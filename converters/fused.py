@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -174,29 +174,46 @@ def build_fused_model(
     front, front_source = _truncated_front(feature_model, layer=layer, weights=weights, random_init=random_init,
                                            seed=seed)
     if cache_manifest is not None:
-        RunInfo.check_foundation_weights(cache_manifest, (front_source.get("weights_source") or {}).get("sha256"),
-                                         loaded_from=weights or "random init")
-    if "provenance" in source and isinstance(feature_model, str) and feature_model != "mfbf0":
-        from edge_ser.fm.model import check_input_level
-
-        check_input_level(source["provenance"].get("input_level"), front_source.pop("_loaded"),
-                          where=f"the feature cache {source['provenance']['feature_dir']} of run {run_dir}")
+        _check_front_matches_features(front_source, cache_manifest, source["provenance"], feature_model=feature_model,
+                                      weights=weights, run_dir=run_dir)
     front_source.pop("_loaded", None)
     source.update(front_source)
     if hasattr(front, "for_window"):
         front = front.for_window(window_samples)
     fused = FusedSER(front.eval(), head.eval(), window_samples=window_samples).eval()
     fused.source = source
+    _name_outputs(fused, labels)
+    return fused.with_gru_form(gru_form)
+
+
+def _check_front_matches_features(front_source: dict[str, Any], cache_manifest: Mapping[str, Any],
+                                  provenance: Mapping[str, Any], *, feature_model: Any, weights: Any,
+                                  run_dir: Any) -> None:
+    """The rebuilt foundation model is the one the run's features came from: the weights' sha256
+    (:meth:`RunInfo.check_foundation_weights`) and the input level it normalises to."""
+    from edge_ser.train.runs import RunInfo
+
+    RunInfo.check_foundation_weights(cache_manifest, (front_source.get("weights_source") or {}).get("sha256"),
+                                     loaded_from=weights or "random init")
+    if isinstance(feature_model, str) and feature_model != "mfbf0":
+        from edge_ser.fm.model import check_input_level
+
+        check_input_level(provenance.get("input_level"), front_source.pop("_loaded"),
+                          where=f"the feature cache {provenance['feature_dir']} of run {run_dir}")
+
+
+def _name_outputs(fused: FusedSER, labels: Sequence[str] | None) -> None:
+    """Set ``fused.labels`` to ``labels`` (one name per class output), or keep the head's default
+    (the 9 categories for a 9-class head); raises when neither gives one name per output."""
+    n_classes = getattr(fused.head, "n_classes", len(CATEGORIES))
     if labels is not None:
-        n_classes = getattr(head, "n_classes", len(CATEGORIES))
         if len(labels) != n_classes:
             raise ManifestError(f"the head has {n_classes} class outputs but {len(labels)} label names were given "
                                 f"({list(labels)}); expected one name per output.")
         fused.labels = tuple(str(c) for c in labels)
     if fused.labels is None:
-        raise ValueError(f"the head has {getattr(head, 'n_classes', '?')} class outputs; pass labels=[...] with one "
-                         "name per output (a run folder records them in run.json).")
-    return fused.with_gru_form(gru_form)
+        raise ValueError(f"the head has {getattr(fused.head, 'n_classes', '?')} class outputs; pass labels=[...] with "
+                         "one name per output (a run folder records them in run.json).")
 
 
 def _truncated_front(feature_model: Any, *, layer: int | None, weights: Any, random_init: bool,

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from edge_ser.progress import progress_bar
 
-from edge_ser.converters.backends import Runner, get_backend
-from edge_ser.converters.backend_base import DEFAULT_IO_NAMES
+from edge_ser.converters.backends import Backend, Lowered, PrecisionSpec, Runner, get_backend
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, IONames
 from edge_ser.converters.fused import OUTPUT_NAMES, FusedSER, build_fused_model, fit_to_window
 from edge_ser.converters.streaming import (
     StreamingSER,
@@ -35,7 +35,7 @@ from edge_ser.converters.streaming import (
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.runtime.artifact import STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
-from edge_ser.converters.quantize import calibration_tensors, export_folded, quantize_pt2e_xnnpack_int8
+from edge_ser.converters.quantize import calibration_tensors
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
@@ -76,8 +76,8 @@ def validate(
     comparison: str = "artifact vs PyTorch reference (conversion check)",
 ) -> ParityReport:
     """Run the artifact and the eager model on the same ``(1, S)`` waveforms and compare them
-    with the runtime's parity check (:func:`edge_ser.runtime.parity.compare`, tolerance table
-    :data:`edge_ser.runtime.parity.TOLERANCES`). Returns the report; does not raise."""
+    with the runtime's parity check (:func:`edge_ser.runtime.parity.compare`, the tolerance the
+    target declares for the precision, :mod:`edge_ser.runtime.targets`). Returns the report; does not raise."""
     reference: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
     candidate: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
     reference_module.eval()
@@ -128,83 +128,35 @@ def convert(
     spec = backend.precision(precision)
     out = Path(out)
     _refuse_existing(out, overwrite=overwrite)
-    window = fused.window_samples
-    validation = calibration_tensors(validation_waveforms, window_samples=window)
+    _refuse_unoffered_streaming(spec, target=target, hop_s=hop_s)
+    validation = calibration_tensors(validation_waveforms, window_samples=fused.window_samples)
     if not validation:
         raise ValueError("got no validation waveforms; expected at least one held-out utterance, one window long.")
     calibration = list(calibration_waveforms)
     timings: dict[str, float] = {}
     fused = fused.eval()
-    # The target's GRU form (ONNX: nn.GRU; Core ML: per frame; ExecuTorch: scan). Validation
-    # compares the artifact with `fused` as given, so a form change is part of the measured error.
-    streaming = build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form) if hop_s is not None else None
-    lowered_model = fused.with_gru_form(backend.gru_form) if streaming is None else streaming
-    example = fused.example_input() if streaming is None else streaming.example_inputs()
-    examples = (example,) if streaming is None else example
-    io_names = DEFAULT_IO_NAMES if streaming is None else (STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES)
-
-    start = time.perf_counter()
-    module: torch.nn.Module = lowered_model
-    if spec.calibrated:
-        if streaming is not None:
-            raise ValueError(f"{target}/{precision} streaming artifacts are not built yet (int8 calibration runs "
-                             "whole windows); convert the streaming variant at fp32, or the windowed one at int8.")
-        module = quantize_pt2e_xnnpack_int8(lowered_model, calibration_waveforms=calibration, window_samples=window)
-        timings["quantize"] = time.perf_counter() - start
-    elif backend.name == "executorch":  # XNNPACK takes a linear only with a constant bias
-        module = export_folded(lowered_model, examples)
-    with torch.no_grad():
-        example_outputs = lowered_model(*examples)
-    start = time.perf_counter()
-    with torch.no_grad():  # an inference graph: the scan GRU's backward is not traced
-        exported = torch.export.export(module, examples, strict=False)
-    timings["export"] = time.perf_counter() - start
+    graph = _export_for_target(fused, backend, spec, hop_s=hop_s, calibration=calibration, timings=timings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_folders(out)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-{os.getpid()}-"))
     try:
         start = time.perf_counter()
-        lowered = backend.lower(exported, precision=spec, out_dir=tmp, io_names=io_names)
+        lowered = backend.lower(graph.exported, precision=spec, out_dir=tmp, io_names=graph.io_names)
         timings["lower"] = time.perf_counter() - start
         start = time.perf_counter()
         verification = backend.verify(tmp, lowered=lowered, precision=spec)
-        runner = backend.runner(tmp, num_threads=num_threads) if streaming is None else backend.load_runner(
-            tmp, num_threads=num_threads)
-        report: ParityReport | None = None
-        if runner is not None and streaming is not None:
-            report = validate_stream(runner.run_all, fused, streaming, validation, target=target, precision=precision)
-            parity = report.to_dict()
-        elif runner is not None:
-            report = validate(runner, fused, validation, target=target, precision=precision)
-            parity = report.to_dict()
-            report = _validate_kernel_paths(backend, tmp, spec=spec, fused=fused, validation=validation,
-                                            native=report, parity=parity, num_threads=num_threads)
-        else:
-            parity = {"ran": False, "passed": None,
-                      "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}
+        parity, report = _check_parity(backend, spec, tmp, fused=fused, graph=graph, validation=validation,
+                                       num_threads=num_threads)
         timings["validate"] = time.perf_counter() - start
-        parity["ran"] = runner is not None
-        verified_ok = verification.get("passed", True)
         write_json_atomic(tmp / PARITY_FILE, {"target": target, "precision": precision, "parity": parity,
                                                "verification": verification, "cpu": cpu_features().to_dict()})
-        manifest = build_manifest(
-            artifact_dir=tmp, target=target, precision=precision, backend=backend.versions(),
-            source=_manifest_source(source_info), window_samples=window,
-            inputs=tensor_specs(io_names[0], examples), outputs=tensor_specs(io_names[1], example_outputs),
-            model_files=lowered.files, quantization=_quantization_block(spec, calibration, source_info),
-            parity=_parity_summary(parity), delegation=lowered.info.get("delegation"),
-            verification=_verification_summary(verification) if verification else None,
-            labels=fused.labels or (),
-        )
-        manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
-        manifest["converted_on"] = cpu_features().to_dict()
-        if streaming is not None:
-            manifest["streaming"] = streaming_manifest_block(streaming)
-        write_manifest(tmp, manifest)
+        manifest = _write_artifact_manifest(tmp, backend=backend, spec=spec, fused=fused, graph=graph,
+                                            lowered=lowered, parity=parity, verification=verification,
+                                            calibration=calibration, source_info=source_info)
         if report is not None and not report.passed:
             raise ParityError(report)
-        if not verified_ok:
+        if not verification.get("passed", True):
             raise ManifestError(
                 f"{target}/{precision} artifact failed structural verification (inputs/outputs or dequantized "
                 f"weights): {_verification_summary(verification)}. Convert at a higher precision or report a bug."
@@ -216,6 +168,93 @@ def convert(
     log.info("wrote %s (%d bytes)", out, manifest["size_bytes"])
     return ConversionResult(out=out, target=target, precision=precision, size_bytes=int(manifest["size_bytes"]),
                             manifest=manifest, parity=parity, timings_s={k: round(v, 3) for k, v in timings.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class _TargetGraph:
+    """The fused model as one target exports it: the program to lower, its example inputs and
+    outputs (for the manifest's tensor specs), its input/output names, and the streaming form
+    (None for a windowed artifact)."""
+
+    exported: Any
+    examples: tuple[torch.Tensor, ...]
+    example_outputs: Sequence[torch.Tensor]
+    io_names: IONames
+    streaming: StreamingSER | None
+
+
+def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *, hop_s: float | None,
+                       calibration: Sequence[Any], timings: dict[str, float]) -> _TargetGraph:
+    """The target's GRU form, its quantization step (:meth:`Backend.quantize_before_export`) and
+    ``torch.export``; adds the ``quantize`` and ``export`` times to ``timings``."""
+    # The target's GRU form (ONNX: nn.GRU; Core ML: per frame; ExecuTorch: scan). Validation
+    # compares the artifact with `fused` as given, so a form change is part of the measured error.
+    streaming = build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form) if hop_s is not None else None
+    lowered_model = fused.with_gru_form(backend.gru_form) if streaming is None else streaming
+    examples = (fused.example_input(),) if streaming is None else tuple(streaming.example_inputs())
+    io_names = DEFAULT_IO_NAMES if streaming is None else (STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES)
+    start = time.perf_counter()
+    module = backend.quantize_before_export(lowered_model, precision=spec, examples=examples,
+                                            calibration_waveforms=calibration, window_samples=fused.window_samples)
+    if spec.calibrated:
+        timings["quantize"] = time.perf_counter() - start
+    with torch.no_grad():
+        example_outputs = lowered_model(*examples)
+    start = time.perf_counter()
+    with torch.no_grad():  # an inference graph: the scan GRU's backward is not traced
+        exported = torch.export.export(module, examples, strict=False)
+    timings["export"] = time.perf_counter() - start
+    return _TargetGraph(exported=exported, examples=examples, example_outputs=example_outputs, io_names=io_names,
+                        streaming=streaming)
+
+
+def _check_parity(backend: Backend, spec: PrecisionSpec, artifact_dir: Path, *, fused: FusedSER,
+                  graph: _TargetGraph, validation: Sequence[torch.Tensor],
+                  num_threads: int) -> tuple[dict[str, Any], ParityReport | None]:
+    """Run the lowered artifact with the runtime's runner against ``fused`` (streamed for a streaming
+    artifact, under each emulated int8 kernel path where the backend has them). Returns the parity
+    record for parity.json and the deciding report, or ``(record, None)`` where this platform cannot
+    run the target."""
+    target, precision = backend.name, spec.name
+    if graph.streaming is not None:
+        runner = backend.load_runner(artifact_dir, num_threads=num_threads)
+        if runner is not None:
+            report = validate_stream(runner.run_all, fused, graph.streaming, validation, target=target,
+                                     precision=precision)
+            return {**report.to_dict(), "ran": True}, report
+    else:
+        run = backend.runner(artifact_dir, num_threads=num_threads)
+        if run is not None:
+            report = validate(run, fused, validation, target=target, precision=precision)
+            parity = {**report.to_dict(), "ran": True}
+            report = _validate_kernel_paths(backend, artifact_dir, spec=spec, fused=fused, validation=validation,
+                                            native=report, parity=parity, num_threads=num_threads)
+            return parity, report
+    return {"ran": False, "passed": None,
+            "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}, None
+
+
+def _write_artifact_manifest(artifact_dir: Path, *, backend: Backend, spec: PrecisionSpec, fused: FusedSER,
+                             graph: _TargetGraph, lowered: Lowered, parity: Mapping[str, Any],
+                             verification: Mapping[str, Any], calibration: Sequence[Any],
+                             source_info: Mapping[str, Any]) -> dict[str, Any]:
+    """Build and write the artifact's manifest.json (:mod:`edge_ser.converters.manifest`); returns it."""
+    manifest = build_manifest(
+        artifact_dir=artifact_dir, target=backend.name, precision=spec.name, backend=backend.versions(),
+        source=_manifest_source(source_info), window_samples=fused.window_samples,
+        inputs=tensor_specs(graph.io_names[0], graph.examples),
+        outputs=tensor_specs(graph.io_names[1], graph.example_outputs),
+        model_files=lowered.files, quantization=_quantization_block(spec, calibration, source_info),
+        parity=_parity_summary(parity), delegation=lowered.info.get("delegation"),
+        verification=_verification_summary(verification) if verification else None,
+        labels=fused.labels or (),
+    )
+    manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
+    manifest["converted_on"] = cpu_features().to_dict()
+    if graph.streaming is not None:
+        manifest["streaming"] = streaming_manifest_block(graph.streaming)
+    write_manifest(artifact_dir, manifest)
+    return manifest
 
 
 def validate_stream(
@@ -326,6 +365,12 @@ def _remove_stale_temp_folders(out: Path) -> list[Path]:
     return removed
 
 
+def _refuse_unoffered_streaming(spec: PrecisionSpec, *, target: str, hop_s: float | None) -> None:
+    if hop_s is not None and not spec.streaming:
+        raise ValueError(f"{target}/{spec.name} streaming artifacts are not built yet (int8 calibration runs "
+                         "whole windows); convert the streaming variant at fp32, or the windowed one at int8.")
+
+
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         raise FileExistsError(
@@ -413,8 +458,8 @@ def convert_run(
     was extracted from), write the artifact. What ``edge-ser convert`` calls. ``hop_s``: the
     streaming variant (see :func:`convert`)."""
     run_dir = Path(run_dir)
-    backend = get_backend(target)
-    backend.precision(precision)  # fail on bad names before loading any model
+    spec = get_backend(target).precision(precision)  # fail on bad names before loading any model
+    _refuse_unoffered_streaming(spec, target=target, hop_s=hop_s)
     _refuse_existing(Path(out), overwrite=overwrite)
     fused = build_fused_model(run_dir=run_dir, window_s=window_s)
     provenance = fused.source["provenance"]
@@ -425,7 +470,6 @@ def convert_run(
             "is not a folder; expected the prepared corpus the features were extracted from (calibration and "
             "validation audio come from it). Restore it, or re-extract features from an existing corpus."
         )
-    spec = get_backend(target).precision(precision)
     fold = provenance.get("fold")
     calibration = run_waveforms(corpus_dir=corpus_dir, split="train", n=calibration_utterances, fold=fold,
                                 window_samples=fused.window_samples, seed=seed) if spec.calibrated else []

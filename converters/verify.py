@@ -8,8 +8,8 @@ handling (:meth:`edge_ser.runtime.EmotionModel.prepare`, ``windows`` and window 
 each window is run through both, and window outputs are averaged per utterance with the
 runtime's weights (real samples per window), so the comparison is at the level an app sees.
 
-Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances from
-:data:`edge_ser.runtime.parity.TOLERANCES`):
+Reports (:class:`edge_ser.runtime.parity.ParityReport`, tolerances as the artifact's target
+declares them for its precision, :mod:`edge_ser.runtime.targets`):
 
 - ``"artifact vs PyTorch reference"``: always first; its pass/fail is the verdict;
 - for int8 artifacts whose arithmetic depends on the CPU (ONNX int8): the artifact as each
@@ -184,7 +184,6 @@ def verify_artifact(
     Returns a :class:`VerifyResult`; it does not raise on a parity breach (the caller decides:
     ``edge_ser.runtime.parity.check(result.verdict)`` raises ``ParityError``).
     """
-    from edge_ser.audio import load_audio
     from edge_ser.data.table import load_corpus
     from edge_ser.runtime import load
 
@@ -196,26 +195,52 @@ def verify_artifact(
     run = read_run_info(run_dir)
     source = dict(model.manifest.raw.get("source") or {})
     run.check_artifact(source, artifact=model.manifest.root, role="artifact")
-
-    base_model = None
-    if baseline is not None:
-        base_model = load(Path(baseline), threads=threads)
-        bm = base_model.manifest
-        if bm.precision != "fp32":
-            raise ValueError(
-                f"baseline {bm.root} has precision {bm.precision!r}; expected an fp32 artifact (quantization error is "
-                "measured against float). Convert the run with --precision fp32 and pass that folder."
-            )
-        if bm.window_samples != model.window_samples or bm.sample_rate != model.sample_rate:
-            raise ValueError(
-                f"baseline {bm.root} takes {bm.window_samples} samples at {bm.sample_rate} Hz, the artifact "
-                f"{model.window_samples} at {model.sample_rate} Hz; expected the same window. Convert the baseline "
-                "with the same --window-s."
-            )
-        run.check_artifact(dict(bm.raw.get("source") or {}), artifact=bm.root, role="baseline")
+    base_model = None if baseline is None else _load_baseline(Path(baseline), model, run, threads=threads)
 
     reference = _torch_runner(_reference_model(run_dir=run_dir, source=source,
                                                window_samples=model.window_samples))
+    candidates = _candidates(model, reference, base_model, kernel_paths=kernel_paths, threads=threads)
+    transform = _condition_transform(condition)
+    corpus = load_corpus(corpus_dir)
+    rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
+    outputs, n_windows = _run_candidates(model, candidates, corpus, rows, transform=transform, progress=progress)
+    reports = _parity_reports(model, base_model, outputs, _task_inputs(rows, model.manifest.labels))
+    if condition is not None:
+        reports = [dataclasses.replace(r, comparison=f"{r.comparison} [{condition}]") for r in reports]
+    return VerifyResult(
+        artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
+        n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
+        baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
+        cpu=cpu_features().to_dict(),
+    )
+
+
+def _load_baseline(baseline: Path, model: Any, run: RunInfo, *, threads: int | None) -> Any:
+    """The fp32 baseline artifact, loaded, after checking it is fp32, has the artifact's window and
+    comes from the same run."""
+    from edge_ser.runtime import load
+
+    base_model = load(baseline, threads=threads)
+    bm = base_model.manifest
+    if bm.precision != "fp32":
+        raise ValueError(
+            f"baseline {bm.root} has precision {bm.precision!r}; expected an fp32 artifact (quantization error is "
+            "measured against float). Convert the run with --precision fp32 and pass that folder."
+        )
+    if bm.window_samples != model.window_samples or bm.sample_rate != model.sample_rate:
+        raise ValueError(
+            f"baseline {bm.root} takes {bm.window_samples} samples at {bm.sample_rate} Hz, the artifact "
+            f"{model.window_samples} at {model.sample_rate} Hz; expected the same window. Convert the baseline "
+            "with the same --window-s."
+        )
+    run.check_artifact(dict(bm.raw.get("source") or {}), artifact=bm.root, role="baseline")
+    return base_model
+
+
+def _candidates(model: Any, reference: Callable[[np.ndarray], Outputs], base_model: Any, *, kernel_paths: bool,
+                threads: int | None) -> dict[str, Callable[[np.ndarray], Outputs]]:
+    """Name -> window runner: ``reference``, ``artifact``, ``baseline`` (if any), then one per
+    emulated int8 kernel path where the artifact's target has them."""
     candidates: dict[str, Callable[[np.ndarray], Outputs]] = {"reference": reference, "artifact": model.run_window}
     if base_model is not None:
         candidates["baseline"] = base_model.run_window
@@ -223,19 +248,32 @@ def verify_artifact(
         from edge_ser.converters.backends import get_backend
 
         backend = get_backend(model.manifest.target)
-        emulated = backend.kernel_path_runners(artifact, precision=backend.precision(model.manifest.precision),
+        emulated = backend.kernel_path_runners(model.manifest.root,
+                                               precision=backend.precision(model.manifest.precision),
                                                num_threads=threads or 1)
         for path, run in emulated.items():
             candidates[path] = lambda w, run=run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
+    return candidates
 
-    transform = None
-    if condition is not None:
-        from edge_ser.data.conditions import apply_condition, parse_condition
 
-        parsed = parse_condition(condition)
-        transform = lambda wave: apply_condition(wave, parsed)[0]  # noqa: E731
-    corpus = load_corpus(corpus_dir)
-    rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
+def _condition_transform(condition: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The recording condition as a waveform -> waveform function, or None for clean audio."""
+    if condition is None:
+        return None
+    from edge_ser.data.conditions import apply_condition, parse_condition
+
+    parsed = parse_condition(condition)
+    return lambda wave: apply_condition(wave, parsed)[0]
+
+
+def _run_candidates(model: Any, candidates: Mapping[str, Callable[[np.ndarray], Outputs]], corpus: Any, rows: Any,
+                    *, transform: Callable[[np.ndarray], np.ndarray] | None,
+                    progress: bool) -> tuple[dict[str, Outputs], int]:
+    """Every row's clip through the runtime's input handling and windows, each window through every
+    candidate, window outputs merged per utterance as :meth:`EmotionModel.predict` merges them.
+    Returns ``({candidate: {output: (n_utterances, size)}}, windows run per candidate)``."""
+    from edge_ser.audio import load_audio
+
     collected: dict[str, dict[str, list[np.ndarray]]] = {k: {o: [] for o in OUTPUT_NAMES} for k in candidates}
     n_windows = 0
     for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="verifying", unit="utt", enabled=progress,
@@ -253,40 +291,42 @@ def verify_artifact(
             for o in OUTPUT_NAMES:
                 merged = sum(wt * np.asarray(out[o], dtype=np.float64).reshape(-1) for wt, out in zip(weights, outs))
                 collected[name][o].append(merged)
-    stacked = {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}
+    return {name: {o: np.stack(v) for o, v in outs.items()} for name, outs in collected.items()}, n_windows
 
-    label_idx = reference_label_indices(rows, model.manifest.labels)
-    dims = None
+
+def _task_inputs(rows: Any, labels: Sequence[str]) -> dict[str, Any]:
+    """The task-level parity inputs of ``rows`` (:func:`edge_ser.runtime.parity.compare`'s
+    ``label_idx``, ``dims``, ``score_classes``): reference labels in the artifact's ``labels``,
+    A/V/D targets where the corpus has them, and the classes present."""
     from edge_ser.labels import DIMENSIONS
 
+    label_idx = reference_label_indices(rows, labels)
+    dims = None
     if all(d in rows.columns for d in DIMENSIONS):
         dims = rows.loc[:, list(DIMENSIONS)].to_numpy(dtype=np.float64)
         if not np.isfinite(dims).any():
             dims = None
     present = sorted(int(c) for c in set(label_idx.tolist()) if c >= 0)
-    task_kwargs: dict[str, Any] = {"label_idx": label_idx if present else None, "dims": dims,
-                                   "score_classes": present or None}
+    return {"label_idx": label_idx if present else None, "dims": dims, "score_classes": present or None}
 
+
+def _parity_reports(model: Any, base_model: Any, outputs: Mapping[str, Outputs],
+                    task_kwargs: Mapping[str, Any]) -> list[ParityReport]:
+    """The reports of :class:`VerifyResult`, in its order: artifact vs reference, then with a
+    baseline the quantization and conversion comparisons, then each emulated kernel path."""
     m = model.manifest
-    reports = [compare(stacked["reference"], stacked["artifact"], target=m.target, precision=m.precision,
+    reports = [compare(outputs["reference"], outputs["artifact"], target=m.target, precision=m.precision,
                        comparison=REFERENCE_COMPARISON, **task_kwargs)]
     if base_model is not None:
         bm = base_model.manifest
-        reports.append(compare(stacked["baseline"], stacked["artifact"], target=m.target, precision=m.precision,
+        reports.append(compare(outputs["baseline"], outputs["artifact"], target=m.target, precision=m.precision,
                                comparison=QUANTIZATION_COMPARISON, **task_kwargs))
-        reports.append(compare(stacked["reference"], stacked["baseline"], target=bm.target, precision="fp32",
+        reports.append(compare(outputs["reference"], outputs["baseline"], target=bm.target, precision="fp32",
                                comparison=CONVERSION_COMPARISON, **task_kwargs))
-    for path in (name for name in candidates if name not in ("reference", "artifact", "baseline")):
-        reports.append(compare(stacked["reference"], stacked[path], target=m.target, precision=m.precision,
+    for path in (name for name in outputs if name not in ("reference", "artifact", "baseline")):
+        reports.append(compare(outputs["reference"], outputs[path], target=m.target, precision=m.precision,
                                comparison=kernel_path_comparison(path), **task_kwargs))
-    if condition is not None:
-        reports = [dataclasses.replace(r, comparison=f"{r.comparison} [{condition}]") for r in reports]
-    return VerifyResult(
-        artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
-        n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
-        baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
-        cpu=cpu_features().to_dict(),
-    )
+    return reports
 
 
 CLEAN = "clean"

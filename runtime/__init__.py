@@ -6,7 +6,7 @@ backend's runtime (executorch, onnxruntime or coremltools on macOS).
 """
 
 from edge_ser.runtime.artifact import ArtifactError, ArtifactManifest, read_manifest
-from edge_ser.runtime.backends import BackendUnavailableError, get_runner
+from edge_ser.runtime.targets import BackendUnavailableError, get_runner
 from edge_ser.runtime.model import EmotionModel, Prediction, TimelinePoint, load
 from edge_ser.runtime.stream import EmotionStream
 

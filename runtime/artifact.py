@@ -38,7 +38,6 @@ ARTIFACT_FORMAT = "edge-ser-artifact"
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 MANIFEST_DIGEST_KEY = "manifest_sha256"
-MODEL_FILES: dict[str, str] = {"executorch": "model.pte", "onnx": "model.onnx", "coreml": "model.mlpackage"}
 OUTPUT_NAMES: tuple[str, ...] = ("probs", "avd", "embedding")
 """The fused graph's outputs, in order: the one definition the converters, runners, parity and apps read."""
 INPUT_NAME = "waveform"
@@ -92,7 +91,8 @@ class ArtifactManifest:
 
     @property
     def model_path(self) -> Path:
-        return self.root / MODEL_FILES[self.target]
+        """The target's model file (or package folder) in the artifact folder."""
+        return self.root / _model_file(self.target)
 
     @property
     def window_s(self) -> float:
@@ -137,8 +137,9 @@ def read_manifest(artifact_dir: str | os.PathLike, *, verify: bool = True) -> Ar
         raise ArtifactError(str(exc)) from None
     _check_digest(raw, path)
     target = raw.get("target")
-    if not isinstance(target, str) or target not in MODEL_FILES:
-        raise ArtifactError(f"{path}: unknown target {target!r}; expected one of {sorted(MODEL_FILES)}. {_FIX}")
+    known = _known_targets()
+    if not isinstance(target, str) or target not in known:
+        raise ArtifactError(f"{path}: unknown target {target!r}; expected one of {known}. {_FIX}")
     missing = [key for key in ("precision", "sample_rate", "window_samples", "labels", "files", "outputs")
                if key not in raw]
     if missing:
@@ -162,6 +163,21 @@ def read_manifest(artifact_dir: str | os.PathLike, *, verify: bool = True) -> Ar
     if verify:
         verify_files(manifest)
     return manifest
+
+
+# The target table is imported inside these two functions, not at the top: the target modules
+# import this module's names (OUTPUT_NAMES, ArtifactError).
+def _known_targets() -> list[str]:
+    from edge_ser.runtime.targets import TARGETS
+
+    return sorted(TARGETS)
+
+
+def _model_file(target: str) -> str:
+    """The model file of ``target``, from its declaration in the target table."""
+    from edge_ser.runtime.targets import get_target
+
+    return get_target(target).model_file
 
 
 def _check_digest(raw: dict[str, Any], path: Path) -> None:
@@ -305,7 +321,7 @@ def check_containment(manifest: ArtifactManifest) -> None:
                 f"files inside {manifest.root}. Nothing outside an artifact is read. Copy the folder with its files "
                 "(cp -rL) or re-run `edge-ser convert`."
             )
-    model_file = MODEL_FILES[manifest.target]
+    model_file = _model_file(manifest.target)
     if not any(rel == model_file or rel.startswith(model_file + "/") for rel in manifest.files):
         raise ArtifactError(f"{manifest.root / MANIFEST_FILE} does not list {model_file}, the model file of target "
                             f"{manifest.target!r}, so its bytes could not be checked. {_FIX}")

@@ -39,7 +39,7 @@ import numpy as np
 
 from edge_ser.errors import AudioError, EdgeSerError
 from edge_ser.runtime.artifact import OUTPUT_NAMES, ArtifactError, ArtifactManifest, read_manifest
-from edge_ser.runtime.backends import MODEL_FILE_CHECKS, Runner, get_runner
+from edge_ser.runtime.targets import Runner, get_runner, get_target
 
 from edge_ser.audio import MAX_DURATION_S, MIN_DURATION_S
 from edge_ser.windowing import PadMode, fit_window, span_weights, window_spans
@@ -271,12 +271,38 @@ class EmotionModel:
         Other rates are resampled as they stream (soxr), several channels averaged (both
         refused with ``strict``).
         """
-        import soxr
-
-        from edge_ser.audio import SILENCE_PEAK, check_sample_rate, validate_waveform
+        from edge_ser.audio import validate_waveform
 
         hop, n = self._hop(hop_s), self.window_samples
         path = Path(path)
+        buffer, buffer_start, next_start, last_start = np.zeros(0, np.float32), 0, 0, None
+        for chunk in self._file_chunks(path, block_s=block_s):
+            buffer = np.concatenate([buffer, chunk])
+            while next_start + n <= buffer_start + len(buffer):
+                yield self._timeline_point(buffer, buffer_start, next_start)
+                last_start, next_start = next_start, next_start + hop
+            end = buffer_start + len(buffer)
+            keep_from = min(next_start, max(end - n, 0))  # the last n samples may make the final window
+            if keep_from > buffer_start:
+                buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+        end = buffer_start + len(buffer)
+        if last_start is None:  # shorter than one window: the whole clip, checked and padded as timeline() does
+            clip = validate_waveform(buffer, sample_rate=self.sample_rate, target_sr=self.sample_rate,
+                                     min_duration_s=self.min_duration_s, name=str(path))
+            yield TimelinePoint(0.0, len(clip) / self.sample_rate, self._to_prediction(self.run_window(
+                self.fit_window(clip))))
+        elif last_start + n < end:
+            yield self._timeline_point(buffer, buffer_start, end - n)
+
+    def _file_chunks(self, path: Path, *, block_s: float) -> Iterator[np.ndarray]:
+        """The audio of ``path`` read ``block_s`` seconds at a time, as mono float32 chunks at the
+        artifact's rate (resampled as they stream), clipped to [-1, 1]; the last chunk flushes the
+        resampler. Checks the header's rate and format first, each block when it is read, and, once
+        the file is exhausted, that it is not digital silence (AudioError, see :meth:`timeline_file`)."""
+        import soxr
+
+        from edge_ser.audio import SILENCE_PEAK, check_sample_rate
+
         handle = _open_sound_file(path)
         with handle:
             rate = check_sample_rate(handle.samplerate, name=str(path))
@@ -289,9 +315,8 @@ class EmotionModel:
                                  f"is off. Resample it or load the model with resample=True.")
             stream = (soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32", quality="HQ")
                       if rate != self.sample_rate else None)
-            block_frames = max(1, int(block_s * rate))
-            buffer, buffer_start, next_start, last_start, peak, read = np.zeros(0, np.float32), 0, 0, None, 0.0, 0
-            blocks = handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True)
+            peak, read = 0.0, 0
+            blocks = handle.blocks(blocksize=max(1, int(block_s * rate)), dtype="float32", always_2d=True)
             for block in (*blocks, None):
                 if block is None:  # end of file: flush the resampler
                     chunk = stream.resample_chunk(np.zeros(0, np.float32), last=True) if stream else np.zeros(0)
@@ -305,25 +330,10 @@ class EmotionModel:
                     read += len(mono)
                     peak = max(peak, float(np.max(np.abs(mono))) if mono.size else 0.0)
                     chunk = stream.resample_chunk(mono, last=False) if stream else mono
-                buffer = np.concatenate([buffer, np.clip(chunk, -1.0, 1.0).astype(np.float32)])
-                while next_start + n <= buffer_start + len(buffer):
-                    yield self._timeline_point(buffer, buffer_start, next_start)
-                    last_start, next_start = next_start, next_start + hop
-                end = buffer_start + len(buffer)
-                keep_from = min(next_start, max(end - n, 0))  # the last n samples may make the final window
-                if keep_from > buffer_start:
-                    buffer, buffer_start = buffer[keep_from - buffer_start:], keep_from
+                yield np.clip(chunk, -1.0, 1.0).astype(np.float32)
         if peak < SILENCE_PEAK:
             raise AudioError(f"{path} is digital silence (peak {peak:.2e}); expected speech. Remove the file or "
                              "check the recording/export.")
-        end = buffer_start + len(buffer)
-        if last_start is None:  # shorter than one window: the whole clip, checked and padded as timeline() does
-            clip = validate_waveform(buffer, sample_rate=self.sample_rate, target_sr=self.sample_rate,
-                                     min_duration_s=self.min_duration_s, name=str(path))
-            yield TimelinePoint(0.0, len(clip) / self.sample_rate, self._to_prediction(self.run_window(
-                self.fit_window(clip))))
-        elif last_start + n < end:
-            yield self._timeline_point(buffer, buffer_start, end - n)
 
     def _timeline_point(self, buffer: np.ndarray, buffer_start: int, start: int) -> TimelinePoint:
         n = self.window_samples
@@ -347,7 +357,7 @@ def load(artifact_dir: str | os.PathLike, *, threads: int | None = None, resampl
     [('angry', 0.71), ('disgust', 0.12), ('neutral', 0.06)]
     """
     manifest = read_manifest(Path(artifact_dir), verify=verify)
-    check_file = MODEL_FILE_CHECKS.get(manifest.target)
+    check_file = get_target(manifest.target).check_file
     if check_file is not None:
         check_file(manifest.model_path)
     runner = get_runner(manifest.target, manifest.model_path, threads=threads)

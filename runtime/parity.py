@@ -2,8 +2,9 @@
 
 Numerical parity per output (max abs / relative error, PSNR, cosine) and task-level
 parity (top-1 and k-best agreement, UAR and CCC of both against the labels, KL between
-the class distributions). Tolerances live in :data:`TOLERANCES`, keyed by
-(target, precision), each with its reason. A breach raises :class:`ParityError`, which
+the class distributions). Tolerances are declared by each target for each precision it
+offers (:mod:`edge_ser.runtime.targets`, rows in :mod:`edge_ser.runtime.tolerances`, each with its
+reason); :func:`tolerance_for` reads them. A breach raises :class:`ParityError`, which
 carries the whole report; the CLI turns it into a non-zero exit.
 
 Conversion error and quantization error are separated by comparing an fp32 artifact
@@ -22,6 +23,8 @@ import numpy as np
 from edge_ser.errors import EdgeSerError
 from edge_ser.metrics import concordance, mean_recall
 from edge_ser.runtime.artifact import OUTPUT_NAMES
+from edge_ser.runtime.targets import TARGETS
+from edge_ser.runtime.tolerances import Tolerance
 
 OUTPUT_SCALE_FLOOR: dict[str, float] = {"probs": 1.0, "avd": 1.0, "embedding": 0.0}
 """Probabilities and A/V/D live on [0, 1] by contract, so their errors are judged against that
@@ -35,62 +38,14 @@ DECISIVE_MARGIN = 0.05
 than this; flips among near-ties say nothing about the artifact (the reference is undecided)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Tolerance:
-    """Limits for one (target, precision). None = reported, not enforced."""
-
-    max_abs_error_of_scale: float | None  # max |ref - art| / max |ref|, per output
-    min_top1_agreement: float
-    max_uar_drop_points: float | None
-    max_ccc_drop: float | None
-    min_psnr_db: float | None
-    min_embedding_cosine: float
-    reason: str
-
-
-_FP32 = Tolerance(
-    max_abs_error_of_scale=1e-4, min_top1_agreement=1.0, max_uar_drop_points=None, max_ccc_drop=None,
-    min_psnr_db=None, min_embedding_cosine=0.99999,
-    reason="fp32 lowering only reorders float arithmetic (fused kernels, other summation order): errors stay near "
-           "float32 rounding, 1e-4 of the output scale leaves room for ~150 GRU steps of accumulation, and no "
-           "decision may change.",
-)
-_QUANT = Tolerance(
-    max_abs_error_of_scale=None, min_top1_agreement=0.97, max_uar_drop_points=1.0, max_ccc_drop=0.02,
-    min_psnr_db=None, min_embedding_cosine=0.99,
-    reason="8-bit weights (and ExecuTorch's dynamically quantized int8 activations) add rounding noise far above float error, so elementwise "
-           "bounds are replaced by task-level ones: at most 3 in 100 decisions may flip, UAR may drop at most 1 point "
-           "and CCC at most 0.02 on the test split, a larger drop failing only when its 95 % paired-bootstrap interval "
-           "excludes 0 (one near-tie flip on a small set is not evidence of a worse artifact) (top-1 counted on decisive utterances, whose reference top-1 beats "
-           "its top-2 by more than 0.05; the plain agreement is reported too). The embedding, which apps use for "
-           "similarity, must keep cosine >= 0.99. PSNR is reported (35 dB is the bar public on-device converters "
-           "use) but not enforced because task-level parity is what an app sees.",
-)
-_FP16 = Tolerance(
-    max_abs_error_of_scale=1e-2, min_top1_agreement=0.99, max_uar_drop_points=1.0, max_ccc_drop=0.01,
-    min_psnr_db=None, min_embedding_cosine=0.999,
-    reason="fp16 compute keeps ~3 decimal digits: 1e-2 of the scale bounds accumulated rounding over the encoder "
-           "and GRU; at most 1 in 100 decisions may flip.",
-)
-
-TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("executorch", "fp32"): _FP32,
-    ("executorch", "int8"): _QUANT,
-    ("onnx", "fp32"): _FP32,
-    ("onnx", "int8"): _QUANT,
-    ("coreml", "fp32"): _FP32,
-    ("coreml", "fp16"): _FP16,
-    ("coreml", "int8"): _QUANT,
-    ("coreml", "palette4"): _QUANT,
-}
-
-
 def tolerance_for(target: str, precision: str) -> Tolerance:
-    try:
-        return TOLERANCES[(target, precision)]
-    except KeyError:
-        known = ", ".join(f"{t}/{p}" for t, p in sorted(TOLERANCES))
-        raise ValueError(f"no parity tolerance for {target}/{precision}; known: {known}.") from None
+    """The parity row that ``target``'s declaration gives ``precision`` (:mod:`edge_ser.runtime.targets`);
+    an unknown pair lists the known ones."""
+    spec = TARGETS.get(target)
+    if spec is None or precision not in spec.precisions:
+        known = ", ".join(f"{t}/{p}" for t in sorted(TARGETS) for p in TARGETS[t].precisions)
+        raise ValueError(f"no parity tolerance for {target}/{precision}; known: {known}.")
+    return spec.precisions[precision].tolerance
 
 
 @dataclasses.dataclass(frozen=True)

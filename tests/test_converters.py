@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +25,6 @@ from edge_ser.converters.fused import (
 from edge_ser.converters.manifest import ARTIFACT_FORMAT, file_hashes
 from edge_ser.runtime.artifact import read_manifest
 from edge_ser.converters.pipeline import convert, validate
-from edge_ser.runtime.parity import TOLERANCES
 from edge_ser.errors import AudioError, ManifestError
 from edge_ser.io import sha256_file
 from edge_ser.labels import CATEGORIES, SAMPLE_RATE
@@ -297,7 +297,50 @@ def test_validate_flags_a_wrong_artifact(fused, validation):
     errors = {o.name: o for o in report.outputs}
     assert errors["avd"].max_abs == pytest.approx(0.01, rel=1e-3)
     assert errors["probs"].max_abs == 0.0
-    assert set(TOLERANCES) == {(t, p) for t, p in PAIRS}
+
+
+def test_one_target_table_read_by_converters_and_runtime():
+    """Each converter backend wraps the runtime's declaration of its target: same file, same
+    precisions (each with a tolerance), and the pipeline names no target."""
+    from edge_ser.runtime import targets as runtime_targets
+    from edge_ser.runtime.parity import tolerance_for
+
+    assert set(TARGETS) == set(runtime_targets.TARGETS)
+    for name, backend in TARGETS.items():
+        declared = runtime_targets.TARGETS[name]
+        assert backend.target is declared and backend.artifact_file == declared.model_file
+        assert backend.precisions is declared.precisions
+        for precision, spec in declared.precisions.items():
+            assert tolerance_for(name, precision) is spec.tolerance
+    # The strings artifacts converted earlier carry in their manifests (never renamed).
+    assert {n: t.model_file for n, t in runtime_targets.TARGETS.items()} == {
+        "executorch": "model.pte", "onnx": "model.onnx", "coreml": "model.mlpackage"}
+    source = (Path(__file__).resolve().parents[1] / "converters" / "pipeline.py").read_text(encoding="utf-8")
+    assert not [name for name in TARGETS if f'"{name}"' in source or f"'{name}'" in source]
+
+
+def test_a_declared_target_reaches_the_runtime_readers(monkeypatch, tmp_path):
+    """A new target is one declaration: the runner lookup, the parity tolerance and the manifest's
+    model file all come from it."""
+    from edge_ser.runtime import targets as runtime_targets
+    from edge_ser.runtime.artifact import _model_file
+    from edge_ser.runtime.parity import tolerance_for
+    from edge_ser.runtime.target_spec import PrecisionSpec, TargetSpec
+    from edge_ser.runtime.tolerances import FLOAT32_LOWERING
+
+    opened = []
+    spec = TargetSpec(name="toy", model_file="model.toy", runner=lambda path, threads=None: opened.append(path),
+                      precisions={"fp32": PrecisionSpec("fp32", "none", False, "toy", tolerance=FLOAT32_LOWERING)})
+    monkeypatch.setitem(runtime_targets.TARGETS, "toy", spec)
+    assert _model_file("toy") == "model.toy"
+    assert tolerance_for("toy", "fp32") is FLOAT32_LOWERING
+    runtime_targets.get_runner("toy", tmp_path / "model.toy")
+    assert opened == [tmp_path / "model.toy"]
+    with pytest.raises(ValueError, match="known precisions for toy: \\['fp32'\\]"):
+        spec.precision("int8")
+    with pytest.raises(ValueError, match="under key"):
+        TargetSpec(name="bad", model_file="m", runner=print,
+                   precisions={"int8": PrecisionSpec("fp32", "none", False, "", tolerance=FLOAT32_LOWERING)})
 
 
 def test_cli_choices_come_from_registry():
@@ -339,7 +382,7 @@ def test_palette4_bound_follows_a_reference_kmeans():
 
 
 def test_conv1d_as_conv2d_is_exact_and_leaves_the_source_alone():
-    from edge_ser.converters.quantize import Conv1dAs2d, conv1d_as_conv2d
+    from edge_ser.converters.quantize_xnnpack import Conv1dAs2d, conv1d_as_conv2d
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv1d(6, 8, 3, stride=2, padding=1), torch.nn.GELU(),
@@ -407,7 +450,7 @@ def test_executorch_loop_constants_inlined_or_lowered_as_inputs(op, tmp_path):
     (8, 4, 3, 1, 2, 2, True),      # dilation
 ])
 def test_conv1d_as_linear_is_exact(cin, cout, k, stride, padding, dilation, bias):
-    from edge_ser.converters.quantize import Conv1dAsLinear
+    from edge_ser.converters.quantize_xnnpack import Conv1dAsLinear
 
     torch.manual_seed(0)
     conv = torch.nn.Conv1d(cin, cout, k, stride=stride, padding=padding, dilation=dilation, bias=bias).eval()
@@ -417,7 +460,7 @@ def test_conv1d_as_linear_is_exact(cin, cout, k, stride, padding, dilation, bias
 
 
 def test_conv_rewrite_policy_and_grouped_convs():
-    from edge_ser.converters.quantize import Conv1dAs2d, Conv1dAsLinear, conv1d_as_conv2d
+    from edge_ser.converters.quantize_xnnpack import Conv1dAs2d, Conv1dAsLinear, conv1d_as_conv2d
 
     model = torch.nn.Module()
     model.front = torch.nn.Module()

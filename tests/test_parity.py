@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_ser.runtime.parity import ParityError, TOLERANCES, check, compare, output_error, tolerance_for
+from edge_ser.runtime.parity import ParityError, check, compare, output_error, tolerance_for
+from edge_ser.runtime.targets import TARGETS
 
 
 def _outputs(rng, n=40):
@@ -69,8 +70,10 @@ def test_ccc_drop_detected():
 
 
 def test_tolerance_table_has_reasons_and_unknown_pair_lists_known():
-    for key, tol in TOLERANCES.items():
-        assert len(tol.reason) > 40, key
+    for target in TARGETS.values():
+        for precision in target.precisions.values():
+            tol = tolerance_for(target.name, precision.name)
+            assert tol is precision.tolerance and len(tol.reason) > 40, (target.name, precision.name)
     with pytest.raises(ValueError, match="executorch/fp32"):
         tolerance_for("tflite", "int8")
 

@@ -26,7 +26,7 @@ WINDOW = int(round(WINDOW_S * SAMPLE_RATE))
 TARGETS = ("onnx", "executorch")
 EMBED = 16
 # fp32 artifacts reorder float32 arithmetic only: the converter measured ~2e-7 of scale on this
-# model; 1e-4 is the project's fp32 parity bound (edge_ser.runtime.parity.TOLERANCES).
+# model; 1e-4 is the project's fp32 parity bound (edge_ser.runtime.tolerances.FLOAT32_LOWERING).
 FP32_ATOL = 1e-4
 
 
@@ -281,7 +281,7 @@ def test_executorch_thread_pool_is_not_resized_under_a_loaded_program(artifacts)
     # XNNPACK's pool is process-wide; resizing it under a loaded program crashed the process.
     import gc
 
-    from edge_ser.runtime.backends import _LIVE_EXECUTORCH_RUNNERS, ExecuTorchRunner
+    from edge_ser.runtime.target_executorch import _LIVE_EXECUTORCH_RUNNERS, ExecuTorchRunner
 
     gc.collect()
     alone = len(_LIVE_EXECUTORCH_RUNNERS) == 0

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from edge_ser.errors import ManifestError
 from edge_ser.runtime import parity
+from edge_ser.runtime.targets import TARGETS
 
 WINDOW_S = 0.3
 LAYER = 1
@@ -28,7 +29,7 @@ LAYER = 1
 
 def _int8_from_fp32(fp32_dir, out):
     from edge_ser.converters.manifest import file_hashes, write_manifest
-    from edge_ser.converters.quantize import quantize_onnx_dynamic_int8
+    from edge_ser.converters.backend_onnx import quantize_onnx_dynamic_int8
 
     shutil.copytree(fp32_dir, out)
     quantize_onnx_dynamic_int8(fp32_dir / "model.onnx", out / "model.onnx")
@@ -74,7 +75,7 @@ def test_fp32_artifact_passes_against_reference(pipeline):
     assert result.n_windows > result.n_utterances  # ~3 s utterances, 0.3 s windows: averaged over several
     (report,) = result.reports
     assert report.comparison == REFERENCE_COMPARISON and report.target == "onnx" and report.precision == "fp32"
-    assert report.tolerance == parity.TOLERANCES[("onnx", "fp32")]
+    assert report.tolerance == parity.tolerance_for("onnx", "fp32")
     assert result.passed and report.passed, report.to_text()
     assert max(o.max_rel_of_scale for o in report.outputs) <= 1e-4
     assert {o.name for o in report.outputs} == {"probs", "avd", "embedding"}
@@ -101,8 +102,8 @@ def test_int8_with_baseline_separates_quantization_and_conversion_error(pipeline
         assert next(o for o in path.outputs if o.name == "probs").max_abs == pytest.approx(
             next(o for o in verdict.outputs if o.name == "probs").max_abs, abs=1e-5)
     assert result.cpu["isa_class"] and result.to_dict()["cpu"] == result.cpu
-    assert verdict.tolerance == quant.tolerance == parity.TOLERANCES[("onnx", "int8")]
-    assert conv.tolerance == parity.TOLERANCES[("onnx", "fp32")] and conv.passed, conv.to_text()
+    assert verdict.tolerance == quant.tolerance == parity.tolerance_for("onnx", "int8")
+    assert conv.tolerance == parity.tolerance_for("onnx", "fp32") and conv.passed, conv.to_text()
     for name in ("probs", "avd", "embedding"):
         v, q, c = (next(o for o in r.outputs if o.name == name) for r in (verdict, quant, conv))
         assert q.max_abs > 10 * c.max_abs  # int8 rounding dwarfs fp32 reordering
@@ -152,8 +153,9 @@ def test_cli_exit_code_follows_the_verdict(pipeline, tmp_path, monkeypatch):
     assert json.loads(out.read_text())["reports"][0]["passed"] is True
     assert "verifying on CPU:" in ok.output and json.loads(out.read_text())["cpu"]["flags"] is not None
 
-    impossible = dataclasses.replace(parity.TOLERANCES[("onnx", "fp32")], max_abs_error_of_scale=0.0)
-    monkeypatch.setitem(parity.TOLERANCES, ("onnx", "fp32"), impossible)
+    impossible = dataclasses.replace(parity.tolerance_for("onnx", "fp32"), max_abs_error_of_scale=0.0)
+    onnx_fp32 = dataclasses.replace(TARGETS["onnx"].precisions["fp32"], tolerance=impossible)
+    monkeypatch.setitem(TARGETS["onnx"].precisions, "fp32", onnx_fp32)
     bad = CliRunner().invoke(root, args)
     assert bad.exit_code == 1, bad.output
     assert "-> FAIL" in bad.output and "of scale > 0" in bad.output
