@@ -42,7 +42,10 @@ TINY_CHAIN: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("features extract", ("--layers", "1"), ("--layers", "all")),  # tiny saliency may pick any layer: store them all
     ("data synth", ("--out",), ("--speakers", "3", "--per-speaker", "4", "--out")),
     ("train", ("--out",), ("--epochs", "1", "--out")),
-    ("evaluate", ("--out",), ("--bootstrap", "10", "--out")),
+    ("evaluate", ("--out",), ("--bootstrap", "0", "--out")),
+    # ExecuTorch int8 lowering alone took 82 s here; the ONNX int8 artifact runs the same verify/bench/predict
+    # commands in seconds (tests/test_demo.py and tests/test_converters.py convert ExecuTorch int8).
+    ("convert", ("--target", "executorch"), ("--target", "onnx")),
     ("convert", ("--out",), ("--window-s", "1", "--calibration-utterances", "2", "--validation-utterances", "2",
                              "--out")),
     ("verify", ("--artifact",), ("--max-utterances", "2", "--artifact")),
