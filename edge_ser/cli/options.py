@@ -20,9 +20,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable, Mapping, TypeVar
-
 from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 import click
 
