@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 import pytest
 from click.testing import CliRunner
@@ -117,3 +119,26 @@ def test_every_long_running_command_has_the_same_progress_and_resume_options():
     for path in ("features extract", "train", "demo"):
         resume = options(path).get("--resume")
         assert resume is not None and resume.secondary_opts == ["--no-resume"] and resume.default is True, path
+
+
+@pytest.mark.parametrize(("command", "old", "new"), [
+    ("data prepare", ["--root", "x"], "--raw-root"),
+    ("data prepare", ["--folds", "6"], "--n-folds"),
+    ("data stats", ["corpus"], "--corpus-dir corpus"),
+    ("evaluate", ["--test", "x"], "--corpus-dir"),
+    ("evaluate", ["--seed", "1"], "--bootstrap-seed"),
+    ("verify", ["--test", "x"], "--corpus-dir"),
+    ("verify", ["--out", "r.json"], "--json"),
+    ("bench", ["--out", "r.json"], "--json"),
+    ("demo", ["--data", "x"], "--raw-root"),
+    ("demo", ["--fresh"], "--no-resume"),
+])
+def test_the_old_spellings_of_the_real_commands(command, old, new):
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, [*command.split(), *old, "--help"])  # rewritten before --help is seen
+    assert result.exit_code == 0, result.output
+    assert f"edge-ser {command}: " in result.stderr or f"root {command}: " in result.stderr
+    assert f"is deprecated, use {new}" in result.stderr
+    if old[0].startswith("--"):  # the help lists only the new spelling
+        assert not re.search(rf"(?<![\w-]){re.escape(old[0])}(?![\w-])", result.stdout), result.stdout

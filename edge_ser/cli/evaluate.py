@@ -69,7 +69,7 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--title", default=None, help="Report title.")
 @click.option("--compare", "compare_dirs", type=_DIR, multiple=True,
-              help="Compare mode: existing report folders to put side by side (repeatable; no --run/--test).")
+              help="Compare mode: existing report folders to put side by side (repeatable; no --run/--corpus-dir).")
 @progress_option
 def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path, ...], out: Path, source: str,
              split: str, classes: str | None, bootstrap: int, seed: int, train_seeds: str | None,
