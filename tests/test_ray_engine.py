@@ -2,8 +2,10 @@
 
 It must write the local engine's cache byte for byte, resume after its driver is killed, replace
 a killed worker and retry only that worker's shard, find a shard file rewritten after it was
-recorded, and fail with a clear message when Ray or a cluster is missing. Ray starts in seconds
-and each run starts its actors (a torch import each), so the module keeps runs few and small.
+recorded, and fail with a clear message when Ray or a cluster is missing. The evaluation's
+prediction from audio on the same engine must give the local engine's predictions and report,
+and ``--address auto`` must join the running instance or say that none runs. Ray starts in
+seconds and each run starts its actors (a torch import each), so the module keeps runs few and small.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from edge_ser.errors import ManifestError  # noqa: E402
 from edge_ser.features.cache import MANIFEST_FILE, PROGRESS_FILE, FeatureCache  # noqa: E402
 from edge_ser.features.extract import extract_features  # noqa: E402
 from edge_ser.features.ray_engine import WORKER_CLASS_NAME, EngineError, extract_features_ray  # noqa: E402
+from edge_ser.io import read_json  # noqa: E402
 
 SETTINGS = dict(model="tiny-whisper", layers=[1, 2], random_init=True, shard_utterances=8, show_progress=False)
 N_SHARDS = 3  # 24 utterances in shards of 8
@@ -66,6 +69,20 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def eval_run(corpus_dir, reference, tmp_path_factory):
+    """A 1-epoch run on the reference cache's layer 2 and a 5 dB noisy copy of the test split."""
+    from edge_ser.data.noise import make_noisy_corpus
+    from edge_ser.train.dataset import CacheFeatureSource
+    from edge_ser.train.trainer import TrainConfig, train_run
+
+    root = tmp_path_factory.mktemp("eval")
+    config = TrainConfig(batch_size=8, lr=3e-3, conv_channels=16, gru_hidden=16, embed_dim=16, max_epochs=1)
+    train_run(source=CacheFeatureSource(reference, layer=2), out=root / "run", config=config, progress=False)
+    make_noisy_corpus(corpus_dir=corpus_dir, snr_db=5.0, out=root / "noisy5", noise="white", split="test", seed=0)
+    return root
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -137,6 +154,54 @@ def test_cli_refuses_ray_options_without_the_ray_engine(corpus_dir, tmp_path):
     assert result.exit_code == 2, result.output
     assert "--workers, --device only apply to --engine ray" in result.output
     assert not (tmp_path / "f").exists()
+
+
+def test_address_auto_without_a_running_ray_is_a_clear_error(tmp_path, monkeypatch):
+    from edge_ser.evaluation.ray_predict import RayAudioEngine
+
+    assert not ray.is_initialized()
+    # "auto" finds a cluster through RAY_ADDRESS, the address file of `ray start` in Ray's temp folder,
+    # or any Ray GCS process on the machine. This machine is shared and other people's Ray instances
+    # would be found: hide all three, so that "none is running" holds for this test.
+    import ray._private.services as services
+
+    def no_gcs_processes() -> list:
+        return []
+
+    no_gcs_processes.cache_clear = lambda: None
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(services, "find_gcs_addresses", no_gcs_processes)
+    start = time.perf_counter()
+    with pytest.raises(EngineError, match=r"could not connect to a Ray cluster at --address auto: Could not find any "
+                                          r"running Ray instance.*Start one \(`ray start --head`"):
+        with RayAudioEngine(address="auto", workers=1):
+            pass
+    assert time.perf_counter() - start < 30 and not ray.is_initialized()
+
+
+def test_evaluate_with_cuda_without_a_gpu_is_a_clear_error(eval_run, corpus_dir, tmp_path, monkeypatch):
+    import torch
+
+    from edge_ser.evaluation.suite import evaluate_run
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer as this CPU machine's
+    with pytest.raises(EngineError, match="--device cuda: torch .* sees no CUDA device.*Use --device cpu"):
+        evaluate_run(run_dir=eval_run / "run", test_dirs=[corpus_dir], out=tmp_path / "ev", source="audio",
+                     engine="ray", device="cuda", progress=False)
+    assert not ray.is_initialized() and not (tmp_path / "ev").exists()
+
+
+def test_evaluate_cli_refuses_ray_options_without_the_ray_engine(eval_run, corpus_dir, tmp_path):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, ["evaluate", "--run", str(eval_run / "run"), "--test", str(corpus_dir),
+                                       "--out", str(tmp_path / "ev"), "--address", "auto", "--workers", "2"])
+    assert result.exit_code == 2, result.output
+    assert "--address, --workers only apply to --engine ray" in result.output
+    assert not (tmp_path / "ev").exists()
 
 
 # With the module's Ray instance.
@@ -245,3 +310,93 @@ def test_shard_rewritten_after_it_was_recorded_is_found_and_recomputed(ray_clust
     _same_cache(cache.root, reference)
     throughput = cache.manifest["throughput"]
     assert (throughput["shards_resumed"], throughput["shards_computed"]) == (N_SHARDS - 1, 1)
+
+
+# The evaluation's prediction from audio on the same engine.
+
+@pytest.fixture(scope="module")
+def local_report(eval_run, corpus_dir, tmp_path_factory):
+    """The local engine's report on the clean test split and its 5 dB copy: what the Ray engine must write."""
+    from edge_ser.evaluation.suite import evaluate_run
+
+    return evaluate_run(run_dir=eval_run / "run", test_dirs=[corpus_dir, eval_run / "noisy5"],
+                        out=tmp_path_factory.mktemp("local") / "report", source="audio", bootstrap=20, progress=False)
+
+
+def test_cli_evaluate_with_address_auto_joins_the_running_ray_instance(ray_cluster, eval_run, local_report, tmp_path):
+    # Before the tests that use `audio_engine`: its 2 workers hold the module instance's 2 CPUs until the
+    # module ends. A process of its own (this one has joined already): `--address auto` must find the module's
+    # instance. `ray start` leaves its address in <Ray temp folder>/ray/ray_current_cluster; it is
+    # written to a private temp folder here, so that other Ray instances on this shared machine are
+    # not chosen instead.
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(ray_cluster)
+    child = textwrap.dedent(f"""
+        import sys, torch
+        torch.set_num_threads(1)  # the local report's thread count, for equal bytes
+        from edge_ser.cli import main
+        sys.argv = ["edge-ser", "evaluate", "--run", {str(eval_run / "run")!r}, "--test", {str(eval_run / "noisy5")!r},
+                    "--out", {str(tmp_path / "ev")!r}, "--source", "audio", "--bootstrap", "20", "--no-progress",
+                    "--engine", "ray", "--address", "auto", "--workers", "1"]
+        main()
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(tmp_path)}
+    joined = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stderr[-2000:]
+    assert "ray: 6 utterances from audio on 1 worker(s) on the cluster at auto, start-up" in joined.stdout
+    engine = read_json(tmp_path / "ev" / "test_sets.json")["engine"]
+    assert (engine["address"], engine["connected"], engine["cluster"]) == ("auto", "auto", ray_cluster)
+    on_ray = (tmp_path / "ev" / "predictions" / "snr5dB.csv").read_bytes()
+    assert on_ray == (local_report / "predictions" / "snr5dB.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def audio_engine(ray_cluster):
+    """Prediction workers shared by the tests below (their start is most of the cost): 2 workers,
+    shards of 5 consecutive rows, so frames come back out of row order and across head batches."""
+    from edge_ser.evaluation.ray_predict import RayAudioEngine
+
+    with RayAudioEngine(workers=2, shard_utterances=5) as engine:
+        yield engine
+
+
+def test_prediction_from_audio_on_ray_equals_the_local_engines(audio_engine, ray_cluster, eval_run, corpus_dir):
+    import pandas as pd
+
+    from edge_ser.evaluation.predict import predict_corpus
+
+    sets = {"clean": corpus_dir, "noisy": eval_run / "noisy5"}  # every row: 24 and 6
+    settings = dict(run_dir=eval_run / "run", split=None, source="audio", batch_size=4, progress=False)
+    before = audio_engine.record()
+    for name, corpus in sets.items():
+        local = predict_corpus(corpus_dir=corpus, **settings)
+        on_ray = predict_corpus(corpus_dir=corpus, audio_engine=audio_engine, **settings)
+        # Byte-equal, not close: each worker runs the local engine's own code per utterance with one torch
+        # thread, as this process does here, and the head sees the same batches (docstring of ray_predict).
+        pd.testing.assert_frame_equal(on_ray, local, check_exact=True)
+        assert set(on_ray["feature_source"]) == {"audio"}
+    record = audio_engine.record()
+    assert (record["connected"], record["cluster"]) == ("existing", ray_cluster)
+    assert record["models_started"] == 1  # one set of workers served both sets
+    assert record["utterances"] - before["utterances"] == 30
+    assert record["shard_attempts"] - before["shard_attempts"] == 5 + 2
+    assert (record["shards_retried"], record["worker_deaths"]) == (0, 0)
+
+
+def test_evaluate_on_ray_writes_the_local_engines_report(audio_engine, eval_run, corpus_dir, local_report, tmp_path):
+    from edge_ser.evaluation.suite import evaluate_run
+
+    out = evaluate_run(run_dir=eval_run / "run", test_dirs=[corpus_dir, eval_run / "noisy5"], out=tmp_path / "ray",
+                       source="audio", bootstrap=20, progress=False, engine=audio_engine)
+    local, on_ray = _files(local_report), _files(out)
+    assert sorted(on_ray) == sorted(local)
+    differ = sorted(name for name in local if on_ray[name] != local[name])
+    # report.json holds its creation time (to the second), test_sets.json the engine record; all else is equal.
+    assert [name for name in differ if name != "report.json"] == ["test_sets.json"]
+    got, want = read_json(out / "report.json"), read_json(local_report / "report.json")
+    got.pop("created"), want.pop("created")  # when each report was written
+    assert got == want
+    sets = read_json(out / "test_sets.json")
+    engine = sets.pop("engine")
+    assert sets == read_json(local_report / "test_sets.json")
+    assert (engine["name"], engine["workers"], engine["device"], engine["connected"]) == ("ray", 2, "cpu", "existing")

@@ -12,6 +12,7 @@ import click
 
 from edge_ser.cli.options import CORPUS_DIR, VocabularyCommand, progress_option
 from edge_ser.evaluation.predict import PREDICTION_SOURCES
+from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 from edge_ser.labels import CATEGORIES
 
 
@@ -71,10 +72,21 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--compare", "compare_dirs", type=_DIR, multiple=True,
               help="Compare mode: existing report folders to put side by side (repeatable; no --run/--corpus-dir).")
 @progress_option
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
+              help="Where the foundation model computes features from audio: this process, or Ray workers "
+                   "(pip install 'edge-ser[ray]'; docs/scale.md). Both give the same predictions.")
+@click.option("--address", default=None,
+              help="--engine ray: 'auto' (the cluster of this node) or HOST:PORT of a Ray head node. "
+                   "Default: start a local Ray instance for this run.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine ray: Ray actors, each holding one copy of the model.  [default: 2]")
+@click.option("--device", type=click.Choice(list(DEVICES)), default=None,
+              help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
+                   "(untested on a GPU so far).  [default: cpu]")
 def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path, ...], out: Path, source: str,
              split: str, classes: str | None, bootstrap: int, seed: int, train_seeds: str | None,
              features_dir: Path | None, batch_size: int, title: str | None, compare_dirs: tuple[Path, ...],
-             progress: bool) -> None:
+             progress: bool, engine: str, address: str | None, workers: int | None, device: str | None) -> None:
     """Score a run on test sets (CCC, UAR@k, paUAR, per gender, noise) into a report folder."""
     from edge_ser.errors import EdgeSerError
     from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run
@@ -95,8 +107,14 @@ def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path
         raise click.UsageError("give at least one --corpus-dir CORPUS_DIR to score.")
     if train_seeds is not None and run_dir is not None:
         raise click.UsageError("--seeds selects k-fold training seeds; use it with --folds-dir only.")
+    if engine != "ray":
+        ray_only = [name for name, value in (("--address", address), ("--workers", workers), ("--device", device))
+                    if value is not None]
+        if ray_only:
+            raise click.UsageError(f"{', '.join(ray_only)} only apply to --engine ray; add --engine ray or drop them.")
     common = dict(test_dirs=list(test_dirs), out=out, classes=_classes(classes), source=source, bootstrap=bootstrap,
-                  seed=seed, batch_size=batch_size, features_dir=features_dir, title=title, progress=progress)
+                  seed=seed, batch_size=batch_size, features_dir=features_dir, title=title, progress=progress,
+                  engine=engine, address=address, workers=workers, device=device)
     try:
         if run_dir is not None:
             path = evaluate_run(run_dir=run_dir, split=None if split == "all" else split, **common)
@@ -109,6 +127,7 @@ def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path
 
 def _echo_summary(path: Path) -> None:
     from edge_ser.evaluation.report import load_report, summary_metrics
+    from edge_ser.evaluation.suite import load_test_sets
 
     data = load_report(path)
     for name, entry in data["test_sets"].items():
@@ -116,4 +135,12 @@ def _echo_summary(path: Path) -> None:
         parts = [f"{k} {s[k]:.3f}" for k in ("CCC Act", "CCC Val", "CCC Dom", "UAR@1", "UAR@2", "paUAR-50@1")
                  if s.get(k) is not None]
         click.echo(f"{name}: " + (", ".join(parts) or "no metric could be computed"))
+    ray_run = load_test_sets(path).get("engine")
+    if ray_run:
+        where = {"local": "a local Ray instance started for this run",
+                 "existing": "the Ray instance this process had joined"}.get(ray_run["connected"],
+                                                                            f"the cluster at {ray_run['connected']}")
+        click.echo(f"ray: {ray_run['utterances']} utterances from audio on {ray_run['workers']} worker(s) on {where}, "
+                   f"start-up {ray_run['startup_s']:.1f} s, {ray_run['shards_retried']} shard(s) retried after "
+                   f"{ray_run['worker_deaths']} worker death(s)")
     click.echo(f"report: {path / 'report.md'}")

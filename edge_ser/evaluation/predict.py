@@ -147,16 +147,22 @@ class _CacheFrames:
 
 
 class _AudioFrames:
-    """Waveform at its natural length -> (T, N) float32 features of the run's layer (or MFBF0)."""
+    """Waveform at its natural length -> (T, N) float32 features of the run's layer (or MFBF0).
 
-    def __init__(self, manifest: Mapping[str, Any], *, layer: int, cache_dir: str) -> None:
+    ``device`` is where the model runs (the Ray engine's ``--device``); frames come back to the CPU.
+    ``weights_sha256`` is the digest of the weights it loaded (the manifest's, checked, for MFBF0 its record).
+    """
+
+    def __init__(self, manifest: Mapping[str, Any], *, layer: int, cache_dir: str, device: str = "cpu") -> None:
         model = str(manifest["model"])
         self.name = model
+        self.device = torch.device(device)
+        self.weights_sha256 = (manifest.get("weights_source") or {}).get("sha256")
         if model == _MFBF0:
             from edge_ser.frontend import MFBF0, MFBF0Config
 
             config = dict((manifest.get("spec") or {}).get("config") or {})
-            self.module: torch.nn.Module = MFBF0(MFBF0Config(**config)).eval()
+            self.module: torch.nn.Module = MFBF0(MFBF0Config(**config)).eval().to(self.device)
             self.min_samples = int(self.module.min_samples)
             self.expected_frames = self.module.frames_for_samples
             self.max_samples = None
@@ -169,7 +175,8 @@ class _AudioFrames:
 
         check_input_level((manifest.get("spec") or {}).get("input_level"), loaded,
                           where=f"the run's feature cache {cache_dir}")
-        self.module = loaded.truncated(int(layer))
+        self.weights_sha256 = loaded.weights_source.sha256
+        self.module = loaded.truncated(int(layer)).to(self.device)
         self.min_samples = min_samples(loaded.spec)
         self.max_samples = max_samples(loaded.spec)
         self.expected_frames = loaded.frames_for_samples
@@ -185,8 +192,8 @@ class _AudioFrames:
                 f"{self.min_samples}..{self.max_samples or 'any'} samples at 16 kHz. Drop it from the corpus."
             )
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(wave))[None])
-        frames = out[0].float().numpy()
+            out = self.module(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.device))
+        frames = out[0].float().cpu().numpy()
         expected = int(self.expected_frames(wave.shape[0]))
         if frames.shape[0] != expected:  # the cache stores exactly this many frames per utterance
             raise RuntimeError(f"{self.name} gave {frames.shape[0]} frames for {wave.shape[0]} samples; "
@@ -194,7 +201,11 @@ class _AudioFrames:
         return frames
 
 
-def _audio_frames(choice: SourceChoice, run: RunInfo, *, memo: dict[tuple, _AudioFrames]) -> _AudioFrames:
+def _audio_frames(choice: SourceChoice, run: RunInfo, *, memo: dict[tuple, _AudioFrames], engine: Any = None,
+                  rows: pd.DataFrame | None = None, corpus: Any = None):
+    """The local frames provider (built once per foundation model in `memo`), or, with an `engine`
+    (:class:`edge_ser.evaluation.ray_predict.RayAudioEngine`), one that computes the frames of `rows`
+    on its workers."""
     if choice.cache_dir is None:
         raise ManifestError(
             f"predicting from audio needs the manifest.json of the run's feature cache ({run.feature_dir!r}, "
@@ -204,6 +215,10 @@ def _audio_frames(choice: SourceChoice, run: RunInfo, *, memo: dict[tuple, _Audi
     _, manifest = run.feature_manifest(choice.cache_dir)
     key = (run.feature_model, run.layer, (manifest.get("weights_source") or {}).get("sha256"),
            (manifest.get("plan") or {}).get("seed"))
+    if engine is not None:
+        utterances = [(str(r["utt_id"]), corpus.audio_path(r)) for r in rows.to_dict("records")]
+        return engine.frames_of(manifest, key=key, layer=run.layer, cache_dir=choice.cache_dir,
+                                utterances=utterances)
     if key not in memo:  # k-fold runs share one foundation model: build it once
         memo[key] = _AudioFrames(manifest, layer=run.layer, cache_dir=choice.cache_dir)
     return memo[key]
@@ -303,6 +318,7 @@ def predict_corpus(
     batch_size: int = 16,
     features_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    audio_engine: Any = None,
     _memo: dict[tuple, _AudioFrames] | None = None,
 ) -> pd.DataFrame:
     """Predictions table of a run on one prepared corpus (columns in the module docstring).
@@ -315,6 +331,10 @@ def predict_corpus(
         batch_size: utterances per head batch.
         features_dir: the run's feature cache folder, when it moved since training.
         progress: show progress (edge_ser.progress: a bar on a terminal).
+        audio_engine: where the foundation model computes features from audio: None = this
+            process, or an entered :class:`edge_ser.evaluation.ray_predict.RayAudioEngine` (Ray
+            workers; the same predictions with the same torch thread count). Cached frames are
+            read here either way.
 
     Returns:
         DataFrame with one row per selected utterance, in corpus-table order. ``df.attrs["edge_ser"]``
@@ -330,7 +350,8 @@ def predict_corpus(
     if choice.source == "cache":
         frames_of = _CacheFrames(choice.cache_dir, run.layer)
     else:
-        frames_of = _audio_frames(choice, run, memo={} if _memo is None else _memo)
+        frames_of = _audio_frames(choice, run, memo={} if _memo is None else _memo, engine=audio_engine, rows=rows,
+                                  corpus=corpus)
     table = _predict_rows(run.load_head(), frames_of, rows, corpus, batch_size=batch_size, progress=progress,
                           desc=f"predict {corpus.name} ({choice.source})", run=run)
     table["feature_source"] = choice.source
@@ -375,6 +396,7 @@ def predict_folds(
     batch_size: int = 16,
     features_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    audio_engine: Any = None,
     _memo: dict[tuple, _AudioFrames] | None = None,
 ) -> pd.DataFrame:
     """Pooled k-fold predictions: each utterance of `corpus_dir` predicted by the run of its fold.
@@ -383,6 +405,7 @@ def predict_folds(
     corpus keeps it). Every fold 0..k-1 needs a run for `seed` (None: the only seed present).
     When the run's cache table is found, each speaker's fold is checked against it, so no
     utterance is predicted by a run that trained on its speaker. Extra column ``fold_run``.
+    ``audio_engine`` as in :func:`predict_corpus`.
     """
     from edge_ser.data.table import load_corpus
 
@@ -418,7 +441,8 @@ def predict_folds(
         if len(rows) == 0:  # e.g. a noisy copy of only some speakers
             continue
         parts.append(_predict_fold(run=chosen[fold], corpus=corpus, rows=rows, source=source,
-                                   batch_size=batch_size, features_dir=features_dir, progress=progress, memo=memo))
+                                   batch_size=batch_size, features_dir=features_dir, progress=progress, memo=memo,
+                                   audio_engine=audio_engine))
     table = pd.concat(parts, ignore_index=True)
     order = {u: i for i, u in enumerate(corpus.table["utt_id"])}
     table = table.sort_values("utt_id", key=lambda s: s.map(order)).reset_index(drop=True)
@@ -431,11 +455,12 @@ def predict_folds(
 
 
 def _predict_fold(*, run: FoldRun, corpus, rows: pd.DataFrame, source: str, batch_size: int,
-                  features_dir: str | os.PathLike | None, progress: bool, memo: dict) -> pd.DataFrame:
+                  features_dir: str | os.PathLike | None, progress: bool, memo: dict,
+                  audio_engine: Any = None) -> pd.DataFrame:
     info = read_run_info(run.run_dir)
     choice = choose_source(run=info, corpus_manifest=corpus.manifest, source=source, features_dir=features_dir)
     frames_of = (_CacheFrames(choice.cache_dir, info.layer) if choice.source == "cache"
-                 else _audio_frames(choice, info, memo=memo))
+                 else _audio_frames(choice, info, memo=memo, engine=audio_engine, rows=rows, corpus=corpus))
     part = _predict_rows(info.load_head(), frames_of, rows, corpus, batch_size=batch_size, progress=progress,
                          desc=f"fold {run.fold} ({choice.source})", run=info)
     part["feature_source"] = choice.source

