@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml requirements/lock.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edge-ser demo --out $(OUT) $(if $(DATA),--data $(DATA),)
+	$(BIN)/edge-ser demo --out $(OUT) $(if $(DATA),--raw-root $(DATA),)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

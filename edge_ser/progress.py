@@ -15,12 +15,36 @@ would stay on screen (``leave=True``) writes one summary line when it ends, and 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
 from typing import Any, Callable, Iterable, Iterator, TextIO, TypeVar
 
 T = TypeVar("T")
+
+_SHOWN: contextvars.ContextVar[bool] = contextvars.ContextVar("edge_ser_progress_shown", default=True)
+
+
+@contextlib.contextmanager
+def progress_shown(shown: bool) -> Iterator[None]:
+    """Inside the block, ``shown=False`` switches off every :func:`progress_bar` (``--no-progress``),
+    including those of library functions that take no ``progress`` argument; ``True`` changes nothing.
+
+    >>> import io
+    >>> log = io.StringIO()
+    >>> with progress_shown(False):
+    ...     sum(progress_bar(range(3), desc="adding", file=log))
+    3
+    >>> log.getvalue()
+    ''
+    """
+    token = _SHOWN.set(_SHOWN.get() and shown)
+    try:
+        yield
+    finally:
+        _SHOWN.reset(token)
 
 
 def is_interactive(file: TextIO | None = None) -> bool:
@@ -95,11 +119,12 @@ def progress_bar(iterable: Iterable[T] | None = None, *, desc: str, total: int |
                  clock: Callable[[], float] = time.perf_counter) -> Any:
     """A progress display over ``iterable`` (or, without one, driven by ``update(n)``).
 
-    ``enabled=False`` (``--no-progress``) shows nothing at all. Otherwise: a tqdm bar where
+    ``enabled=False`` (``--no-progress``, or inside ``progress_shown(False)``) shows nothing at all. Otherwise: a tqdm bar where
     :func:`is_interactive` says the output is read live; else a :class:`LineProgress` that writes
     at most one line (``desc: n/total unit in s (postfix)``), only when ``leave`` is True.
     ``file``: where to write (default stderr); ``clock``: seconds, for tests.
     """
+    enabled = enabled and _SHOWN.get()
     if enabled and is_interactive(file):
         from tqdm.auto import tqdm
 

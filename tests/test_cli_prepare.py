@@ -31,19 +31,19 @@ def test_prepare_then_stats(tmp_path):
     manifest = _write_manifest(tmp_path)
     runner = CliRunner()
     out = tmp_path / "corpus"
-    result = runner.invoke(root, ["data", "prepare", "--corpus", "manifest", "--root", str(manifest),
+    result = runner.invoke(root, ["data", "prepare", "--corpus", "manifest", "--raw-root", str(manifest),
                                   "--out", str(out), "--seed", "1"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "8 utterances, 4 speakers (2 female / 2 male)" in result.output
     assert json.loads((out / "manifest.json").read_text())["counts"]["with_dimensions"]["arousal"] == 8
 
-    result = runner.invoke(root, ["data", "stats", str(out)])
+    result = runner.invoke(root, ["data", "stats", "--corpus-dir", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "8 utterances" in result.output and "happy 4, sad 4" in result.output
     png = out / "stats.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
-    result = runner.invoke(root, ["data", "stats", "--no-plot", str(out)])
+    result = runner.invoke(root, ["data", "stats", "--no-plot", "--corpus-dir", str(out)])
     assert result.exit_code == 0 and "plot:" not in result.output
 
     stats = corpus_stats(corpus_dir=out, plot=False)
@@ -55,7 +55,7 @@ def test_prepare_then_stats(tmp_path):
 
 def test_prepare_missing_column_fails_clearly(tmp_path):
     manifest = _write_manifest(tmp_path, with_speaker=False)
-    result = CliRunner().invoke(root, ["data", "prepare", "--corpus", "manifest", "--root", str(manifest),
+    result = CliRunner().invoke(root, ["data", "prepare", "--corpus", "manifest", "--raw-root", str(manifest),
                                        "--out", str(tmp_path / "corpus")])
     assert result.exit_code != 0
     message = result.output + str(result.exception)

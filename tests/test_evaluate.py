@@ -208,12 +208,12 @@ def test_cli_evaluate_folds_and_compare(pipeline, tmp_path):
     from edge_ser.cli import root
 
     runner = CliRunner()
-    result = runner.invoke(root, ["evaluate", "--run", str(pipeline / "run"), "--test", str(pipeline / "corpus"),
-                                  "--test", str(pipeline / "noisy5"), "--out", str(tmp_path / "a"),
+    result = runner.invoke(root, ["evaluate", "--run", str(pipeline / "run"), "--corpus-dir", str(pipeline / "corpus"),
+                                  "--corpus-dir", str(pipeline / "noisy5"), "--out", str(tmp_path / "a"),
                                   "--bootstrap", "0", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "snr5dB: CCC Act" in result.output and (tmp_path / "a" / "report.md").is_file()
-    result = runner.invoke(root, ["evaluate", "--folds-dir", str(pipeline / "folds"), "--test",
+    result = runner.invoke(root, ["evaluate", "--folds-dir", str(pipeline / "folds"), "--corpus-dir",
                                   str(pipeline / "corpus"), "--out", str(tmp_path / "b"), "--bootstrap", "0",
                                   "--source", "cache", "--no-progress"])
     assert result.exit_code == 0, result.output
@@ -224,9 +224,9 @@ def test_cli_evaluate_folds_and_compare(pipeline, tmp_path):
     assert set(comparison["runs"]) == {"a", "b"}
     assert {r["test_set"] for r in comparison["rows"]} == {"corpus", "snr5dB"}
     bad = runner.invoke(root, ["evaluate", "--run", str(pipeline / "run"), "--folds-dir", str(pipeline / "folds"),
-                               "--test", str(pipeline / "corpus"), "--out", str(tmp_path / "c")])
+                               "--corpus-dir", str(pipeline / "corpus"), "--out", str(tmp_path / "c")])
     assert bad.exit_code != 0 and "exactly one of --run" in bad.output
-    bad = runner.invoke(root, ["evaluate", "--run", str(pipeline / "run"), "--test", str(pipeline / "noisy5"),
+    bad = runner.invoke(root, ["evaluate", "--run", str(pipeline / "run"), "--corpus-dir", str(pipeline / "noisy5"),
                                "--source", "cache", "--out", str(tmp_path / "d"), "--no-progress"])
     assert bad.exit_code != 0 and "cannot predict from cached features" in bad.output
     assert compare_runs([tmp_path / "a", tmp_path / "a"], tmp_path / "cmp2").joinpath("comparison.md").is_file()

@@ -51,7 +51,7 @@ def test_prepare_refuses_a_finished_corpus(corpus, tmp_path):
     rows = ["path,speaker,label"]
     rows += [f"{corpus / 'audio' / p},{s},neutral" for p, s in zip(table["path"], table["speaker"])]
     listing.write_text("\n".join(rows) + "\n")
-    args = ["data", "prepare", "--corpus", "manifest", "--root", str(listing), "--out", str(tmp_path / "p")]
+    args = ["data", "prepare", "--corpus", "manifest", "--raw-root", str(listing), "--out", str(tmp_path / "p")]
     assert CliRunner().invoke(root, args).exit_code == 0
     refused = CliRunner().invoke(root, args)
     assert refused.exit_code == 1 and "already holds a prepared corpus" in str(refused.exception)

@@ -269,7 +269,7 @@ def test_cli_bench_three_runs(artifacts, tmp_path):
 
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(root, ["bench", "--artifact", str(artifacts["executorch"]), "--runs", "3",
-                                       "--warmup", "1", "--threads", "1", "--out", str(out)])
+                                       "--warmup", "1", "--threads", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "executorch/fp32: p50" in result.output
     report = json.loads(out.read_text())

@@ -204,6 +204,14 @@ def test_cache_source_and_cli(tmp_path):
                                  "--layer", "3", "--epochs", "2", "--loss", "ccc+kl", "--resume", "--no-progress"])
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_run"] == 2
+    # continuing is the default (docs/cli.md): the same command with a higher --epochs carries on
+    default = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
+                                   "--layer", "3", "--epochs", "3", "--loss", "ccc+kl", "--no-progress"])
+    assert default.exit_code == 0, default.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["epochs_run"] == 3
+    refused = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
+                                   "--layer", "3", "--epochs", "3", "--loss", "ccc+kl", "--no-resume", "--no-progress"])
+    assert refused.exit_code == 1 and "already holds a training run" in refused.output, refused.output
     folds = runner.invoke(root, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "cv"),
                                  "--folds", "1", "--seeds", "0", "--epochs", "1", "--no-progress"])
     assert folds.exit_code == 0, folds.output

@@ -145,9 +145,9 @@ def test_cli_exit_code_follows_the_verdict(pipeline, tmp_path, monkeypatch):
     from edge_ser.cli import root
 
     args = ["verify", "--artifact", str(pipeline / "fp32"), "--run", str(pipeline / "run"),
-            "--test", str(pipeline / "corpus"), "--max-utterances", "2"]
+            "--corpus-dir", str(pipeline / "corpus"), "--max-utterances", "2"]
     out = tmp_path / "verify.json"
-    ok = CliRunner().invoke(root, [*args, "--out", str(out)])
+    ok = CliRunner().invoke(root, [*args, "--json", str(out)])
     assert ok.exit_code == 0, ok.output
     assert "onnx/fp32: artifact vs PyTorch reference, 2 utterances -> PASS" in ok.output
     assert json.loads(out.read_text())["reports"][0]["passed"] is True
@@ -200,9 +200,9 @@ def test_robustness_sweep_for_onnx_and_executorch_artifacts(pipeline, tmp_path):
         for name in ("gain-20dB", "gain-10dB", "gain+10dB"):
             assert results[name].reports[0].task.uar_reference == pytest.approx(clean_uar), name
     out = tmp_path / "robustness.json"
-    cli = CliRunner().invoke(root, ["verify", "--artifact", str(et), "--run", str(pipeline / "run"), "--test",
-                                    str(pipeline / "corpus"), "--max-utterances", "2", "--robustness",
-                                    "--out", str(out)])
+    cli = CliRunner().invoke(root, ["verify", "--artifact", str(et), "--run", str(pipeline / "run"),
+                                    "--corpus-dir", str(pipeline / "corpus"), "--max-utterances", "2", "--robustness",
+                                    "--json", str(out)])
     assert cli.exit_code == 0, cli.output
     assert "| condition | n | UAR reference |" in cli.output and "| telephone |" in cli.output
     assert set(json.loads(out.read_text())) == {"clean", *STANDARD_CONDITIONS}

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edge_ser.audio import MIN_DURATION_S
-from edge_ser.cli.options import FiniteFloatRange, one_line_errors
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option, progress_option
 
 
 MIN_WINDOW_S = MIN_DURATION_S
@@ -43,7 +43,7 @@ def _precisions() -> list[str]:
 @click.option("--window-s", type=FiniteFloatRange(min=MIN_WINDOW_S, max=MAX_WINDOW_S), default=3.0,
               show_default=True, help=f"Fixed input length in seconds ({MIN_WINDOW_S:g} to {MAX_WINDOW_S:g}).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Artifact folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact folder.")
+@overwrite_option
 @click.option("--calibration-utterances", type=click.IntRange(min=2), default=32, show_default=True,
               help="Training-split utterances run through the PT2E-prepared graph (ExecuTorch int8; "
                    "activations are quantized dynamically per call).")
@@ -53,9 +53,10 @@ def _precisions() -> list[str]:
               help="Write the streaming variant: one hop of HOP_S seconds per call (a multiple of 0.02, at most "
                    "half the window), the GRU state carried between calls, the window as the FM's context "
                    "(docs/streaming.md). fp32 only for now.")
+@progress_option
 @one_line_errors
 def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
-            calibration_utterances: int, validation_utterances: int, hop_s: float | None) -> None:
+            calibration_utterances: int, validation_utterances: int, hop_s: float | None, progress: bool) -> None:
     """Fuse a run's truncated feature model and head, quantize, lower, validate and save."""
     from edge_ser.converters.backends import get_backend
     from edge_ser.converters.pipeline import convert_run

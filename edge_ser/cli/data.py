@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option
+from edge_ser.windowing import PAD_MODES
+from edge_ser.cli.options import (FiniteFloatRange, VocabularyCommand, corpus_dir_option, one_line_errors,
+                                  overwrite_option, progress_option)
 
 
 def _corpus_names() -> list[str]:
@@ -43,8 +45,9 @@ def data() -> None:
               help="Utterances per speaker.")
 @click.option("--seed", default=0, show_default=True, help="Same seed = byte-identical corpus.")
 @overwrite_option
+@progress_option
 @one_line_errors
-def synth(out: Path, speakers: int, per_speaker: int, seed: int, overwrite: bool) -> None:
+def synth(out: Path, speakers: int, per_speaker: int, seed: int, overwrite: bool, progress: bool) -> None:
     """Generate the built-in synthetic emotional-speech corpus."""
     from edge_ser.data.synthetic import synthesize_corpus
 
@@ -53,21 +56,23 @@ def synth(out: Path, speakers: int, per_speaker: int, seed: int, overwrite: bool
     _echo_counts(corpus)
 
 
-@data.command("prepare")
+@data.command("prepare", cls=VocabularyCommand, old_spellings={"--root": "--raw-root", "--folds": "--n-folds"})
 @click.option("--corpus", "corpus_name", type=click.Choice(_corpus_names()), required=True,
-              help="Which reader to use.")
-@click.option("--root", type=click.Path(exists=True, path_type=Path), required=True,
-              help="Corpus root folder (or the manifest CSV/JSONL file for --corpus manifest).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
-@click.option("--folds", default=None, type=click.IntRange(min=3),
-              help="Speaker folds for k-fold corpora (RAVDESS default 6; at least 3: test, valid and train); "
-                   "splits also assigned.")
+              help="Which reader reads --raw-root.")
+@click.option("--raw-root", "root", type=click.Path(exists=True, path_type=Path), required=True,
+              help="The corpus as distributed: its folder (or the manifest CSV/JSONL file for --corpus manifest).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder of the prepared corpus (audio/, utterances.csv, manifest.json).")
+@click.option("--n-folds", "folds", default=None, type=click.IntRange(min=3),
+              help="How many speaker folds to make for k-fold corpora (RAVDESS default 6; at least 3: test, valid "
+                   "and train); splits also assigned.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--strict", is_flag=True, help="Refuse stereo/odd files instead of fixing them with a note.")
 @overwrite_option
+@progress_option
 @one_line_errors
 def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: int, strict: bool,
-            overwrite: bool) -> None:
+            overwrite: bool, progress: bool) -> None:
     """Read a corpus into the utterance table + manifest."""
     from edge_ser.data.prepare import prepare_corpus
 
@@ -77,7 +82,7 @@ def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: in
 
 
 @data.command("noisy")
-@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@corpus_dir_option
 @click.option("--snr", "snrs", type=float, multiple=True, required=True, callback=_snr,
               help="SNR in dB, from -30 to 60; repeat for several.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
@@ -87,9 +92,10 @@ def prepare(corpus_name: str, root: Path, out: Path, folds: int | None, seed: in
 @click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
 @click.option("--seed", default=0, show_default=True)
 @overwrite_option
+@progress_option
 @one_line_errors
 def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, split: str, seed: int,
-          overwrite: bool) -> None:
+          overwrite: bool, progress: bool) -> None:
     """Make noisy copies of a corpus split at the given SNRs."""
     from edge_ser.data.noise import make_noisy_corpus
     from edge_ser.data.table import claim_corpus_folder
@@ -103,7 +109,7 @@ def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, spli
 
 
 @data.command("conditions")
-@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@corpus_dir_option
 @click.option("--condition", "conditions", multiple=True,
               help="gain+<dB>dB, gain-<dB>dB or telephone; repeat for several. Default: the standard sweep "
                    "gain-20dB, gain-10dB, gain+10dB, gain+20dB, telephone.")
@@ -111,8 +117,10 @@ def noisy(corpus_dir: Path, snrs: tuple[float, ...], out: Path, noise: str, spli
               help="One sub-folder per condition (e.g. gain+10dB/) is written here.")
 @click.option("--split", default="test", show_default=True, help="Which split to copy ('all' for every row).")
 @overwrite_option
+@progress_option
 @one_line_errors
-def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: str, overwrite: bool) -> None:
+def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: str, overwrite: bool,
+               progress: bool) -> None:
     """Copies of a corpus split under recording conditions (level, telephone band) for robustness tests."""
     from edge_ser.data.conditions import STANDARD_CONDITIONS, make_condition_corpus, parse_condition
     from edge_ser.data.table import claim_corpus_folder
@@ -134,7 +142,7 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
 
 
 @data.command("augment")
-@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@corpus_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder of the augmented copy (a prepared corpus: extract its features, then train with --augment).")
 @click.option("--split", default="all", show_default=True,
@@ -146,8 +154,8 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
 @click.option("--telephone-probability", type=click.FloatRange(0, 1), default=0.3, show_default=True)
 @click.option("--gain-db", nargs=2, type=float, default=(-20.0, 20.0), show_default=True,
               help="Gain range (dB), applied last; samples beyond full scale are clipped as a real chain would.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
 @overwrite_option
+@progress_option
 @one_line_errors
 def augment(corpus_dir: Path, out: Path, split: str, seed: int, noise_probability: float,
             snr_db: tuple[float, float], telephone_probability: float, gain_db: tuple[float, float],
@@ -168,20 +176,20 @@ def augment(corpus_dir: Path, out: Path, split: str, seed: int, noise_probabilit
 
 
 @data.command("windows")
-@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@corpus_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder of the window corpus (extract its features, then train with --windows).")
 @click.option("--window-s", type=FiniteFloatRange(min=0.5, max=30.0), default=3.0, show_default=True,
               help="The artifact's window (edge-ser convert --window-s).")
 @click.option("--random-crops", type=click.IntRange(min=0), default=2, show_default=True,
               help="Windows at random positions per utterance longer than one window, besides the device windows.")
-@click.option("--pad", type=click.Choice(["repeat", "zeros"]), default="repeat", show_default=True,
+@click.option("--pad", type=click.Choice(list(PAD_MODES)), default="repeat", show_default=True,
               help="How a clip shorter than the window is filled: the runtime's pad policy.")
 @click.option("--split", default="all", show_default=True, help="Rows to window ('all' for k-fold training).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Random window positions depend only on (seed, utt_id).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
 @overwrite_option
+@progress_option
 @one_line_errors
 def windows(corpus_dir: Path, out: Path, window_s: float, random_crops: int, pad: str, split: str, seed: int,
             progress: bool, overwrite: bool) -> None:
@@ -195,8 +203,8 @@ def windows(corpus_dir: Path, out: Path, window_s: float, random_crops: int, pad
                f"{block['windows']['random']} random-position windows of {window_s:g} s")
 
 
-@data.command("stats")
-@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@data.command("stats", cls=VocabularyCommand, old_positional="--corpus-dir")
+@corpus_dir_option
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write stats.png into the folder.")
 def stats(corpus_dir: Path, plot: bool) -> None:
     """Counts per class, speaker, gender and duration of a prepared corpus."""

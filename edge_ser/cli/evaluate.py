@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from edge_ser.cli.options import CORPUS_DIR, VocabularyCommand, progress_option
 from edge_ser.evaluation.predict import PREDICTION_SOURCES
 from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 from edge_ser.labels import CATEGORIES
@@ -43,11 +44,11 @@ def _seeds(value: str | None) -> list[int] | None:
 _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=VocabularyCommand, old_spellings={"--test": "--corpus-dir", "--seed": "--bootstrap-seed"})
 @click.option("--run", "run_dir", type=_DIR, default=None, help="Training run folder (edge-ser train --out).")
 @click.option("--folds-dir", type=_DIR, default=None,
               help="Folder of k-fold runs (edge-ser train --folds): pool each fold's held-out predictions.")
-@click.option("--test", "test_dirs", type=_DIR, multiple=True,
+@click.option("--corpus-dir", "test_dirs", type=CORPUS_DIR, multiple=True,
               help="Prepared corpus folder to score (repeatable): the training corpus, noisy copies, other corpora.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Report folder (or, with --compare, the comparison folder).")
@@ -59,15 +60,18 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
               help="Scored classes, comma-separated (default: the paper's 6, or every class of a --labels corpus run).")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
               help="Speaker-bootstrap resamples for confidence intervals (0 = none).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Bootstrap seed.")
-@click.option("--seeds", "train_seeds", default=None, help="With --folds-dir: training seeds to score (default all).")
+@click.option("--bootstrap-seed", "seed", type=int, default=0, show_default=True,
+              help="Seed of the speaker-bootstrap draws.")
+@click.option("--seeds", "train_seeds", default=None,
+              help="With --folds-dir: which training seeds (edge-ser train --seeds) to score, comma-separated "
+                   "(default all).")
 @click.option("--features", "features_dir", type=_DIR, default=None,
               help="The run's feature cache folder, if it moved since training.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @click.option("--title", default=None, help="Report title.")
 @click.option("--compare", "compare_dirs", type=_DIR, multiple=True,
-              help="Compare mode: existing report folders to put side by side (repeatable; no --run/--test).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+              help="Compare mode: existing report folders to put side by side (repeatable; no --run/--corpus-dir).")
+@progress_option
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
               help="Where the foundation model computes features from audio: this process, or Ray workers "
                    "(pip install 'edge-ser[ray]'; docs/scale.md). Both give the same predictions.")
@@ -90,7 +94,7 @@ def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path
     if compare_dirs:
         if run_dir or folds_dir or test_dirs:
             raise click.UsageError("--compare puts existing reports side by side; do not combine it with "
-                                   "--run/--folds-dir/--test.")
+                                   "--run/--folds-dir/--corpus-dir.")
         try:
             path = compare_runs(list(compare_dirs), out)
         except EdgeSerError as exc:
@@ -100,7 +104,7 @@ def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path
     if (run_dir is None) == (folds_dir is None):
         raise click.UsageError("give exactly one of --run RUN_DIR or --folds-dir FOLDS_DIR (or --compare ...).")
     if not test_dirs:
-        raise click.UsageError("give at least one --test CORPUS_DIR to score.")
+        raise click.UsageError("give at least one --corpus-dir CORPUS_DIR to score.")
     if train_seeds is not None and run_dir is not None:
         raise click.UsageError("--seeds selects k-fold training seeds; use it with --folds-dir only.")
     if engine != "ray":

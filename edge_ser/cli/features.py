@@ -6,24 +6,15 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import FiniteFloatRange, one_line_errors, overwrite_option
+from edge_ser.cli.options import (FiniteFloatRange, corpus_dir_option, model_names, one_line_errors, overwrite_option, progress_option,
+                                  resume_option)
+from edge_ser.saliency import RULES, TARGET_SETS
 from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 
 
 def register(root: click.Group) -> None:
     root.add_command(features)
     root.add_command(saliency)
-
-
-def _model_choices() -> list[str]:
-    from edge_ser.features.extract import available_models
-
-    try:
-        return available_models()
-    except ImportError:  # the fm registry is not importable: only the hand-crafted front end works
-        from edge_ser.features.extract import MFBF0_MODEL
-
-        return [MFBF0_MODEL]
 
 
 def _parse_layers(value: str | None) -> str | list[int] | None:
@@ -41,9 +32,8 @@ def features() -> None:
 
 
 @features.command("extract")
-@click.option("--corpus-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Prepared corpus folder (edge-ser data prepare/synth).")
-@click.option("--model", type=click.Choice(_model_choices()), required=True,
+@corpus_dir_option
+@click.option("--model", type=click.Choice(model_names()), required=True,
               help="Foundation model from the registry, or mfbf0.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Cache folder.")
 @click.option("--layers", default=None,
@@ -57,9 +47,9 @@ def features() -> None:
               help="Utterances per shard file.")
 @click.option("--batch-seconds", type=FiniteFloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Most audio per batch of equal-length utterances.")
-@click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Continue an interrupted extraction with the same settings, or start it over. A finished "
-                   "cache with the same settings is kept as is; one with other settings needs --overwrite.")
+@resume_option("Continue an interrupted extraction with the same settings (its finished shards are kept), or start "
+               "it over. A finished cache with the same settings is kept as is; one with other settings needs "
+               "--overwrite.")
 @overwrite_option
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
               help="Where the shards run: this process, or Ray workers (pip install 'edge-ser[ray]'; "
@@ -72,14 +62,16 @@ def features() -> None:
 @click.option("--device", type=click.Choice(list(DEVICES)), default=None,
               help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
                    "(untested on a GPU so far).  [default: cpu]")
+@progress_option
 @one_line_errors
 def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,
             seed: int, shard_utterances: int, batch_seconds: float, resume: bool, overwrite: bool, engine: str,
-            address: str | None, workers: int | None, device: str | None) -> None:
+            address: str | None, workers: int | None, device: str | None, progress: bool) -> None:
     """Extract hidden states of every utterance into a feature cache folder."""
     common = dict(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers), weights=weights,
                   random_init=random_init, seed=seed, batch_seconds=batch_seconds,
-                  shard_utterances=shard_utterances, resume=resume, overwrite=overwrite)
+                  shard_utterances=shard_utterances, resume=resume, overwrite=overwrite,
+                  show_progress=progress)
     if engine == "ray":
         from edge_ser.features.ray_engine import DEFAULT_RAY_WORKERS, extract_features_ray
 
@@ -113,7 +105,7 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
               required=True, help="Feature cache folder (edge-ser features extract).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for saliency.json and saliency.png.")
-@click.option("--rule", type=click.Choice(["argmax", "earliest-within"]), default="argmax", show_default=True,
+@click.option("--rule", type=click.Choice(list(RULES)), default="argmax", show_default=True,
               help="argmax of the layer score, or the earliest layer within --tolerance of the best.")
 @click.option("--tolerance", type=FiniteFloatRange(min=0), default=0.01, show_default=True,
               help="Relative tolerance of earliest-within.")
@@ -121,15 +113,17 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
               help="Random sample size (paper: 30K).")
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 @click.option("--split", default="train", show_default=True, help="Split to sample ('all' for every row).")
-@click.option("--targets", type=click.Choice(["all", "avd"]), default="all", show_default=True,
+@click.option("--targets", type=click.Choice(list(TARGET_SETS)), default="all", show_default=True,
               help="all = A/V/D + 9 category probabilities; avd = the 3 dimensions.")
 @click.option("--savings", is_flag=True, help="Also measure params/FLOPs/CPU time saved by cutting at k*.")
-@click.option("--savings-model", default=None,
+@click.option("--savings-model", type=click.Choice(model_names()), default=None,
               help="Registry model to measure savings on (default: the cache's model), e.g. wavlm-large.")
 @overwrite_option
+@progress_option
 @one_line_errors
 def saliency(features_dir: Path, out: Path, rule: str, tolerance: float, max_utterances: int, seed: int,
-             split: str, targets: str, savings: bool, savings_model: str | None, overwrite: bool) -> None:
+             split: str, targets: str, savings: bool, savings_model: str | None, overwrite: bool,
+             progress: bool) -> None:
     """CCS layer saliency of a feature cache: score every layer, pick k*."""
     from edge_ser.features.cache import FeatureCache
     from edge_ser.saliency import SALIENCY_JSON, layer_saliency, save_saliency

@@ -1,7 +1,10 @@
-"""What every command shares: ``--overwrite``, finite number ranges, and one ``Error:`` line.
+"""What every command shares: the vocabulary of docs/cli.md, old spellings, ranges, one ``Error:`` line.
 
-- :data:`overwrite_option`: the one ``--overwrite`` flag (STYLE.md: one CLI vocabulary): replace
-  a finished output folder; without it a command refuses before doing any work.
+- :data:`overwrite_option`, :func:`progress_option`, :func:`resume_option`: the options that mean the
+  same thing in every command (STYLE.md: one CLI vocabulary; the table is docs/cli.md).
+- :class:`VocabularyCommand`: a click command that still accepts the old spellings of its options
+  (and an old positional argument) for one release: each is rewritten to the new spelling before
+  parsing, prints one deprecation line to stderr, and is listed nowhere in ``--help``.
 - :class:`FiniteFloatRange`: ``click.FloatRange`` that also refuses NaN and infinities (a NaN
   compares false with every bound, so a plain range lets it through).
 - :func:`one_line_errors`: click ranges catch most bad values before any work; some can only be
@@ -17,7 +20,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable, TypeVar
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
 
 import click
 
@@ -32,6 +36,115 @@ overwrite_option = click.option(
     help="Replace a finished folder already at --out (its old files are removed first); without it the "
          "command refuses before doing any work.",
 )
+
+
+CORPUS_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
+"""A prepared corpus folder (edge-ser data prepare/synth/noisy/...): audio/, utterances.csv, manifest.json."""
+
+corpus_dir_option = click.option(
+    "--corpus-dir", type=CORPUS_DIR, required=True,
+    help="Prepared corpus folder (edge-ser data prepare/synth, or a copy made by another data command).",
+)
+
+
+def model_names() -> list[str]:
+    """``--model`` choices: the foundation-model registry, plus mfbf0 (the hand-crafted front end)."""
+    from edge_ser.features.extract import available_models
+
+    try:
+        return available_models()
+    except ImportError:  # the fm registry is not importable: only the hand-crafted front end works
+        from edge_ser.features.extract import MFBF0_MODEL
+
+        return [MFBF0_MODEL]
+
+
+def progress_option(func: F) -> F:
+    """``--progress/--no-progress`` (default on), passed to the command as ``progress``.
+
+    With ``--no-progress`` the command runs inside :func:`edge_ser.progress.progress_shown` (False), so
+    every bar of the library calls it makes is off, including those of functions without a ``progress``
+    parameter; on, bars follow :mod:`edge_ser.progress` (a live bar on a terminal, one line in a log).
+    """
+    from edge_ser.progress import progress_shown
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, progress: bool, **kwargs: Any) -> Any:
+        with progress_shown(progress):
+            return func(*args, progress=progress, **kwargs)
+
+    return click.option("--progress/--no-progress", default=True, show_default=True,
+                        help="Show progress (a bar on a terminal, one summary line per loop in a log).")(wrapper)  # type: ignore[return-value]
+
+
+def resume_option(help: str) -> Callable[[F], F]:
+    """``--resume/--no-resume`` (default on; docs/cli.md says why), with the command's own ``help``."""
+    return click.option("--resume/--no-resume", default=True, show_default=True, help=help)
+
+
+class VocabularyCommand(click.Command):
+    """A command that accepts, for one release, the old spellings of renamed options.
+
+    ``old_spellings``: old option -> new option, e.g. ``{"--test": "--corpus-dir", "--fresh": "--no-resume"}``;
+    the value (if any) follows the old spelling as it follows the new one (``--old V`` or ``--old=V``).
+    ``old_positional``: a new option that also used to be given as a positional argument
+    (``edge-ser data stats DIR`` -> ``--corpus-dir DIR``). The old forms are rewritten before click parses
+    the line, so they are checked exactly like the new ones, and each prints one line to stderr::
+
+        edge-ser evaluate: --test is deprecated, use --corpus-dir (the old spelling is removed in the next release)
+    """
+
+    def __init__(self, *args: Any, old_spellings: Mapping[str, str] | None = None,
+                 old_positional: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.old_spellings = dict(old_spellings or {})
+        self.old_positional = old_positional
+        names = {opt for param in self.params for opt in (*param.opts, *param.secondary_opts)}
+        for old, new in self.old_spellings.items():
+            if old in names:
+                raise ValueError(f"{self.name}: deprecated spelling {old} is still an option of the command.")
+            if new not in names:
+                raise ValueError(f"{self.name}: deprecated {old} points at {new}, which is not an option "
+                                 f"(options: {sorted(names)}).")
+        if old_positional is not None and old_positional not in names:
+            raise ValueError(f"{self.name}: the old positional argument points at {old_positional}, not an option.")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, self.rewrite_deprecated(ctx, args))
+
+    def rewrite_deprecated(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``args`` with every old spelling replaced by its new one (a deprecation line for each)."""
+        takes_values = {opt: (0 if param.is_flag or param.count else param.nargs)
+                        for param in self.params if isinstance(param, click.Option)
+                        for opt in (*param.opts, *param.secondary_opts)}
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                out.extend(args[i:])
+                break
+            name, eq, value = token.partition("=")
+            if name in self.old_spellings:
+                new = self.old_spellings[name]
+                self._warn(ctx, name, new)
+                name, token = new, new + eq + value
+            if name in takes_values:
+                skip = 0 if eq else takes_values[name]
+                out.extend([token, *args[i + 1:i + 1 + skip]])
+                i += 1 + skip
+                continue
+            if self.old_positional is not None and not token.startswith("-"):
+                self._warn(ctx, f"a positional {token!r}", f"{self.old_positional} {token}")
+                out.extend([self.old_positional, token])
+            else:
+                out.append(token)
+            i += 1
+        return out
+
+    def _warn(self, ctx: click.Context, old: str, new: str) -> None:
+        click.echo(f"{ctx.command_path}: {old} is deprecated, use {new} (the old spelling is removed in the next "
+                   "release)", err=True)
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -62,4 +175,5 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["FiniteFloatRange", "one_line_errors", "overwrite_option"]
+__all__ = ["CORPUS_DIR", "FiniteFloatRange", "VocabularyCommand", "corpus_dir_option", "model_names", "one_line_errors", "overwrite_option", "progress_option",
+           "resume_option"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import FiniteFloatRange, one_line_errors
+from edge_ser.cli.options import CORPUS_DIR, FiniteFloatRange, VocabularyCommand, one_line_errors, progress_option
 
 
 def register(root: click.Group) -> None:
@@ -66,11 +66,11 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
         click.echo(f"{path.name}: {ranked} | A {p.arousal:.2f} V {p.valence:.2f} D {p.dominance:.2f}")
 
 
-@click.command()
+@click.command(cls=VocabularyCommand, old_spellings={"--test": "--corpus-dir", "--out": "--json"})
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="The training run the artifact was converted from (the PyTorch reference).")
-@click.option("--test", "test_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+@click.option("--corpus-dir", "test_dir", type=CORPUS_DIR, required=True,
               help="A prepared corpus folder; its test split is used (all rows if it has none).")
 @click.option("--baseline", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="An fp32 artifact: also report quantization error (this artifact vs the baseline).")
@@ -85,11 +85,13 @@ def predict(artifact: Path, audio: tuple[Path, ...], top: int, hop_s: float | No
               help="With --robustness: noisy copies of the test corpus (edge-ser data noisy) to add to the sweep.")
 @click.option("--kernel-paths/--no-kernel-paths", default=True, show_default=True,
               help="Also check the artifact as other CPUs' int8 kernels compute it (ONNX int8; emulated, slower).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the report JSON.")
+@click.option("--json", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report to this JSON file.")
+@progress_option
 @one_line_errors
 def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None, max_utterances: int,
            condition: str | None, robustness: bool, noisy_dirs: tuple[Path, ...], kernel_paths: bool,
-           out: Path | None) -> None:
+           out: Path | None, progress: bool) -> None:
     """Run the artifact and the PyTorch reference on the same audio; exit 1 on a parity breach.
 
     Prints the CPU it verified on: int8 kernels differ between instruction sets (AVX2,
@@ -111,7 +113,7 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
         from edge_ser.converters.verify import robustness_table, verify_robustness
 
         results = verify_robustness(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir,
-                                    noisy_dirs=noisy_dirs, max_utterances=max_utterances)
+                                    noisy_dirs=noisy_dirs, max_utterances=max_utterances, progress=progress)
         click.echo(robustness_table(results))
         if out:
             write_json_atomic(out, {name: r.to_dict() for name, r in results.items()})
@@ -120,7 +122,8 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
             raise click.ClickException(f"parity breached under {', '.join(failed)}; see the table above.")
         return
     result = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir, baseline=baseline,
-                             max_utterances=max_utterances, kernel_paths=kernel_paths, condition=condition)
+                             max_utterances=max_utterances, kernel_paths=kernel_paths, condition=condition,
+                             progress=progress)
     for report in result.reports:
         click.echo(report.to_text())
     if out:
@@ -129,12 +132,13 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
         raise click.ClickException(str(ParityError(result.verdict)))
 
 
-@click.command()
+@click.command(cls=VocabularyCommand, old_spellings={"--out": "--json"})
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
+@click.option("--json", "out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the report to this JSON file instead of printing it.")
 @one_line_errors
 def bench(artifact: Path, runs: int, warmup: int, threads: int, out: Path | None) -> None:
     """Latency of one window through an artifact (p50/p90/p99, real-time factor)."""

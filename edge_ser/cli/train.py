@@ -8,8 +8,10 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import FiniteFloatRange, one_line_errors
+from edge_ser.cli.options import FiniteFloatRange, one_line_errors, progress_option, resume_option
+from edge_ser.labels import LABEL_VOCABULARIES
 from edge_ser.train.losses import DEFAULT_LOSS, LOSSES
+from edge_ser.train.trainer import SELECTION_METRICS, TRAIN_PRECISIONS
 
 
 def register(root: click.Group) -> None:
@@ -38,12 +40,14 @@ def chosen_layer_from_saliency(path: Path) -> int:
 @click.option("--features", "features", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Feature cache folder (edge-ser features extract).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Run folder (one run) or parent of fold<f>_seed<s>/ run folders (--folds).")
+              help="Run folder; with --folds or several --seeds, the folder of the runs (fold<f>_seed<s>/ or seed<s>/).")
 @click.option("--layer", type=click.IntRange(min=0), default=None, help="hidden_states index to train on (0 = transformer input).")
 @click.option("--saliency", type=click.Path(exists=True, path_type=Path), default=None,
               help="saliency.json (or its folder): train on its chosen_layer instead of --layer.")
-@click.option("--folds", default=None, help="'all' or comma-separated fold indices; uses the table's fold column.")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run per seed.")
+@click.option("--folds", default=None,
+              help="Which speaker folds to train (k-fold): 'all' or comma-separated fold indices such as 0,1; uses the "
+                   "table's fold column (made by edge-ser data prepare --n-folds).")
+@click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated; one run per seed.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Maximum epochs (default 50).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Early-stopping patience in epochs (default 5).")
@@ -52,10 +56,10 @@ def chosen_layer_from_saliency(path: Path) -> int:
               help="Adam learning rate (default 5e-4).")
 @click.option("--loss", type=click.Choice(sorted(LOSSES)), default=DEFAULT_LOSS, show_default=True,
               help="ccc12: CCC on 3 dims + 9 probabilities; ccc+kl: CCC dims + soft-target KL; hard: CCC + CE.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(list(TRAIN_PRECISIONS)), default="auto", show_default=True,
               help="Training compute: bf16 autocast of conv/linear layers (GRU, loss, weights stay fp32), fp32, or "
                    "auto = bf16 where the CPU has native bf16, else fp32.")
-@click.option("--labels", type=click.Choice(["paper", "corpus"]), default="paper", show_default=True,
+@click.option("--labels", type=click.Choice(list(LABEL_VOCABULARIES)), default="paper", show_default=True,
               help="Output classes: paper = the 9 categories with soft grader-vote targets (SPEC.md); corpus = the "
                    "corpus's own labels (source_label column, e.g. RAVDESS's 8 emotions incl. calm), one-hot.")
 @click.option("--augment", "augment", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -72,12 +76,13 @@ def chosen_layer_from_saliency(path: Path) -> int:
                    "each up to this fraction (default 0 = off).")
 @click.option("--dropout", type=FiniteFloatRange(min=0, max=1, max_open=True), default=None,
               help="Dropout after the conv layer (default 0).")
-@click.option("--select-on", type=click.Choice(["valid_loss", "uar6", "uar_corpus", "ccc_mean"]), default=None,
+@click.option("--select-on", type=click.Choice(list(SELECTION_METRICS)), default=None,
               help="What early stopping and model selection watch (default valid_loss).")
-@click.option("--resume", is_flag=True, help="Continue interrupted runs from last.safetensors.")
+@resume_option("Continue an interrupted run in --out from last.safetensors (only --epochs and --patience may "
+               "differ; a finished run is kept as is). --no-resume refuses a folder that already holds a run.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --folds: train this many runs at once (one process and one thread each).")
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@progress_option
 @one_line_errors
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
@@ -102,6 +107,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
            dropout: float | None = None, select_on: str | None = None) -> None:
     from edge_ser.features.cache import FeatureCache
     from edge_ser.train.dataset import open_training_source
+    from edge_ser.train import runs
     from edge_ser.train.trainer import TrainConfig, train_folds, train_run
 
     if layer is not None and saliency is not None:
@@ -138,7 +144,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
     for seed in seed_list:
         run_dir = out if len(seed_list) == 1 else out / f"seed{seed}"
         result = train_run(source=source, out=run_dir, config=dataclasses.replace(config, seed=seed),
-                           resume=resume, progress=progress)
+                           resume=resume and (run_dir / runs.STATE_FILE).is_file(), progress=progress)
         metrics = result.valid_metrics
         click.echo(f"{run_dir}: best epoch {result.best_epoch}/{result.epochs_run}, valid loss "
                    f"{result.best_valid_loss:.4f}, UAR6 {_fmt(metrics.get('uar6'))}, "

@@ -136,7 +136,7 @@ def read_manifest(
     del strict  # audio checks happen in prepare_corpus
     path = Path(root).resolve()
     if not path.is_file():
-        raise CorpusError(f"{path} is not a file; --corpus manifest expects --root to be the manifest CSV/JSONL file.")
+        raise CorpusError(f"{path} is not a file; --corpus manifest expects --raw-root to be the manifest CSV/JSONL file.")
     mapping = {name: name for name in CATEGORIES}
     for source, target in dict(label_mapping or {}).items():
         if target not in CATEGORIES:

@@ -242,7 +242,7 @@ def read_msp_podcast(root: str | Path, *, strict: bool = False) -> CorpusReading
         raise CorpusError(
             f"{root} is not an MSP-Podcast release: expected {AUDIO_DIR}/*.wav and {LABELS_DIR}/"
             f"{CONSENSUS_FILES[0]} (or {CONSENSUS_FILES[1]}); found audio folder: {(root / AUDIO_DIR).is_dir()}, "
-            f"consensus labels: {consensus_path is not None}. Point --root at the release folder."
+            f"consensus labels: {consensus_path is not None}. Point --raw-root at the release folder."
         )
     consensus = _read_table(consensus_path)
     if "EmoClass" not in consensus.columns and "EmoClass_Major" in consensus.columns:

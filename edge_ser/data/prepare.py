@@ -197,7 +197,7 @@ def prepare_corpus(
     reader = get_reader(corpus)
     reading = reader(Path(root), strict=strict, **dict(reader_options or {}))
     if not reading.rows:
-        raise CorpusError(f"the {corpus} reader found no utterances under {root}; check --root.")
+        raise CorpusError(f"the {corpus} reader found no utterances under {root}; check --raw-root.")
     rows, check = check_audio_headers(reading, strict=strict)
     table = normalise_table(rows)
 

@@ -91,7 +91,7 @@ def read_ravdess(root: str | Path, *, strict: bool = False) -> CorpusReading:
     if not actor_dirs:
         raise CorpusError(
             f"{root} has no Actor_XX folders; expected the RAVDESS speech folder laid out as "
-            f"Actor_01/ ... Actor_24/ holding {EXPECTED_NAME}. Point --root at that folder."
+            f"Actor_01/ ... Actor_24/ holding {EXPECTED_NAME}. Point --raw-root at that folder."
         )
     rows = []
     for actor_dir in actor_dirs:

@@ -155,7 +155,7 @@ def _run_evaluation(
     from edge_ser.data.table import load_corpus
 
     if not test_dirs:
-        raise EvaluationError("test_dirs is empty; expected at least one prepared corpus folder (--test DIR).")
+        raise EvaluationError("test_dirs is empty; expected at least one prepared corpus folder (--corpus-dir DIR).")
     out = Path(out)
     corpora = [load_corpus(d) for d in test_dirs]
     names = _unique_names([Path(d) for d in test_dirs], [c.manifest for c in corpora])

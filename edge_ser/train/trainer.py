@@ -42,11 +42,13 @@ from edge_ser.train.losses import DEFAULT_LOSS, LOSSES, multitask_loss
 from edge_ser.train.model import TCGRU
 
 __all__ = ["TrainConfig", "RunResult", "FoldSummary", "train_run", "train_folds", "train_folds_on_source",
-           "predict", "validation_metrics", "SELECTION_METRICS"]
+           "predict", "validation_metrics", "SELECTION_METRICS", "TRAIN_PRECISIONS"]
 
 logger = logging.getLogger(__name__)
 
 SELECTION_METRICS: dict[str, str] = {"valid_loss": "min", "uar6": "max", "uar_corpus": "max", "ccc_mean": "max"}
+TRAIN_PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+"""Training compute precisions: ``auto`` resolves to ``bf16`` where the CPU has native bf16, else ``fp32``."""
 """What early stopping / model selection can watch, and in which direction."""
 
 # Fields that may change between a run and its resumption without changing what was trained so far.
@@ -118,7 +120,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig lr={self.lr!r}; expected a positive learning rate such as 5e-4.")
         if self.precision == "auto":
             object.__setattr__(self, "precision", "bf16" if cpu_has_native_bf16() else "fp32")
-        if self.precision not in ("fp32", "bf16"):
+        if self.precision not in TRAIN_PRECISIONS:  # "auto" was resolved above
             raise ValueError(f"TrainConfig precision={self.precision!r}; expected 'auto', 'fp32' or 'bf16'.")
         # Tuples survive a JSON round trip as lists; normalise so equality and hashing work.
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -328,7 +330,7 @@ def train_run(
         raise ManifestError(f"cannot resume: {state_path} does not exist. Train without --resume first.")
     if not resume and (state_path.is_file() or (out / runs.RUN_FILE).is_file()):
         raise ManifestError(
-            f"{out} already holds a training run; pass resume=True (--resume) to continue it, or choose another --out."
+            f"{out} already holds a training run; pass resume=True (edge-ser train --resume, the default) to continue it, or choose another --out."
         )
     out.mkdir(parents=True, exist_ok=True)
 
