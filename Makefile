@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 DATA ?=
 OUT ?= demo-out
 PYTEST_ARGS ?=
+# The fast tier runs its test files on this many pytest-xdist workers (one torch thread each;
+# --dist loadfile keeps a file's module fixtures in one worker). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-real bench dist wheel-check clean
 
@@ -23,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/edge-ser demo --out $(OUT) $(if $(DATA),--raw-root $(DATA),)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile,) $(PYTEST_ARGS)
 
 test-real: $(STAMP)
 	$(BIN)/python -m pytest -q -m real $(PYTEST_ARGS)
