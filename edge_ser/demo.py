@@ -51,6 +51,10 @@ class DemoConfig:
     window_s: float = 3.0
     seed: int = 0
     artifacts: tuple[tuple[str, str], ...] = DEMO_ARTIFACTS
+    augment: bool = True
+    """Train every model on the corpus plus one augmented copy of its training rows (babble/white
+    noise, telephone band, gain -20..+20 dB; :mod:`edge_ser.data.augment`). On RAVDESS (6 folds,
+    docs/accuracy.md) this is what kept the telephone band and 5 dB babble from costing 30+ points."""
 
     @property
     def corpus_kind(self) -> str:
@@ -188,7 +192,20 @@ class _Demo:
             conditions[name] = {"dir": str(out), "utterances": len(corpus.table),
                                 "clipped_utterances": corpus.manifest["condition"]["clipped_fraction"][
                                     "utterances_clipped"]}
-        return {"noise": "babble", "split": split, "sets": sets, "conditions": conditions}
+        augmented = None
+        if self.c.augment:
+            from edge_ser.data.augment import make_augmented_corpus
+
+            out = self.p("augmented")
+            if out.exists():
+                shutil.rmtree(out)
+            # Every row for k-fold corpora (each fold trains on its own train speakers' copies);
+            # the train split otherwise. Copies never reach validation or test (AugmentedFeatureSource).
+            corpus = make_augmented_corpus(corpus_dir=corpus_dir, out=out, split="all" if split == "all" else "train",
+                                           seed=self.c.seed)
+            augmented = {"dir": str(out), "utterances": len(corpus.table), "seed": self.c.seed,
+                         "recipe": corpus.manifest.get("augment", {}).get("recipe")}
+        return {"noise": "babble", "split": split, "sets": sets, "conditions": conditions, "augmented": augmented}
 
     def step_features(self) -> dict[str, Any]:
         from edge_ser.features.extract import extract_features
@@ -229,28 +246,49 @@ class _Demo:
         runs["mfbf0"] = (feats["mfbf0_cache"], 0)
         return runs
 
+    def _augmented_caches(self) -> dict[str, str]:
+        """Feature caches of the augmented copy: the foundation model's kept layers and MFBF0
+        (extraction resumes, so a re-run after an interruption keeps finished shards)."""
+        from edge_ser.features.extract import extract_features
+
+        augmented = self.outputs("noisy").get("augmented")
+        if not augmented:
+            return {}
+        info, sal = self.outputs("corpus"), self.outputs("saliency")
+        model = info["model"]
+        layers = sorted({sal["chosen_layer"], sal["n_layers"]})
+        fm = extract_features(corpus_dir=augmented["dir"], model=model, out=self.p("features", "fm-augmented"),
+                              layers=layers, random_init=model.startswith("tiny-"), seed=self.c.seed)
+        mfbf0 = extract_features(corpus_dir=augmented["dir"], model="mfbf0",
+                                 out=self.p("features", "mfbf0-augmented"))
+        return {"fm": str(fm.root), "mfbf0": str(mfbf0.root)}
+
     def step_train(self) -> dict[str, Any]:
-        from edge_ser.train.dataset import CacheFeatureSource
+        from edge_ser.train.dataset import open_training_source
         from edge_ser.train.trainer import TrainConfig, train_folds, train_run
 
         config = TrainConfig(seed=self.c.seed, max_epochs=8 if self.c.quick else 50)
         kfold = self.outputs("corpus")["kfold"]
+        augmented = self._augmented_caches()
         runs = {}
         for name, (cache_dir, layer) in self._train_configs().items():
             out = self.p("runs", name)
+            augment = [augmented["mfbf0" if name == "mfbf0" else "fm"]] if augmented else []
             if kfold:
                 # One single-thread process per fold at a time, one per core: two one-thread runs
                 # train about twice as fast as one two-thread run (see train_folds).
                 workers = max(1, min(os.cpu_count() or 1, 6))
                 summary = train_folds(cache_dir=cache_dir, layer=layer, out=out, config=config, resume=True,
-                                      workers=workers)
+                                      workers=workers, augment=augment)
                 runs[name] = {"dir": str(out), "kfold": True, "summary": summary.to_dict(),
-                              "convert_run": str(out / f"fold0_seed{self.c.seed}")}
+                              "convert_run": str(out / f"fold0_seed{self.c.seed}"), "augment": augment}
             else:
-                result = train_run(source=CacheFeatureSource(cache_dir, layer=layer), out=out, config=config,
+                source = open_training_source(cache_dir, layer=layer, augment=augment)
+                result = train_run(source=source, out=out, config=config,
                                    resume=(out / "trainer_state.json").is_file())
-                runs[name] = {"dir": str(out), "kfold": False, "result": result.to_dict(), "convert_run": str(out)}
-        return {"runs": runs, "main": next(iter(runs))}
+                runs[name] = {"dir": str(out), "kfold": False, "result": result.to_dict(), "convert_run": str(out),
+                              "augment": augment}
+        return {"runs": runs, "main": next(iter(runs)), "augmented_caches": augmented}
 
     def step_evaluate(self) -> dict[str, Any]:
         from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run

@@ -156,7 +156,9 @@ def _recipe_section(train: Mapping[str, Any]) -> list[str]:
              f"- Training options (`edge-ser train`): {options}."]
     copies = (run.get("features") or {}).get("augmented_copies") or []
     if copies:
-        lines.append(f"- Augmented training copies (train split only): {len(copies)}.")
+        lines.append(f"- Augmented training copies (train split only): {len(copies)} (`edge-ser data augment`: a "
+                     "seeded chain per utterance of babble or white noise at 0-20 dB SNR, telephone band, gain "
+                     "-20..+20 dB with clipping), passed to `edge-ser train --augment`.")
     return lines + [""]
 
 

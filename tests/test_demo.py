@@ -52,6 +52,17 @@ def test_demo_runs_and_resumes_from_records(quick_demo):
     conditions = first.steps[1].outputs["conditions"]
     assert list(conditions) == ["gain-20dB", "gain-10dB", "gain+10dB", "gain+20dB", "telephone"]
 
+    # Augmentation is on by default: one copy of the training rows, whose caches every run trains on
+    # (train split only: the held-out rows' copies never reach a run).
+    augmented = first.steps[1].outputs["augmented"]
+    corpus = json.loads((out / "corpus" / "manifest.json").read_text())
+    assert 0 < augmented["utterances"] < corpus["counts"]["utterances"]
+    for name, run in runs.items():
+        assert len(run["augment"]) == 1 and ("mfbf0-augmented" if name == "mfbf0" else "fm-augmented") in run["augment"][0]
+        run_json = json.loads((out / "runs" / run["dir"].split("/runs/")[-1] / "run.json").read_text())
+        assert run_json["features"]["augmented_copies"] == run["augment"]
+        assert run_json["features"]["augmented_utterances"] == augmented["utterances"]
+
 
 def _refusing_onnx_int8(real_convert_run):
     """convert_run whose onnx/int8 parity gate refuses (every decision flipped); the rest convert for real."""
@@ -98,6 +109,7 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
     assert ("- Label vocabulary: **paper** (the paper's 9 categories, soft grader-vote targets): "
             "neutral, happy, sad, angry, surprise, fear, disgust, contempt, other.") in card
     assert "`--loss ccc12`" in card and "`--no-balance`" in card
+    assert "- Augmented training copies (train split only): 1 (`edge-ser data augment`" in card
     rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| onnx-")}
     assert set(rows) == {"onnx-fp32", "onnx-int8"}
     assert f"refused: {refusal['reasons'][0]}" in rows["onnx-int8"]

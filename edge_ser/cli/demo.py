@@ -35,12 +35,15 @@ def register(root: click.Group) -> None:
 @resume_option("Continue the chain in --out after its last finished step, or (--no-resume) remove --out and start "
                "over.")
 @click.option("--quick", is_flag=True, help="Smaller corpus and fewer epochs (used by the test suite).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Train on the corpus plus one augmented copy of its training rows (noise, telephone band, gain); "
+                   "--no-augment trains on the corpus alone.")
 @click.option("--artifacts", default=None,
               help="Comma-separated target:precision pairs to convert (default: "
                    "onnx:fp32,onnx:int8,executorch:int8,coreml:palette4).")
 @progress_option
 def demo(ctx: click.Context, out: Path, data_root: Path | None, model: str | None, resume: bool, quick: bool,
-         artifacts: str | None, progress: bool) -> None:
+         augment: bool, artifacts: str | None, progress: bool) -> None:
     """Run data -> features -> saliency -> training -> evaluation -> conversion -> parity -> benchmark -> model card.
 
     A failed step stops with its error and keeps the outputs of the earlier steps;
@@ -60,7 +63,8 @@ def demo(ctx: click.Context, out: Path, data_root: Path | None, model: str | Non
         except ValueError as exc:
             raise click.BadParameter(f"{artifacts!r}: {exc} Expected e.g. onnx:fp32,executorch:int8.",
                                      param_hint="--artifacts") from None
-    result = run_demo(DemoConfig(out=out, data_root=data_root, model=model, quick=quick, artifacts=pairs),
+    result = run_demo(DemoConfig(out=out, data_root=data_root, model=model, quick=quick, artifacts=pairs,
+                                 augment=augment),
                       fresh=not resume)
     click.echo(result.to_text())
     if result.refused:
