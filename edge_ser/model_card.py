@@ -111,6 +111,7 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
         "| mean CCS | " + " | ".join(f"{m:.4f}" for m in sal["mu"]) + " |", "",
     ]
     lines += _recipe_section(train)
+    lines += _device_headline(steps)
     lines += [
         "## Accuracy", "",
         "UAR over the paper's scored categories present in the test set; CCC where dimension targets exist "
@@ -135,6 +136,35 @@ def _option(flag: str, value: Any) -> str:
     if isinstance(value, bool):
         return flag if value else f"--no-{flag[2:]}"
     return f"{flag} {value}"
+
+
+# Which artifact the headline quotes, in order of preference: what a phone app ships first.
+_HEADLINE_ORDER = ("executorch-int8", "executorch-fp32", "onnx-int8", "onnx-fp32")
+
+
+def _device_headline(steps: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The accuracy an app gets: the artifact as the runtime runs it (fixed windows) on the test split,
+    from the verify step's reports, next to the PyTorch model on the same windows."""
+    verify_step = steps.get("verify") or {}
+    if not verify_step.get("reports") or not Path(verify_step["reports"]).is_file():
+        return []
+    verify = read_json(verify_step["reports"])
+    refused = set(verify_step.get("refused", {}))
+    candidates = [k for k in _HEADLINE_ORDER if k in verify and k not in refused and verify[k]]
+    if not candidates:
+        return []
+    key = candidates[0]
+    report = next((r for r in verify[key] if r["comparison"].endswith("reference")), verify[key][0])
+    task = report.get("task", {})
+    if task.get("uar_candidate") is None:
+        return []
+    window = (steps.get("convert") or {}).get("window_s", 3.0)
+    return ["## Headline: accuracy on the device", "",
+            f"**UAR@1 {100 * task['uar_candidate']:.1f} %** with the `{key}` artifact as the runtime runs it "
+            f"({window:g} s windows, probabilities averaged over a clip's windows) on "
+            f"{report.get('n_utterances', '–')} test utterances; the PyTorch model on the same windows: "
+            f"{100 * task['uar_reference']:.1f} %. This is the number an app sees; the tables below score "
+            "whole clips in PyTorch.", ""]
 
 
 def _recipe_section(train: Mapping[str, Any]) -> list[str]:

@@ -110,6 +110,11 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
             "neutral, happy, sad, angry, surprise, fear, disgust, contempt, other.") in card
     assert "`--loss ccc12`" in card and "`--no-balance`" in card
     assert "- Augmented training copies (train split only): 1 (`edge-ser data augment`" in card
+    # The headline is the device number: the passing artifact on the test windows, from verify.json.
+    onnx_fp32 = json.loads((out / "verify.json").read_text())["onnx-fp32"][0]["task"]
+    assert card.index("## Headline: accuracy on the device") < card.index("## Accuracy")
+    assert (f"**UAR@1 {100 * onnx_fp32['uar_candidate']:.1f} %** with the `onnx-fp32` artifact as the runtime "
+            "runs it") in card
     rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| onnx-")}
     assert set(rows) == {"onnx-fp32", "onnx-int8"}
     assert f"refused: {refusal['reasons'][0]}" in rows["onnx-int8"]
