@@ -227,27 +227,59 @@ def _evaluate_in_space(
     _check_table(preds, name=name)
     cls = metrics.class_indices(classes)
     classes = tuple(classes)
-    ks = tuple(int(k) for k in ks)
-    bad_k = [k for k in ks if not 1 <= k <= len(classes)]
-    if not ks or bad_k:
-        raise EvaluationError(f"ks={ks} invalid; expected values in 1..{len(classes)} (number of classes).")
-    notes: list[str] = []
+    ks = _checked_ks(ks, n_classes=len(classes))
     space = metrics.space_classes()
     probs = metrics.check_probs(preds.loc[:, [f"pred_{c}" for c in space]].to_numpy(dtype=np.float64),
                                 name=f"{name}: pred_<category> columns")
     ref_idx = metrics.encode_labels(preds["label"].tolist())
-    speakers = np.asarray([str(s).strip() if metrics.is_known_speaker(s) else "" for s in preds["speaker"]],
-                          dtype=object)
-    genders = (preds["gender"].fillna("unknown").astype(str).str.strip().str.lower().replace("", "unknown")
-               .to_numpy(dtype=object) if "gender" in preds.columns else np.full(len(preds), "unknown", dtype=object))
+    speakers, genders = _speakers_and_genders(preds)
     speaker_gender = _speaker_genders(speakers, genders)
     scored = np.isin(ref_idx, cls)
     support = {c: int(np.sum(ref_idx == i)) for c, i in zip(classes, cls)}
     present = tuple(c for c in classes if support[c] > 0)
-    absent = [c for c in classes if support[c] == 0]
-    rng = np.random.default_rng(seed)
+    ccc_values, scatter, n_dim, dim_notes = _score_dimensions(
+        preds, speakers, bootstrap=bootstrap, seed=seed, alpha=alpha, scatter_max=scatter_max)
+    soft, soft_notes = _score_soft_labels(preds, probs, space=space)
+    cat = _score_categories(
+        probs, ref_idx, speakers, speaker_gender, scored=scored, classes=classes, support=support, ks=ks,
+        bootstrap=bootstrap, seed=seed, alpha=alpha, n_bins=n_bins)
+    counts = _table_counts(preds, speakers, speaker_gender, ref_idx, scored=scored, support=support,
+                           n_dim=n_dim, soft=soft)
+    return TestSetReport(
+        name=str(name), classes=classes, classes_present=present, ks=ks, counts=counts,
+        ccc=ccc_values, uar=cat.uar, uar_rank_all=cat.uar_rank_all, uar_reported=cat.uar_reported,
+        per_class_recall=cat.recall, weighted_accuracy=cat.wa, macro_f1=cat.f1, confusion=cat.confusion,
+        soft=soft, calibration=cat.calibration, per_speaker_uar=cat.per_speaker, pa_uar=cat.pa,
+        pa_uar_by_gender=cat.by_gender, scatter=scatter,
+        bootstrap={"n": int(bootstrap), "seed": int(seed), "alpha": float(alpha), "unit": "speaker"},
+        notes=tuple(dim_notes + soft_notes + cat.notes),
+    )
 
-    # ---- dimensions
+
+def _checked_ks(ks: Sequence[int], *, n_classes: int) -> tuple[int, ...]:
+    """The k values of the k-best ranking as ints; raises if any is outside 1..n_classes."""
+    ks = tuple(int(k) for k in ks)
+    bad_k = [k for k in ks if not 1 <= k <= n_classes]
+    if not ks or bad_k:
+        raise EvaluationError(f"ks={ks} invalid; expected values in 1..{n_classes} (number of classes).")
+    return ks
+
+
+def _speakers_and_genders(preds: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row speaker ids ("" = unknown) and lower-case genders ("unknown" when missing)."""
+    speakers = np.asarray([str(s).strip() if metrics.is_known_speaker(s) else "" for s in preds["speaker"]],
+                          dtype=object)
+    genders = (preds["gender"].fillna("unknown").astype(str).str.strip().str.lower().replace("", "unknown")
+               .to_numpy(dtype=object) if "gender" in preds.columns else np.full(len(preds), "unknown", dtype=object))
+    return speakers, genders
+
+
+def _score_dimensions(
+    preds: pd.DataFrame, speakers: np.ndarray, *, bootstrap: int, seed: int, alpha: float, scatter_max: int
+) -> tuple[dict[str, dict[str, Any] | None], dict[str, dict[str, list[float]]], dict[str, int], list[str]]:
+    """CCC per dimension (with interval), sampled scatter pairs, reference counts and notes."""
+    rng = np.random.default_rng(seed)
+    notes: list[str] = []
     ccc_values: dict[str, dict[str, Any] | None] = {}
     scatter: dict[str, dict[str, list[float]]] = {}
     n_dim: dict[str, int] = {}
@@ -273,86 +305,161 @@ def _evaluate_in_space(
             notes.append(f"CCC {dim}: undefined (constant predictions equal to constant references).")
         take = np.sort(rng.choice(rv.size, size=min(scatter_max, rv.size), replace=False))
         scatter[dim] = {"ref": rv[take].tolist(), "pred": pv[take].tolist()}
+    return ccc_values, scatter, n_dim, notes
 
-    # ---- soft labels
-    soft = None
+
+def _score_soft_labels(
+    preds: pd.DataFrame, probs: np.ndarray, *, space: Sequence[str]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Soft-label agreement, KL and cross-entropy against the grader votes (None if none), and notes."""
     ref_prob_columns = [f"p_{c}" for c in space]
-    if all(c in preds.columns for c in ref_prob_columns):
-        p_ref = preds.loc[:, ref_prob_columns].to_numpy(dtype=np.float64)
-        n_soft = int((~np.isnan(p_ref).any(axis=1)).sum())
-        if n_soft:
-            soft = {"n": n_soft,
-                    "agreement": metrics.soft_agreement(p_ref, probs),
-                    "kl_divergence": metrics.kl_divergence(p_ref, probs),
-                    "cross_entropy": metrics.cross_entropy(p_ref, probs)}
-        else:
-            notes.append("Soft-label metrics: not reported, every p_<category> row is NaN (no grader votes).")
-    else:
-        notes.append("Soft-label metrics: not reported, the table has no p_<category> columns.")
+    if not all(c in preds.columns for c in ref_prob_columns):
+        return None, ["Soft-label metrics: not reported, the table has no p_<category> columns."]
+    p_ref = preds.loc[:, ref_prob_columns].to_numpy(dtype=np.float64)
+    n_soft = int((~np.isnan(p_ref).any(axis=1)).sum())
+    if not n_soft:
+        return None, ["Soft-label metrics: not reported, every p_<category> row is NaN (no grader votes)."]
+    return {"n": n_soft,
+            "agreement": metrics.soft_agreement(p_ref, probs),
+            "kl_divergence": metrics.kl_divergence(p_ref, probs),
+            "cross_entropy": metrics.cross_entropy(p_ref, probs)}, []
 
-    # ---- categorical
+
+@dataclasses.dataclass(frozen=True)
+class _CategoryScores:
+    """The categorical part of a :class:`TestSetReport` (empty when no reference is scored)."""
+
+    uar: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    uar_rank_all: dict[str, float] = dataclasses.field(default_factory=dict)
+    uar_reported: dict[str, float] = dataclasses.field(default_factory=dict)
+    recall: dict[str, float | None] = dataclasses.field(default_factory=dict)
+    per_speaker: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    pa: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    by_gender: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    wa: float | None = None
+    f1: float | None = None
+    confusion: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def _score_categories(
+    probs: np.ndarray,
+    ref_idx: np.ndarray,
+    speakers: np.ndarray,
+    speaker_gender: Mapping[str, str],
+    *,
+    scored: np.ndarray,
+    classes: tuple[str, ...],
+    support: Mapping[str, int],
+    ks: tuple[int, ...],
+    bootstrap: int,
+    seed: int,
+    alpha: float,
+    n_bins: int,
+) -> _CategoryScores:
+    """Every categorical metric (k-best UAR, paUAR, top-1 scores, calibration) with its notes."""
+    if not scored.any():
+        return _CategoryScores(
+            notes=[f"Categorical metrics: not reported, no reference label is one of {list(classes)}."])
+    present = [c for c in classes if support[c] > 0]
+    absent = [c for c in classes if support[c] == 0]
+    notes = [
+        f"UAR averages recall over the scored classes present in this set's references: {present}"
+        + (f"; absent and not counted: {absent}." if absent else ".")
+    ]
+    uar, uar_rank_all, per_speaker, pa, by_gender = _score_k_best(
+        probs, ref_idx, speakers, speaker_gender, scored=scored, classes=classes, ks=ks,
+        bootstrap=bootstrap, seed=seed, alpha=alpha)
+    uar_reported: dict[str, float] = {}
+    if metrics.space_classes() == CATEGORIES and tuple(classes) != tuple(REPORTED_CATEGORIES):
+        reported_idx = metrics.class_indices(REPORTED_CATEGORIES)
+        if np.isin(ref_idx, reported_idx).any():
+            uar_reported = {str(k): metrics.uar_at_k(probs, ref_idx, k=k, classes=REPORTED_CATEGORIES,
+                                                     rank_over=REPORTED_CATEGORIES) for k in ks}
+    top1 = metrics.top1_predictions(probs, rank_over=classes)
+    recall = {c: _nan_to_none(v) for c, v in metrics.per_class_recall(ref_idx, top1, classes=classes).items()}
+    wa = metrics.weighted_accuracy(ref_idx, top1, classes=classes)
+    f1 = metrics.macro_f1(ref_idx, top1, classes=classes)
+    confusion = {"classes": list(classes),
+                 "matrix": metrics.confusion_matrix(ref_idx, top1, classes=classes).tolist(),
+                 "support": [support[c] for c in classes]}
+    calibration = metrics.reliability_curve(probs, ref_idx, n_bins=n_bins, classes=classes).to_dict()
+    n_spk = len(per_speaker[str(ks[0])])
+    notes.append(
+        f"paUAR: {n_spk} speakers with a scored reference; strict '>' threshold, no minimum number of "
+        "utterances per speaker, a speaker's UAR averages only the classes that speaker has."
+    )
+    if not pa:
+        notes.append("paUAR: not reported, no utterance with a scored reference has a known speaker.")
+    return _CategoryScores(
+        uar=uar, uar_rank_all=uar_rank_all, uar_reported=uar_reported, per_speaker=per_speaker, pa=pa,
+        by_gender=by_gender, recall=recall, wa=wa, f1=f1, confusion=confusion, calibration=calibration,
+        notes=notes,
+    )
+
+
+def _score_k_best(
+    probs: np.ndarray,
+    ref_idx: np.ndarray,
+    speakers: np.ndarray,
+    speaker_gender: Mapping[str, str],
+    *,
+    scored: np.ndarray,
+    classes: tuple[str, ...],
+    ks: tuple[int, ...],
+    bootstrap: int,
+    seed: int,
+    alpha: float,
+) -> tuple[dict, dict, dict, dict, dict]:
+    """Per k: UAR (with interval), UAR ranked over the whole space, per-speaker UAR, paUAR, by gender."""
+    cls = metrics.class_indices(classes)
+    space = metrics.space_classes()
     uar: dict[str, dict[str, Any]] = {}
     uar_rank_all: dict[str, float] = {}
-    uar_reported: dict[str, float] = {}
-    recall: dict[str, float | None] = {}
     per_speaker: dict[str, dict[str, float]] = {}
     pa: dict[str, dict[str, float]] = {}
     by_gender: dict[str, dict[str, Any]] = {}
-    wa = f1 = None
-    confusion = calibration = None
-    if not scored.any():
-        notes.append(f"Categorical metrics: not reported, no reference label is one of {list(classes)}.")
-    else:
-        notes.append(
-            f"UAR averages recall over the scored classes present in this set's references: {list(present)}"
-            + (f"; absent and not counted: {absent}." if absent else ".")
+    ref_s, groups_s = ref_idx[scored], speakers[scored]
+    for k in ks:
+        hits_s = metrics.k_best_hits(probs, ref_idx, k=k, rank_over=classes)[scored]
+        value = float(np.nanmean(metrics.recall_from_hits(ref_s, hits_s, cls)))
+        uar[str(k)] = _with_ci(
+            value,
+            lambda idx, h=hits_s: float(np.nanmean(metrics.recall_from_hits(ref_s[idx], h[idx], cls))),
+            groups_s, bootstrap=bootstrap, seed=seed, alpha=alpha,
         )
-        ref_s, groups_s = ref_idx[scored], speakers[scored]
-        for k in ks:
-            hits_s = metrics.k_best_hits(probs, ref_idx, k=k, rank_over=classes)[scored]
-            value = float(np.nanmean(metrics.recall_from_hits(ref_s, hits_s, cls)))
-            uar[str(k)] = _with_ci(
-                value,
-                lambda idx, h=hits_s: float(np.nanmean(metrics.recall_from_hits(ref_s[idx], h[idx], cls))),
-                groups_s, bootstrap=bootstrap, seed=seed, alpha=alpha,
-            )
-            uar_rank_all[str(k)] = metrics.uar_at_k(probs, ref_idx, k=k, classes=classes, rank_over=space)
-            spk = metrics.per_speaker_uar(ref_idx, probs, speakers, k=k, classes=classes, rank_over=classes)
-            per_speaker[str(k)] = spk
-            if spk:
-                pa[str(k)] = {str(x): metrics.pa_uar(spk, x=x) for x in PA_UAR_THRESHOLDS}
-            for gender in sorted(set(speaker_gender.values()) - {"unknown"}, key=_gender_order):
-                subset = {s: v for s, v in spk.items() if speaker_gender.get(s) == gender}
-                entry = by_gender.setdefault(gender, {"n_speakers": len(subset), "pa_uar": {}, "uar": {}})
-                if subset:
-                    entry["pa_uar"][str(k)] = {str(x): metrics.pa_uar(subset, x=x) for x in PA_UAR_THRESHOLDS}
-                # UAR over this gender's utterances (pooled, not per speaker)
-                rows = np.array([speaker_gender.get(s) == gender for s in groups_s], dtype=bool)
-                if rows.any():
-                    entry["uar"][str(k)] = _nan_to_none(
-                        float(np.nanmean(metrics.recall_from_hits(ref_s[rows], hits_s[rows], cls))))
-        if space == CATEGORIES and tuple(classes) != tuple(REPORTED_CATEGORIES):
-            reported_idx = metrics.class_indices(REPORTED_CATEGORIES)
-            if np.isin(ref_idx, reported_idx).any():
-                uar_reported = {str(k): metrics.uar_at_k(probs, ref_idx, k=k, classes=REPORTED_CATEGORIES,
-                                                         rank_over=REPORTED_CATEGORIES) for k in ks}
-        top1 = metrics.top1_predictions(probs, rank_over=classes)
-        recall = {c: _nan_to_none(v) for c, v in metrics.per_class_recall(ref_idx, top1, classes=classes).items()}
-        wa = metrics.weighted_accuracy(ref_idx, top1, classes=classes)
-        f1 = metrics.macro_f1(ref_idx, top1, classes=classes)
-        confusion = {"classes": list(classes),
-                     "matrix": metrics.confusion_matrix(ref_idx, top1, classes=classes).tolist(),
-                     "support": [support[c] for c in classes]}
-        calibration = metrics.reliability_curve(probs, ref_idx, n_bins=n_bins, classes=classes).to_dict()
-        n_spk = len(per_speaker[str(ks[0])])
-        notes.append(
-            f"paUAR: {n_spk} speakers with a scored reference; strict '>' threshold, no minimum number of "
-            "utterances per speaker, a speaker's UAR averages only the classes that speaker has."
-        )
-        if not pa:
-            notes.append("paUAR: not reported, no utterance with a scored reference has a known speaker.")
+        uar_rank_all[str(k)] = metrics.uar_at_k(probs, ref_idx, k=k, classes=classes, rank_over=space)
+        spk = metrics.per_speaker_uar(ref_idx, probs, speakers, k=k, classes=classes, rank_over=classes)
+        per_speaker[str(k)] = spk
+        if spk:
+            pa[str(k)] = {str(x): metrics.pa_uar(spk, x=x) for x in PA_UAR_THRESHOLDS}
+        for gender in sorted(set(speaker_gender.values()) - {"unknown"}, key=_gender_order):
+            subset = {s: v for s, v in spk.items() if speaker_gender.get(s) == gender}
+            entry = by_gender.setdefault(gender, {"n_speakers": len(subset), "pa_uar": {}, "uar": {}})
+            if subset:
+                entry["pa_uar"][str(k)] = {str(x): metrics.pa_uar(subset, x=x) for x in PA_UAR_THRESHOLDS}
+            # UAR over this gender's utterances (pooled, not per speaker)
+            rows = np.array([speaker_gender.get(s) == gender for s in groups_s], dtype=bool)
+            if rows.any():
+                entry["uar"][str(k)] = _nan_to_none(
+                    float(np.nanmean(metrics.recall_from_hits(ref_s[rows], hits_s[rows], cls))))
+    return uar, uar_rank_all, per_speaker, pa, by_gender
 
-    counts = {
+
+def _table_counts(
+    preds: pd.DataFrame,
+    speakers: np.ndarray,
+    speaker_gender: Mapping[str, str],
+    ref_idx: np.ndarray,
+    *,
+    scored: np.ndarray,
+    support: dict[str, int],
+    n_dim: dict[str, int],
+    soft: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The ``counts`` entry of a report: utterances, speakers, scored rows, support per class."""
+    return {
         "utterances": int(len(preds)),
         "utterances_known_speaker": int(np.sum(speakers != "")),
         "speakers": len(speaker_gender),
@@ -365,15 +472,6 @@ def _evaluate_in_space(
         "dimensions": n_dim,
         "soft": soft["n"] if soft else 0,
     }
-    return TestSetReport(
-        name=str(name), classes=classes, classes_present=present, ks=ks, counts=counts,
-        ccc=ccc_values, uar=uar, uar_rank_all=uar_rank_all, uar_reported=uar_reported,
-        per_class_recall=recall, weighted_accuracy=wa, macro_f1=f1, confusion=confusion, soft=soft,
-        calibration=calibration, per_speaker_uar=per_speaker, pa_uar=pa, pa_uar_by_gender=by_gender,
-        scatter=scatter,
-        bootstrap={"n": int(bootstrap), "seed": int(seed), "alpha": float(alpha), "unit": "speaker"},
-        notes=tuple(notes),
-    )
 
 
 def _gender_order(gender: str) -> tuple[int, str]:

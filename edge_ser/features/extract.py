@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWri
 from edge_ser.io import read_json
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.progress import progress_bar
+
+if TYPE_CHECKING:
+    from edge_ser.data.table import Corpus
 
 logger = logging.getLogger(__name__)
 
@@ -191,21 +194,45 @@ def extract_features(
         The opened :class:`FeatureCache`; its manifest records throughput
         (utterances/s, real-time factor = audio seconds / wall seconds).
     """
-    from edge_ser.audio import audio_duration_s, load_audio
     from edge_ser.data.table import load_corpus
 
-    if (isinstance(shard_utterances, bool) or not isinstance(shard_utterances, (int, np.integer))
-            or shard_utterances < 1):
-        raise ValueError(f"shard_utterances={shard_utterances!r}; expected a positive integer such as 256.")
-    if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
-        raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
+    _check_extraction_options(shard_utterances=shard_utterances, batch_seconds=batch_seconds)
     corpus = load_corpus(corpus_dir)
     table = corpus.table
     if len(table) == 0:
         raise CorpusError(f"corpus {corpus.root} has no utterances; nothing to extract.")
     extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
     layers_stored = _resolve_layers(layers, n_layers=extractor.n_layers, model=model)
+    utt_ids, shards, plan = _plan_shards(corpus, extractor, model=model, layers_stored=layers_stored,
+                                         random_init=random_init, seed=seed, shard_utterances=shard_utterances)
+    out = Path(out)
+    if resume and _holds_plan(out, plan):
+        logger.info("%s already holds this extraction; reusing it", out)
+        return FeatureCache.open(out)
+    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume, overwrite=overwrite)
+    throughput = _extract_pending_shards(
+        writer, extractor, corpus, shards=shards, utt_ids=utt_ids, model=model, layers_stored=layers_stored,
+        max_samples=max(1, int(batch_seconds * SAMPLE_RATE)), on_shard=on_shard, show_progress=show_progress)
+    manifest = _cache_manifest(extractor, corpus, model=model, random_init=random_init, batch_seconds=batch_seconds,
+                               shard_utterances=shard_utterances, throughput=throughput)
+    return writer.finalize(table=table, manifest=manifest)
 
+
+def _check_extraction_options(*, shard_utterances: Any, batch_seconds: Any) -> None:
+    """Returns nothing; raises ValueError for a shard size or batch length that is not positive."""
+    if (isinstance(shard_utterances, bool) or not isinstance(shard_utterances, (int, np.integer))
+            or shard_utterances < 1):
+        raise ValueError(f"shard_utterances={shard_utterances!r}; expected a positive integer such as 256.")
+    if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
+        raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
+
+
+def _plan_shards(corpus: Corpus, extractor: _Extractor, *, model: str, layers_stored: tuple[int, ...],
+                 random_init: bool, seed: int, shard_utterances: int) -> tuple[list[str], list[list[int]], dict]:
+    """Every row's utt_id, the table rows of each shard, and the plan dict that identifies the extraction."""
+    from edge_ser.audio import audio_duration_s
+
+    table = corpus.table
     durations = table["duration_s"].to_numpy(dtype=np.float64).copy()
     for i in np.flatnonzero(np.isnan(durations)):
         durations[i] = audio_duration_s(corpus.audio_path(int(i)))
@@ -222,21 +249,29 @@ def extract_features(
         "shard_utterances": int(shard_utterances),
         "order_sha256": hashlib.sha256("\n".join(utt_ids[i] for i in order).encode()).hexdigest(),
     }
-    plan = json.loads(json.dumps(plan, default=str))
-    out = Path(out)
-    if resume and (out / MANIFEST_FILE).is_file():
-        try:
-            existing = read_json(out / MANIFEST_FILE)
-        except json.JSONDecodeError:
-            existing = {}
-        if existing.get("plan") == plan:
-            logger.info("%s already holds this extraction; reusing it", out)
-            return FeatureCache.open(out)
-    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume, overwrite=overwrite)
+    return utt_ids, shards, json.loads(json.dumps(plan, default=str))
+
+
+def _holds_plan(out: Path, plan: dict[str, Any]) -> bool:
+    """Whether ``out`` already holds a finished cache whose manifest records this plan."""
+    if not (out / MANIFEST_FILE).is_file():
+        return False
+    try:
+        existing = read_json(out / MANIFEST_FILE)
+    except json.JSONDecodeError:
+        existing = {}
+    return existing.get("plan") == plan
+
+
+def _extract_pending_shards(
+    writer: FeatureCacheWriter, extractor: _Extractor, corpus: Corpus, *, shards: Sequence[Sequence[int]],
+    utt_ids: Sequence[str], model: str, layers_stored: tuple[int, ...], max_samples: int,
+    on_shard: Callable[[int, int], None] | None, show_progress: bool,
+) -> ExtractionThroughput:
+    """The throughput of computing and writing every shard the writer has not finished yet."""
+    from edge_ser.audio import load_audio
 
     resumed = len(writer.finished_shards)
-    max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
-    n_states = extractor.n_layers + 1
     threads = torch.get_num_threads()
     todo_utts = sum(len(shards[s]) for s in range(len(shards)) if not writer.is_done(s))
     bar = progress_bar(total=todo_utts, desc=f"extracting {model}", unit="utt", enabled=show_progress, leave=False)
@@ -247,33 +282,9 @@ def extract_features(
         start = time.perf_counter()
         waves = [load_audio(corpus.audio_path(int(i))) for i in rows]
         lengths = [int(w.shape[0]) for w in waves]
-        pooled = np.zeros((len(rows), n_states, extractor.hidden_size), dtype=np.float32)
-        frames: dict[int, list[np.ndarray | None]] = {k: [None] * len(rows) for k in layers_stored}
-        clipped = 0
-        with torch.inference_mode():
-            for batch in _equal_length_batches(lengths, max_samples=max_samples):
-                x = torch.from_numpy(np.stack([waves[p] for p in batch]))
-                n = torch.tensor([lengths[p] for p in batch], dtype=torch.long)
-                states, frame_lengths = extractor(x, n)
-                if len(states) != n_states:
-                    raise RuntimeError(f"{model} returned {len(states)} hidden states; its spec says {n_states}.")
-                for b, p in enumerate(batch):
-                    t = int(frame_lengths[b])
-                    if t < 1:
-                        raise CorpusError(
-                            f"utterance {utt_ids[rows[p]]!r} ({lengths[p] / SAMPLE_RATE:.3f} s) gives no "
-                            f"{model} frames; drop utterances this short from the corpus."
-                        )
-                    for k in range(n_states):
-                        pooled[p, k] = states[k][b, :t].float().mean(dim=0).numpy()
-                    for k in layers_stored:
-                        values = states[k][b, :t].float().numpy()
-                        over = np.abs(values) > FLOAT16_MAX
-                        if over.any():  # would become inf in float16; clip and count instead
-                            clipped += int(over.sum())
-                            values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
-                        frames[k][p] = values.astype(np.float16)
-                bar.update(len(batch))
+        pooled, frames, clipped = _shard_states(extractor, waves, lengths, utt_ids=[utt_ids[i] for i in rows],
+                                                model=model, layers_stored=layers_stored,
+                                                max_samples=max_samples, bar=bar)
         writer.write_shard(shard=shard, utt_ids=[utt_ids[i] for i in rows],
                            frames={k: list(v) for k, v in frames.items()}, pooled=pooled, n_clipped=clipped)
         wall_s += time.perf_counter() - start
@@ -294,7 +305,49 @@ def extract_features(
         print(f"{model}: {computed_utts} utterances ({audio_s:.1f} s of audio) in {wall_s:.1f} s: "
               f"{throughput.utterances_per_s:.2f} utt/s, {throughput.realtime_factor:.1f}x real time "
               f"({threads} threads)", file=sys.stderr)
-    manifest = {
+    return throughput
+
+
+def _shard_states(
+    extractor: _Extractor, waves: Sequence[np.ndarray], lengths: Sequence[int], *, utt_ids: Sequence[str],
+    model: str, layers_stored: tuple[int, ...], max_samples: int, bar: Any,
+) -> tuple[np.ndarray, dict[int, list[np.ndarray | None]], int]:
+    """One shard's pooled means (U, L+1, N), float16 frames per stored layer, and clipped-value count."""
+    n_states = extractor.n_layers + 1
+    pooled = np.zeros((len(waves), n_states, extractor.hidden_size), dtype=np.float32)
+    frames: dict[int, list[np.ndarray | None]] = {k: [None] * len(waves) for k in layers_stored}
+    clipped = 0
+    with torch.inference_mode():
+        for batch in _equal_length_batches(lengths, max_samples=max_samples):
+            x = torch.from_numpy(np.stack([waves[p] for p in batch]))
+            n = torch.tensor([lengths[p] for p in batch], dtype=torch.long)
+            states, frame_lengths = extractor(x, n)
+            if len(states) != n_states:
+                raise RuntimeError(f"{model} returned {len(states)} hidden states; its spec says {n_states}.")
+            for b, p in enumerate(batch):
+                t = int(frame_lengths[b])
+                if t < 1:
+                    raise CorpusError(
+                        f"utterance {utt_ids[p]!r} ({lengths[p] / SAMPLE_RATE:.3f} s) gives no "
+                        f"{model} frames; drop utterances this short from the corpus."
+                    )
+                for k in range(n_states):
+                    pooled[p, k] = states[k][b, :t].float().mean(dim=0).numpy()
+                for k in layers_stored:
+                    values = states[k][b, :t].float().numpy()
+                    over = np.abs(values) > FLOAT16_MAX
+                    if over.any():  # would become inf in float16; clip and count instead
+                        clipped += int(over.sum())
+                        values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
+                    frames[k][p] = values.astype(np.float16)
+            bar.update(len(batch))
+    return pooled, frames, clipped
+
+
+def _cache_manifest(extractor: _Extractor, corpus: Corpus, *, model: str, random_init: bool, batch_seconds: float,
+                    shard_utterances: int, throughput: ExtractionThroughput) -> dict[str, Any]:
+    """The manifest fields this engine records (FeatureCacheWriter.finalize adds the rest)."""
+    return {
         "model": model,
         "family": extractor.family,
         "spec": extractor.spec,
@@ -311,7 +364,6 @@ def extract_features(
                        "torch_version": torch.__version__},
         "throughput": dataclasses.asdict(throughput),
     }
-    return writer.finalize(table=table, manifest=manifest)
 
 
 __all__ = ["MFBF0_MODEL", "ExtractionThroughput", "available_models", "extract_features"]

@@ -45,7 +45,7 @@ import torch
 from edge_ser.errors import EdgeSerError, ManifestError
 from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWriter
 from edge_ser.features.extract import DEFAULT_BATCH_SECONDS, DEFAULT_SHARD_UTTERANCES, ExtractionThroughput, _Extractor
-from edge_ser.features.sharding import ShardResult, cache_manifest, compute_shard, plan_extraction
+from edge_ser.features.sharding import ExtractionPlan, ShardResult, cache_manifest, compute_shard, plan_extraction
 from edge_ser.io import read_json
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.progress import progress_bar
@@ -284,14 +284,9 @@ def extract_features_ray(
                            seed=seed, shard_utterances=shard_utterances)
     del extractor  # the driver needed it for the plan (spec, weights digest); workers load their own
     out = Path(out)
-    if resume and (out / MANIFEST_FILE).is_file():
-        try:
-            existing = read_json(out / MANIFEST_FILE)
-        except ValueError:
-            existing = {}
-        if existing.get("plan") == plan.plan:
-            logger.info("%s already holds this extraction; reusing it", out)
-            return FeatureCache.open(out)
+    if resume and _holds_plan(out, plan.plan):
+        logger.info("%s already holds this extraction; reusing it", out)
+        return FeatureCache.open(out)
     writer = FeatureCacheWriter(out, plan=plan.plan, layers_stored=plan.layers_stored, resume=resume,
                                 overwrite=overwrite)
     resumed = len(writer.finished_shards)
@@ -305,45 +300,11 @@ def extract_features_ray(
     if todo:
         workers = min(workers, len(todo))  # an actor without a shard would only load the model
         engine["workers"] = workers
-        weights_arg = os.fspath(Path(weights).resolve()) if weights is not None else None  # workers' cwd differs
-        max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
-
-        def submit(actor: Any, shard: int) -> Any:
-            rows = plan.shards[shard]
-            return actor.compute.remote(
-                shard=shard, utt_ids=[plan.utt_ids[i] for i in rows], audio_paths=[plan.audio_paths[i] for i in rows],
-                layers_stored=list(plan.layers_stored), max_samples=max_samples)
-
-        pool = WorkerPool(ray, actor_class=ShardWorker, actor_args={"model": model, "weights": weights_arg,
-                                                                    "random_init": random_init, "seed": seed},
-                          workers=workers, threads=threads_per_worker, device=device,
-                          expected_sha256=plan.model_info["weights_source"].get("sha256"),
-                          max_attempts=max_shard_attempts)
-        start = time.perf_counter()
-        with ray_session(ray, address=address, num_cpus=workers * threads_per_worker) as how:
-            check_resources(ray, workers=workers, threads=threads_per_worker, device=device)
-            pool.start()
-            engine["startup_s"] = round(time.perf_counter() - start, 3)
-            engine["connected"] = how
-            bar = progress_bar(total=sum(len(plan.shards[s]) for s in todo), desc=f"extracting {model} on Ray",
-                               unit="utt", enabled=show_progress, leave=False)
-            run_start = time.perf_counter()
-            try:
-                for result in pool.run(todo, submit=submit):
-                    writer.write_shard(shard=result.shard, utt_ids=list(result.utt_ids),
-                                       frames=result.frames_per_utterance(), pooled=result.pooled,
-                                       n_clipped=result.n_clipped)
-                    computed_utts += len(result.utt_ids)
-                    audio_s += result.audio_s
-                    bar.update(len(result.utt_ids))
-                    if on_shard is not None:
-                        on_shard(result.shard, len(plan.shards))
-                pool.measure_memory()
-            finally:
-                bar.close()
-                pool.stop()
-            wall_s = time.perf_counter() - run_start
-        engine.update(pool.stats())
+        computed_utts, audio_s, wall_s = _run_shards_on_workers(
+            ray, writer, plan, todo, engine=engine, model=model, weights=weights, random_init=random_init,
+            seed=seed, batch_seconds=batch_seconds, address=address, workers=workers,
+            threads_per_worker=threads_per_worker, device=device, max_shard_attempts=max_shard_attempts,
+            on_shard=on_shard, show_progress=show_progress)
     _check_recorded_shards(writer)
 
     threads = workers * threads_per_worker
@@ -361,6 +322,70 @@ def extract_features_ray(
                               shard_utterances=shard_utterances, throughput=dataclasses.asdict(throughput),
                               engine=engine)
     return writer.finalize(table=plan.table, manifest=manifest)
+
+
+def _holds_plan(out: Path, plan: dict[str, Any]) -> bool:
+    """Whether ``out`` already holds a finished cache whose manifest records this plan."""
+    if not (out / MANIFEST_FILE).is_file():
+        return False
+    try:
+        existing = read_json(out / MANIFEST_FILE)
+    except ValueError:
+        existing = {}
+    return existing.get("plan") == plan
+
+
+def _run_shards_on_workers(
+    ray: Any, writer: FeatureCacheWriter, plan: ExtractionPlan, todo: Sequence[int], *, engine: dict[str, Any],
+    model: str, weights: str | os.PathLike | None, random_init: bool, seed: int, batch_seconds: float,
+    address: str | None, workers: int, threads_per_worker: int, device: str, max_shard_attempts: int,
+    on_shard: Callable[[int, int], None] | None, show_progress: bool,
+) -> tuple[int, float, float]:
+    """Utterances, audio seconds and wall seconds of computing the ``todo`` shards on Ray actors.
+
+    Writes each shard as it arrives and records start-up time, connection and pool statistics in `engine`.
+    """
+    weights_arg = os.fspath(Path(weights).resolve()) if weights is not None else None  # workers' cwd differs
+    max_samples = max(1, int(batch_seconds * SAMPLE_RATE))
+
+    def submit(actor: Any, shard: int) -> Any:
+        rows = plan.shards[shard]
+        return actor.compute.remote(
+            shard=shard, utt_ids=[plan.utt_ids[i] for i in rows], audio_paths=[plan.audio_paths[i] for i in rows],
+            layers_stored=list(plan.layers_stored), max_samples=max_samples)
+
+    pool = WorkerPool(ray, actor_class=ShardWorker, actor_args={"model": model, "weights": weights_arg,
+                                                                "random_init": random_init, "seed": seed},
+                      workers=workers, threads=threads_per_worker, device=device,
+                      expected_sha256=plan.model_info["weights_source"].get("sha256"),
+                      max_attempts=max_shard_attempts)
+    computed_utts, audio_s = 0, 0.0
+    start = time.perf_counter()
+    with ray_session(ray, address=address, num_cpus=workers * threads_per_worker) as how:
+        check_resources(ray, workers=workers, threads=threads_per_worker, device=device)
+        pool.start()
+        engine["startup_s"] = round(time.perf_counter() - start, 3)
+        engine["connected"] = how
+        bar = progress_bar(total=sum(len(plan.shards[s]) for s in todo), desc=f"extracting {model} on Ray",
+                           unit="utt", enabled=show_progress, leave=False)
+        run_start = time.perf_counter()
+        try:
+            for result in pool.run(todo, submit=submit):
+                writer.write_shard(shard=result.shard, utt_ids=list(result.utt_ids),
+                                   frames=result.frames_per_utterance(), pooled=result.pooled,
+                                   n_clipped=result.n_clipped)
+                computed_utts += len(result.utt_ids)
+                audio_s += result.audio_s
+                bar.update(len(result.utt_ids))
+                if on_shard is not None:
+                    on_shard(result.shard, len(plan.shards))
+            pool.measure_memory()
+        finally:
+            bar.close()
+            pool.stop()
+        wall_s = time.perf_counter() - run_start
+    engine.update(pool.stats())
+    return computed_utts, audio_s, wall_s
 
 
 class WorkerPool:

@@ -315,23 +315,10 @@ def train_run(
     Returns a :class:`RunResult`; test-split metrics are included when the source has a test split.
     """
     out = Path(out)
-    train_rows = split_indices(source, "train")
-    valid_rows = split_indices(source, "valid")
-    test_rows = split_indices(source, "test")
-    if len(train_rows) == 0 or len(valid_rows) == 0:
-        raise ValueError(
-            f"training needs train and valid utterances; the source has {len(train_rows)} train and "
-            f"{len(valid_rows)} valid. Assign splits in the corpus table (edge-ser data prepare) or train with folds."
-        )
+    train_rows, valid_rows, test_rows = _run_splits(source)
     model_config = _model_config(source, config)
     corpus_classes = np.unique(source.labels[source.labels >= 0])
-    state_path = out / runs.STATE_FILE
-    if resume and not state_path.is_file():
-        raise ManifestError(f"cannot resume: {state_path} does not exist. Train without --resume first.")
-    if not resume and (state_path.is_file() or (out / runs.RUN_FILE).is_file()):
-        raise ManifestError(
-            f"{out} already holds a training run; pass resume=True (edge-ser train --resume, the default) to continue it, or choose another --out."
-        )
+    _check_run_folder(out, resume=resume)
     out.mkdir(parents=True, exist_ok=True)
 
     with torch.random.fork_rng(devices=[]):
@@ -341,72 +328,142 @@ def train_run(
                       n_classes=model_config["n_classes"])
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=config.betas)
         if resume:
-            _check_resumable(out, config, model_config, _source_identity(source))
-            state = read_json(state_path)
-            runs.load_weights(model, out / runs.LAST_WEIGHTS, epoch=int(state["epoch"]))
-            rng = runs.load_optimizer(optimizer, out / runs.OPTIMIZER_FILE, param_groups=state["param_groups"],
-                                      epoch=int(state["epoch"]))
-            torch.set_rng_state(rng)
-            history: list[dict[str, Any]] = state["history"]
-            start_epoch = int(state["epoch"]) + 1
-            best = {"score": float(state["best_score"]), "epoch": int(state["best_epoch"])}
-            bad_epochs = int(state["bad_epochs"])
-            wall_before = float(state["wall_time_s"])
-            stopped_early = bool(state["stopped_early"])
+            start = _restore_training(out, model, optimizer, source=source, config=config, model_config=model_config)
         else:
-            mean, std = feature_statistics(source, train_rows, progress=progress)
-            model.set_feature_stats(mean, std)
-            runs.write_run_config(out, train=config.to_dict(), model=model_config, source=_source_identity(source))
-            history, start_epoch, bad_epochs, wall_before, stopped_early = [], 1, 0, 0.0, False
-            best = {"score": math.inf, "epoch": 0}
-
-        started = time.perf_counter()
-        lengths = frame_counts(source) if config.bucket_batches > 1 else None
-        epochs = progress_bar(range(start_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
-                              enabled=progress, initial=start_epoch - 1, total=config.max_epochs)
-        for epoch in epochs:
-            if stopped_early and bad_epochs >= config.patience:
-                break
-            stopped_early = False
-            train_loss, seen, seconds = _train_epoch(model, optimizer, source, train_rows, config=config, epoch=epoch,
-                                                     progress=progress, lengths=lengths)
-            valid_loss, metrics = _evaluate(model, source, valid_rows, config=config, corpus_classes=corpus_classes)
-            score = _selection_score(config, valid_loss, metrics)
-            improved = score < best["score"]
-            if improved:
-                best = {"score": score, "epoch": epoch}
-                bad_epochs = 0
-                runs.save_weights(model, out / runs.BEST_WEIGHTS)
-            else:
-                bad_epochs += 1
-            history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid": metrics,
-                            "train_seconds": seconds, "train_utterances": seen, "improved": improved})
-            stopped_early = bad_epochs >= config.patience
-            _save_state(out, model, optimizer, epoch=epoch, best=best, bad_epochs=bad_epochs, history=history,
-                        wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
-            epochs.set_postfix(train=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}",
-                               uar6=_fmt(metrics["uar6"]), ccc=_fmt(metrics["ccc_mean"]), best=best["epoch"])
-            if stopped_early:
-                break
-        epochs.close()
-        wall_time = wall_before + time.perf_counter() - started
-
-        if not history:
+            start = _start_training(out, model, source=source, train_rows=train_rows, config=config,
+                                    model_config=model_config, progress=progress)
+        end = _run_epochs(out, model, optimizer, source=source, train_rows=train_rows, valid_rows=valid_rows,
+                          config=config, corpus_classes=corpus_classes, start=start, progress=progress)
+        if not end.history:
             raise ManifestError(f"{out} has no finished epoch; max_epochs={config.max_epochs} allows none after resume.")
         runs.load_weights(model, out / runs.BEST_WEIGHTS)
-        best_entry = next(h for h in history if h["epoch"] == best["epoch"])
+        best_entry = next(h for h in end.history if h["epoch"] == end.best["epoch"])
         test_metrics = None
         if len(test_rows):
             test_loss, test_metrics = _evaluate(model, source, test_rows, config=config, corpus_classes=corpus_classes)
             test_metrics = {"loss": test_loss, **test_metrics}
 
-    seen_total = sum(h["train_utterances"] for h in history)
-    seconds_total = sum(h["train_seconds"] for h in history)
+    seen_total = sum(h["train_utterances"] for h in end.history)
+    seconds_total = sum(h["train_seconds"] for h in end.history)
     result = RunResult(
-        run_dir=str(out), best_epoch=int(best["epoch"]), epochs_run=len(history), stopped_early=stopped_early,
-        best_valid_loss=float(best_entry["valid_loss"]), valid_metrics=best_entry["valid"], test_metrics=test_metrics,
-        wall_time_s=float(wall_time), train_utterances_per_s=float(seen_total / seconds_total) if seconds_total else 0.0,
+        run_dir=str(out), best_epoch=int(end.best["epoch"]), epochs_run=len(end.history),
+        stopped_early=end.stopped_early, best_valid_loss=float(best_entry["valid_loss"]),
+        valid_metrics=best_entry["valid"], test_metrics=test_metrics, wall_time_s=float(end.wall_time_s),
+        train_utterances_per_s=float(seen_total / seconds_total) if seconds_total else 0.0,
     )
+    _write_run_record(out, model, source=source, config=config, model_config=model_config, history=end.history,
+                      splits=(train_rows, valid_rows, test_rows), result=result)
+    return result
+
+
+def _run_splits(source: FeatureSource) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The source's train, valid and test rows; raises if train or valid is empty."""
+    train_rows = split_indices(source, "train")
+    valid_rows = split_indices(source, "valid")
+    test_rows = split_indices(source, "test")
+    if len(train_rows) == 0 or len(valid_rows) == 0:
+        raise ValueError(
+            f"training needs train and valid utterances; the source has {len(train_rows)} train and "
+            f"{len(valid_rows)} valid. Assign splits in the corpus table (edge-ser data prepare) or train with folds."
+        )
+    return train_rows, valid_rows, test_rows
+
+
+def _check_run_folder(out: Path, *, resume: bool) -> None:
+    """Returns nothing; raises if resuming without a saved state or starting over an existing run."""
+    state_path = out / runs.STATE_FILE
+    if resume and not state_path.is_file():
+        raise ManifestError(f"cannot resume: {state_path} does not exist. Train without --resume first.")
+    if not resume and (state_path.is_file() or (out / runs.RUN_FILE).is_file()):
+        raise ManifestError(
+            f"{out} already holds a training run; pass resume=True (edge-ser train --resume, the default) to continue it, or choose another --out."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainingState:
+    """Where a run stands between epochs: what ``trainer_state.json`` records."""
+
+    next_epoch: int
+    history: list[dict[str, Any]]
+    best: dict[str, Any]
+    bad_epochs: int
+    wall_time_s: float
+    stopped_early: bool
+
+
+def _start_training(out: Path, model: TCGRU, *, source: FeatureSource, train_rows: np.ndarray, config: TrainConfig,
+                    model_config: dict[str, Any], progress: bool) -> _TrainingState:
+    """The state before epoch 1, after setting the feature statistics and writing the run config."""
+    mean, std = feature_statistics(source, train_rows, progress=progress)
+    model.set_feature_stats(mean, std)
+    runs.write_run_config(out, train=config.to_dict(), model=model_config, source=_source_identity(source))
+    return _TrainingState(next_epoch=1, history=[], best={"score": math.inf, "epoch": 0}, bad_epochs=0,
+                          wall_time_s=0.0, stopped_early=False)
+
+
+def _restore_training(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, source: FeatureSource,
+                      config: TrainConfig, model_config: dict[str, Any]) -> _TrainingState:
+    """The saved state of a run, after loading its last weights, optimizer and torch RNG state."""
+    _check_resumable(out, config, model_config, _source_identity(source))
+    state = read_json(out / runs.STATE_FILE)
+    runs.load_weights(model, out / runs.LAST_WEIGHTS, epoch=int(state["epoch"]))
+    rng = runs.load_optimizer(optimizer, out / runs.OPTIMIZER_FILE, param_groups=state["param_groups"],
+                              epoch=int(state["epoch"]))
+    torch.set_rng_state(rng)
+    return _TrainingState(
+        next_epoch=int(state["epoch"]) + 1, history=state["history"],
+        best={"score": float(state["best_score"]), "epoch": int(state["best_epoch"])},
+        bad_epochs=int(state["bad_epochs"]), wall_time_s=float(state["wall_time_s"]),
+        stopped_early=bool(state["stopped_early"]),
+    )
+
+
+def _run_epochs(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, source: FeatureSource,
+                train_rows: np.ndarray, valid_rows: np.ndarray, config: TrainConfig, corpus_classes: np.ndarray,
+                start: _TrainingState, progress: bool) -> _TrainingState:
+    """The state after training from ``start`` until max_epochs or early stop, saved after every epoch."""
+    history, best, bad_epochs = start.history, start.best, start.bad_epochs
+    wall_before, stopped_early = start.wall_time_s, start.stopped_early
+    started = time.perf_counter()
+    lengths = frame_counts(source) if config.bucket_batches > 1 else None
+    epochs = progress_bar(range(start.next_epoch, config.max_epochs + 1), desc=f"train {out.name}", unit="epoch",
+                          enabled=progress, initial=start.next_epoch - 1, total=config.max_epochs)
+    for epoch in epochs:
+        if stopped_early and bad_epochs >= config.patience:
+            break
+        stopped_early = False
+        train_loss, seen, seconds = _train_epoch(model, optimizer, source, train_rows, config=config, epoch=epoch,
+                                                 progress=progress, lengths=lengths)
+        valid_loss, metrics = _evaluate(model, source, valid_rows, config=config, corpus_classes=corpus_classes)
+        score = _selection_score(config, valid_loss, metrics)
+        improved = score < best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch}
+            bad_epochs = 0
+            runs.save_weights(model, out / runs.BEST_WEIGHTS)
+        else:
+            bad_epochs += 1
+        history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid": metrics,
+                        "train_seconds": seconds, "train_utterances": seen, "improved": improved})
+        stopped_early = bad_epochs >= config.patience
+        _save_state(out, model, optimizer, epoch=epoch, best=best, bad_epochs=bad_epochs, history=history,
+                    wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
+        epochs.set_postfix(train=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}",
+                           uar6=_fmt(metrics["uar6"]), ccc=_fmt(metrics["ccc_mean"]), best=best["epoch"])
+        if stopped_early:
+            break
+    epochs.close()
+    next_epoch = history[-1]["epoch"] + 1 if history else start.next_epoch
+    return _TrainingState(next_epoch=next_epoch, history=history, best=best, bad_epochs=bad_epochs,
+                          wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
+
+
+def _write_run_record(out: Path, model: TCGRU, *, source: FeatureSource, config: TrainConfig,
+                      model_config: dict[str, Any], history: list[dict[str, Any]],
+                      splits: tuple[np.ndarray, np.ndarray, np.ndarray], result: RunResult) -> None:
+    """Returns nothing; writes history.json, the training curves and run.json (which marks the run finished)."""
+    train_rows, valid_rows, test_rows = splits
     info = source.info
     write_json_atomic(out / runs.HISTORY_FILE, history)
     runs.plot_history(history, out / runs.CURVES_FILE, title=f"{info.get('feature_model')} layer {info.get('layer')}")
@@ -419,7 +476,6 @@ def train_run(
         "splits": {"train": int(len(train_rows)), "valid": int(len(valid_rows)), "test": int(len(test_rows))},
         **result.to_dict(),
     })
-    return result
 
 
 def _fmt(value: float | None) -> str:
