@@ -308,6 +308,24 @@ def _extract_pending_shards(
     return throughput
 
 
+def _store_utterance_states(states: Sequence[torch.Tensor], b: int, t: int, *, row: int, pooled: np.ndarray,
+                            frames: dict[int, Any], layers_stored: Sequence[int]) -> int:
+    """Write batch item ``b``'s first ``t`` frames into ``pooled[row]`` (mean of every state) and
+    ``frames[k][row]`` (float16, each stored layer); returns how many values were clipped to the
+    float16 range (they would have become inf)."""
+    for k in range(len(states)):
+        pooled[row, k] = states[k][b, :t].float().mean(dim=0).numpy()
+    clipped = 0
+    for k in layers_stored:
+        values = states[k][b, :t].float().numpy()
+        over = np.abs(values) > FLOAT16_MAX
+        if over.any():
+            clipped += int(over.sum())
+            values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
+        frames[k][row] = values.astype(np.float16)
+    return clipped
+
+
 def _shard_states(
     extractor: _Extractor, waves: Sequence[np.ndarray], lengths: Sequence[int], *, utt_ids: Sequence[str],
     model: str, layers_stored: tuple[int, ...], max_samples: int, bar: Any,
@@ -331,15 +349,8 @@ def _shard_states(
                         f"utterance {utt_ids[p]!r} ({lengths[p] / SAMPLE_RATE:.3f} s) gives no "
                         f"{model} frames; drop utterances this short from the corpus."
                     )
-                for k in range(n_states):
-                    pooled[p, k] = states[k][b, :t].float().mean(dim=0).numpy()
-                for k in layers_stored:
-                    values = states[k][b, :t].float().numpy()
-                    over = np.abs(values) > FLOAT16_MAX
-                    if over.any():  # would become inf in float16; clip and count instead
-                        clipped += int(over.sum())
-                        values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
-                    frames[k][p] = values.astype(np.float16)
+                clipped += _store_utterance_states(states, b, t, row=p, pooled=pooled, frames=frames,
+                                                   layers_stored=layers_stored)
             bar.update(len(batch))
     return pooled, frames, clipped
 

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 
 from edge_ser.errors import CorpusError
-from edge_ser.features.extract import FLOAT16_MAX, _equal_length_batches, _Extractor, _resolve_layers
+from edge_ser.features.extract import (_equal_length_batches, _Extractor, _resolve_layers,
+                                      _store_utterance_states)
 from edge_ser.labels import SAMPLE_RATE
 
 
@@ -171,15 +172,8 @@ def compute_shard(extractor: _Extractor, *, shard: int, utt_ids: Sequence[str], 
                         f"{extractor.name} frames; drop utterances this short from the corpus."
                     )
                 n_frames[p] = t
-                for k in range(n_states):
-                    pooled[p, k] = states[k][b, :t].float().mean(dim=0).numpy()
-                for k in layers_stored:
-                    values = states[k][b, :t].float().numpy()
-                    over = np.abs(values) > FLOAT16_MAX
-                    if over.any():  # would become inf in float16; clip and count instead
-                        clipped += int(over.sum())
-                        values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
-                    frames[k][p] = values.astype(np.float16)
+                clipped += _store_utterance_states(states, b, t, row=p, pooled=pooled, frames=frames,
+                                                   layers_stored=layers_stored)
     joined = {k: np.concatenate(v, axis=0) for k, v in frames.items()}  # one array per layer: one object to ship
     return ShardResult(shard=int(shard), utt_ids=tuple(str(u) for u in utt_ids),
                        n_frames=tuple(n_frames) if layers_stored else tuple(0 for _ in waves), frames=joined,
