@@ -10,9 +10,8 @@ from pathlib import Path
 
 import click
 
-from edge_ser.cli.options import CORPUS_DIR, VocabularyCommand, progress_option
+from edge_ser.cli.options import CORPUS_DIR, VocabularyCommand, engine_options, progress_option
 from edge_ser.evaluation.predict import PREDICTION_SOURCES
-from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 from edge_ser.labels import CATEGORIES
 
 
@@ -72,17 +71,8 @@ _DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--compare", "compare_dirs", type=_DIR, multiple=True,
               help="Compare mode: existing report folders to put side by side (repeatable; no --run/--corpus-dir).")
 @progress_option
-@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
-              help="Where the foundation model computes features from audio: this process, or Ray workers "
-                   "(pip install 'edge-ser[ray]'; docs/scale.md). Both give the same predictions.")
-@click.option("--address", default=None,
-              help="--engine ray: 'auto' (the cluster of this node) or HOST:PORT of a Ray head node. "
-                   "Default: start a local Ray instance for this run.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="--engine ray: Ray actors, each holding one copy of the model.  [default: 2]")
-@click.option("--device", type=click.Choice(list(DEVICES)), default=None,
-              help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
-                   "(untested on a GPU so far).  [default: cpu]")
+@engine_options("Where the foundation model computes features from audio: this process, or Ray workers "
+                "(pip install 'edge-ser[ray]'; docs/scale.md). Both give the same predictions.")
 def evaluate(run_dir: Path | None, folds_dir: Path | None, test_dirs: tuple[Path, ...], out: Path, source: str,
              split: str, classes: str | None, bootstrap: int, seed: int, train_seeds: str | None,
              features_dir: Path | None, batch_size: int, title: str | None, compare_dirs: tuple[Path, ...],

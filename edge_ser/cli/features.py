@@ -7,9 +7,8 @@ from pathlib import Path
 import click
 
 from edge_ser.cli.options import (FiniteFloatRange, corpus_dir_option, model_names, one_line_errors, overwrite_option, progress_option,
-                                  resume_option)
+                                  resume_option, engine_options)
 from edge_ser.saliency import RULES, TARGET_SETS
-from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
 
 
 def register(root: click.Group) -> None:
@@ -51,17 +50,8 @@ def features() -> None:
                "it over. A finished cache with the same settings is kept as is; one with other settings needs "
                "--overwrite.")
 @overwrite_option
-@click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
-              help="Where the shards run: this process, or Ray workers (pip install 'edge-ser[ray]'; "
-                   "docs/scale.md). Both write the same cache and resume each other's runs.")
-@click.option("--address", default=None,
-              help="--engine ray: 'auto' (the cluster of this node) or HOST:PORT of a Ray head node. "
-                   "Default: start a local Ray instance for this run.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="--engine ray: Ray actors, each holding one copy of the model.  [default: 2]")
-@click.option("--device", type=click.Choice(list(DEVICES)), default=None,
-              help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
-                   "(untested on a GPU so far).  [default: cpu]")
+@engine_options("Where the shards run: this process, or Ray workers (pip install 'edge-ser[ray]'; "
+                "docs/scale.md). Both write the same cache and resume each other's runs.")
 @progress_option
 @one_line_errors
 def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,

@@ -77,6 +77,32 @@ def progress_option(func: F) -> F:
                         help="Show progress (a bar on a terminal, one summary line per loop in a log).")(wrapper)  # type: ignore[return-value]
 
 
+def engine_options(engine_help: str) -> Callable[[F], F]:
+    """``--engine`` (help: what runs where) and the Ray options ``--address``, ``--workers`` and
+    ``--device``, worded the same for every command that can run its foundation model on Ray."""
+    from edge_ser.features.ray_engine import DEVICES, ENGINES  # constants only: Ray is imported when asked for
+
+    options = (
+        click.option("--engine", type=click.Choice(list(ENGINES)), default="local", show_default=True,
+                     help=engine_help),
+        click.option("--address", default=None,
+                     help="--engine ray: 'auto' (the cluster of this node) or HOST:PORT of a Ray head node. "
+                          "Default: start a local Ray instance for this run."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="--engine ray: Ray actors, each holding one copy of the model.  [default: 2]"),
+        click.option("--device", type=click.Choice(list(DEVICES)), default=None,
+                     help="--engine ray: where each worker runs the model; cuda takes one GPU per worker "
+                          "(untested on a GPU so far).  [default: cpu]"),
+    )
+
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
 def resume_option(help: str) -> Callable[[F], F]:
     """``--resume/--no-resume`` (default on; docs/cli.md says why), with the command's own ``help``."""
     return click.option("--resume/--no-resume", default=True, show_default=True, help=help)
@@ -175,5 +201,5 @@ def one_line_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-__all__ = ["CORPUS_DIR", "FiniteFloatRange", "VocabularyCommand", "corpus_dir_option", "model_names", "one_line_errors", "overwrite_option", "progress_option",
+__all__ = ["CORPUS_DIR", "FiniteFloatRange", "VocabularyCommand", "corpus_dir_option", "engine_options", "model_names", "one_line_errors", "overwrite_option", "progress_option",
            "resume_option"]
