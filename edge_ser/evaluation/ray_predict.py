@@ -30,17 +30,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from edge_ser.evaluation.predict import _AudioFrames
 from edge_ser.features.ray_engine import (
-    DEFAULT_MAX_SHARD_ATTEMPTS, DEFAULT_RAY_WORKERS, WorkerPool, check_resources, check_worker_device, prepare_ray,
+    DEFAULT_MAX_SHARD_ATTEMPTS, DEFAULT_RAY_WORKERS, WorkerBody, WorkerPool, check_resources, prepare_ray,
     ray_session,
 )
 
@@ -70,27 +68,18 @@ class FramesResult:
     compute_s: float
 
 
-class FrameWorker:
+class FrameWorker(WorkerBody):
     """The body of one Ray actor: the run's foundation model cut after its layer, frames on request."""
 
     def __init__(self, *, manifest: Mapping[str, Any], layer: int, cache_dir: str, device: str,
                  threads: int) -> None:
         start = time.perf_counter()
-        torch.set_num_threads(threads)
-        check_worker_device(device)
+        super().__init__(device=device, threads=threads)
         self.frames = _AudioFrames(manifest, layer=layer, cache_dir=cache_dir, device=device)
-        self.device = device
-        self.threads = threads
         self.load_s = time.perf_counter() - start
 
-    def describe(self) -> dict[str, Any]:
-        """Where this worker runs: pid, host, device, threads, model load time (s), peak memory (MB)."""
-        import resource
-
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
-                "threads": self.threads, "load_s": round(self.load_s, 3), "peak_rss_mb": round(peak_mb, 1),
-                "weights_sha256": self.frames.weights_sha256}
+    def weights_sha256(self) -> str | None:
+        return self.frames.weights_sha256
 
     def compute(self, *, shard: int, utt_ids: Sequence[str], audio_paths: Sequence[str]) -> FramesResult:
         from edge_ser.audio import audio_duration_s

@@ -96,28 +96,45 @@ def check_worker_device(device: str) -> None:
         )
 
 
-class ShardWorker:
-    """The body of one Ray actor: loads the model once, then computes shards on request."""
+class WorkerBody:
+    """What every edge-ser Ray actor body shares: its torch thread count and device (checked), the
+    time it took to load its model, and :meth:`describe`. Subclasses set ``load_s`` after loading
+    and implement :meth:`weights_sha256`."""
 
-    def __init__(self, *, model: str, weights: str | None, random_init: bool, seed: int, device: str,
-                 threads: int) -> None:
-        start = time.perf_counter()
+    def __init__(self, *, device: str, threads: int) -> None:
         torch.set_num_threads(threads)
         check_worker_device(device)
-        self.extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
-        _move_to(self.extractor, device)
         self.device = device
         self.threads = threads
-        self.load_s = time.perf_counter() - start
+        self.load_s = 0.0
+
+    def weights_sha256(self) -> str | None:
+        """sha256 of the weights this worker loaded (the driver checks it against its own)."""
+        raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """Where this worker runs: pid, host, device, threads, model load time (s)."""
+        """Where this worker runs: pid, host, device, threads, model load time (s), peak memory (MB)."""
         import resource
 
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
         return {"pid": os.getpid(), "host": socket.gethostname(), "device": self.device,
                 "threads": self.threads, "load_s": round(self.load_s, 3), "peak_rss_mb": round(peak_mb, 1),
-                "weights_sha256": self.extractor.weights_source.get("sha256")}
+                "weights_sha256": self.weights_sha256()}
+
+
+class ShardWorker(WorkerBody):
+    """The body of one Ray actor: loads the model once, then computes shards on request."""
+
+    def __init__(self, *, model: str, weights: str | None, random_init: bool, seed: int, device: str,
+                 threads: int) -> None:
+        start = time.perf_counter()
+        super().__init__(device=device, threads=threads)
+        self.extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
+        _move_to(self.extractor, device)
+        self.load_s = time.perf_counter() - start
+
+    def weights_sha256(self) -> str | None:
+        return self.extractor.weights_source.get("sha256")
 
     def compute(self, *, shard: int, utt_ids: Sequence[str], audio_paths: Sequence[str],
                 layers_stored: Sequence[int], max_samples: int) -> ShardResult:
