@@ -479,7 +479,8 @@ def fold_splits(folds: np.ndarray, *, fold: int) -> np.ndarray:
     if (folds < 0).any():
         raise CorpusError(
             f"{int((folds < 0).sum())} utterances have fold -1; k-fold training needs every utterance in a fold. "
-            "Prepare the corpus with --folds K."
+            "Prepare the corpus with speaker folds (`edge-ser data prepare --n-folds K`; RAVDESS gets 6 by default), "
+            "extract its features, and train on that cache; or train without --folds on the corpus's splits."
         )
     k = int(folds.max()) + 1
     if k < 3:
