@@ -136,8 +136,8 @@ def _torch_runner(fused: Any) -> Callable[[np.ndarray], Outputs]:
     return run
 
 
-def _select_rows(corpus: Any, *, split: str, max_utterances: int, seed: int) -> tuple[Any, str]:
-    table = corpus.table
+def _select_rows(corpus: Any, *, split: str, max_utterances: int, seed: int, run: RunInfo) -> tuple[Any, str]:
+    table = run.splits_as_trained(corpus)  # a k-fold run: its own fold's test speakers, not fold 0's
     rows = table[table["split"] == split]
     used = split
     if len(rows) == 0:
@@ -202,7 +202,7 @@ def verify_artifact(
     candidates = _candidates(model, reference, base_model, kernel_paths=kernel_paths, threads=threads)
     transform = _condition_transform(condition)
     corpus = load_corpus(corpus_dir)
-    rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed)
+    rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed, run=run)
     outputs, n_windows = _run_candidates(model, candidates, corpus, rows, transform=transform, progress=progress)
     reports = _parity_reports(model, base_model, outputs, _task_inputs(rows, model.manifest.labels))
     if condition is not None:

@@ -204,6 +204,38 @@ def test_k_fold_predictions_pool_held_out_folds(pipeline, tmp_path):
     assert report["run_info"]["k"] == 3 and "female" in report["test_sets"]["corpus"]["pa_uar_by_gender"]
 
 
+@pytest.mark.parametrize("fold", [1, 2])
+def test_a_fold_run_alone_is_scored_on_its_own_held_out_fold(pipeline, fold):
+    """The table's split column is fold 0's assignment; a fold-1 run scored on it would be scored on
+    speakers it trained on. Alone (evaluate --run, verify), it is scored on its fold, also on a copy."""
+    table = load_corpus(pipeline / "corpus").table
+    run_dir = pipeline / "folds" / f"fold{fold}_seed0"
+    for corpus in ("corpus", "noisy5", "loud"):
+        got = predict_corpus(run_dir=run_dir, corpus_dir=pipeline / corpus, split="test", progress=False)
+        held_out = table.loc[table["fold"] == fold, "utt_id"].tolist()
+        assert got["utt_id"].tolist() == held_out, corpus
+        assert set(got["speaker"]) == set(table.loc[table["fold"] == fold, "speaker"])
+    # verify samples its rows by the same rule
+    from edge_ser.converters.verify import _select_rows
+
+    rows, used = _select_rows(load_corpus(pipeline / "noisy5"), split="test", max_utterances=100, seed=0,
+                              run=read_run_info(run_dir))
+    assert used == "test" and sorted(rows["utt_id"]) == sorted(held_out)
+    # fold 0's run and a run on the table's own split see the column as written
+    zero = predict_corpus(run_dir=pipeline / "folds" / "fold0_seed0", corpus_dir=pipeline / "corpus", split="test",
+                          progress=False)
+    assert zero["utt_id"].tolist() == table.loc[table["split"] == "test", "utt_id"].tolist()
+
+
+def test_a_fold_run_on_a_corpus_without_its_folds_is_refused(pipeline, tmp_path):
+    table = load_corpus(pipeline / "corpus").table.drop(columns=["fold"])
+    save_corpus(table, tmp_path / "nofold", corpus="synthetic", audio_root=load_corpus(pipeline / "corpus").audio_root,
+                label_mapping={}, soft_target_rule="copied")
+    with pytest.raises(ManifestError, match="has no speaker folds"):
+        predict_corpus(run_dir=pipeline / "folds" / "fold1_seed0", corpus_dir=tmp_path / "nofold", split="test",
+                       progress=False)
+
+
 def test_cli_evaluate_folds_and_compare(pipeline, tmp_path):
     from edge_ser.cli import root
 

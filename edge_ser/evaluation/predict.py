@@ -345,7 +345,7 @@ def predict_corpus(
     run_dir = Path(run_dir)
     run = read_run_info(run_dir)
     corpus = load_corpus(corpus_dir)
-    rows = _select_rows(corpus.table, split=split, corpus=corpus.name)
+    rows = _select_rows(run.splits_as_trained(corpus), split=split, corpus=corpus.name)
     choice = choose_source(run=run, corpus_manifest=corpus.manifest, source=source, features_dir=features_dir)
     if choice.source == "cache":
         frames_of = _CacheFrames(choice.cache_dir, run.layer)

@@ -321,6 +321,42 @@ class RunInfo:
                 "re-extract features and retrain."
             )
 
+    def splits_as_trained(self, corpus: Any) -> Any:
+        """``corpus.table`` with the ``split`` column this run trained with.
+
+        A k-fold run held out its own fold: on its training corpus, or a noisy / condition copy of
+        it (``base_corpus`` in the copy's manifest), the test rows are fold ``f`` and the validation
+        rows fold ``f + 1`` (:func:`edge_ser.data.splits.fold_assignment`), whatever the table's own
+        ``split`` column says (``data prepare`` writes fold 0's assignment there). Scoring a fold-3
+        run on that column would score speakers it trained on. Any other run or corpus: unchanged.
+        """
+        table = corpus.table
+        if self.fold is None:
+            return table
+        names = {corpus.name}
+        for key in ("noisy", "condition"):
+            block = corpus.manifest.get(key)
+            if isinstance(block, Mapping) and block.get("base_corpus"):
+                names.add(str(block["base_corpus"]))
+        if self.corpus is None or self.corpus not in names:
+            return table  # another corpus: never trained on, its own splits stand
+        from edge_ser.data.splits import fold_assignment
+
+        folds = table["fold"].astype(int) if "fold" in table.columns else None
+        if folds is None or (folds < 0).all():
+            raise ManifestError(
+                f"{self.run_dir} is the fold-{self.fold} run of a {self.k}-fold set on corpus {self.corpus!r}, but "
+                f"{corpus.root} has no speaker folds (no fold column, or every fold -1), so its held-out speakers "
+                "cannot be told apart; expected the k-fold corpus the run was trained on (or a copy made from it "
+                "with --split all)."
+            )
+        if self.k is not None and int(folds.max()) + 1 != int(self.k):
+            raise ManifestError(
+                f"{corpus.root} has {int(folds.max()) + 1} speaker folds; {self.run_dir} was trained on {self.k}. "
+                "Expected the k-fold corpus the run was trained on (or a copy made from it with --split all)."
+            )
+        return fold_assignment(table, fold=int(self.fold))
+
     def check_artifact(self, source: Mapping[str, Any], *, artifact: Any, role: str = "artifact") -> None:
         """Raise unless an artifact's manifest ``source`` block says it was converted from this run
         (``run_sha256`` equals :attr:`weights_sha256`)."""
