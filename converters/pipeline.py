@@ -448,7 +448,7 @@ def convert_run(
     out: str | os.PathLike,
     window_s: float = 3.0,
     calibration_utterances: int = 32,
-    validation_utterances: int = 8,
+    validation_utterances: int = 240,
     overwrite: bool = False,
     seed: int = 0,
     hop_s: float | None = None,
