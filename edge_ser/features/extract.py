@@ -20,7 +20,6 @@ lengths, so most utterances still run alone; exactness is not traded for that sp
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -33,14 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 import torch
 
-from edge_ser.errors import CorpusError
 from edge_ser.features.cache import MANIFEST_FILE, FeatureCache, FeatureCacheWriter
 from edge_ser.io import read_json
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.progress import progress_bar
 
 if TYPE_CHECKING:
-    from edge_ser.data.table import Corpus
+    from edge_ser.features.sharding import ExtractionPlan
 
 logger = logging.getLogger(__name__)
 
@@ -194,28 +192,23 @@ def extract_features(
         The opened :class:`FeatureCache`; its manifest records throughput
         (utterances/s, real-time factor = audio seconds / wall seconds).
     """
-    from edge_ser.data.table import load_corpus
+    from edge_ser.features.sharding import cache_manifest, plan_extraction
 
     _check_extraction_options(shard_utterances=shard_utterances, batch_seconds=batch_seconds)
-    corpus = load_corpus(corpus_dir)
-    table = corpus.table
-    if len(table) == 0:
-        raise CorpusError(f"corpus {corpus.root} has no utterances; nothing to extract.")
     extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
-    layers_stored = _resolve_layers(layers, n_layers=extractor.n_layers, model=model)
-    utt_ids, shards, plan = _plan_shards(corpus, extractor, model=model, layers_stored=layers_stored,
-                                         random_init=random_init, seed=seed, shard_utterances=shard_utterances)
+    plan = plan_extraction(corpus_dir=corpus_dir, extractor=extractor, layers=layers, random_init=random_init,
+                           seed=seed, shard_utterances=shard_utterances)
     out = Path(out)
-    if resume and _holds_plan(out, plan):
+    if resume and _holds_plan(out, plan.plan):
         logger.info("%s already holds this extraction; reusing it", out)
         return FeatureCache.open(out)
-    writer = FeatureCacheWriter(out, plan=plan, layers_stored=layers_stored, resume=resume, overwrite=overwrite)
-    throughput = _extract_pending_shards(
-        writer, extractor, corpus, shards=shards, utt_ids=utt_ids, model=model, layers_stored=layers_stored,
-        max_samples=max(1, int(batch_seconds * SAMPLE_RATE)), on_shard=on_shard, show_progress=show_progress)
-    manifest = _cache_manifest(extractor, corpus, model=model, random_init=random_init, batch_seconds=batch_seconds,
-                               shard_utterances=shard_utterances, throughput=throughput)
-    return writer.finalize(table=table, manifest=manifest)
+    writer = FeatureCacheWriter(out, plan=plan.plan, layers_stored=plan.layers_stored, resume=resume,
+                                overwrite=overwrite)
+    throughput = _extract_pending_shards(writer, extractor, plan, max_samples=max(1, int(batch_seconds * SAMPLE_RATE)),
+                                         on_shard=on_shard, show_progress=show_progress)
+    manifest = cache_manifest(plan, random_init=random_init, batch_seconds=batch_seconds,
+                              shard_utterances=shard_utterances, throughput=dataclasses.asdict(throughput))
+    return writer.finalize(table=plan.table, manifest=manifest)
 
 
 def _check_extraction_options(*, shard_utterances: Any, batch_seconds: Any) -> None:
@@ -225,31 +218,6 @@ def _check_extraction_options(*, shard_utterances: Any, batch_seconds: Any) -> N
         raise ValueError(f"shard_utterances={shard_utterances!r}; expected a positive integer such as 256.")
     if not (isinstance(batch_seconds, (int, float)) and math.isfinite(batch_seconds) and batch_seconds > 0):
         raise ValueError(f"batch_seconds={batch_seconds!r}; expected a positive, finite number of seconds such as 60.")
-
-
-def _plan_shards(corpus: Corpus, extractor: _Extractor, *, model: str, layers_stored: tuple[int, ...],
-                 random_init: bool, seed: int, shard_utterances: int) -> tuple[list[str], list[list[int]], dict]:
-    """Every row's utt_id, the table rows of each shard, and the plan dict that identifies the extraction."""
-    from edge_ser.audio import audio_duration_s
-
-    table = corpus.table
-    durations = table["duration_s"].to_numpy(dtype=np.float64).copy()
-    for i in np.flatnonzero(np.isnan(durations)):
-        durations[i] = audio_duration_s(corpus.audio_path(int(i)))
-    # Sorting by duration puts equal-length clips next to each other (batchable) and
-    # keeps shards similar in cost; utt_id breaks ties so the order is reproducible.
-    utt_ids = table["utt_id"].astype(str).tolist()
-    order = sorted(range(len(table)), key=lambda i: (durations[i], utt_ids[i]))
-    shards = [order[s:s + shard_utterances] for s in range(0, len(order), shard_utterances)]
-
-    plan = {
-        "model": model, "spec": extractor.spec, "weights_source": extractor.weights_source,
-        "random_init": bool(random_init), "seed": int(seed) if random_init else None,
-        "layers_stored": list(layers_stored), "table_sha256": corpus.manifest.get("table_sha256"),
-        "shard_utterances": int(shard_utterances),
-        "order_sha256": hashlib.sha256("\n".join(utt_ids[i] for i in order).encode()).hexdigest(),
-    }
-    return utt_ids, shards, json.loads(json.dumps(plan, default=str))
 
 
 def _holds_plan(out: Path, plan: dict[str, Any]) -> bool:
@@ -264,13 +232,14 @@ def _holds_plan(out: Path, plan: dict[str, Any]) -> bool:
 
 
 def _extract_pending_shards(
-    writer: FeatureCacheWriter, extractor: _Extractor, corpus: Corpus, *, shards: Sequence[Sequence[int]],
-    utt_ids: Sequence[str], model: str, layers_stored: tuple[int, ...], max_samples: int,
+    writer: FeatureCacheWriter, extractor: _Extractor, plan: ExtractionPlan, *, max_samples: int,
     on_shard: Callable[[int, int], None] | None, show_progress: bool,
 ) -> ExtractionThroughput:
-    """The throughput of computing and writing every shard the writer has not finished yet."""
-    from edge_ser.audio import load_audio
+    """The throughput of computing (:func:`~edge_ser.features.sharding.compute_shard`, as a Ray
+    worker does) and writing every shard the writer has not finished yet."""
+    from edge_ser.features.sharding import compute_shard
 
+    model, shards = extractor.name, plan.shards
     resumed = len(writer.finished_shards)
     threads = torch.get_num_threads()
     todo_utts = sum(len(shards[s]) for s in range(len(shards)) if not writer.is_done(s))
@@ -280,15 +249,13 @@ def _extract_pending_shards(
         if writer.is_done(shard):
             continue
         start = time.perf_counter()
-        waves = [load_audio(corpus.audio_path(int(i))) for i in rows]
-        lengths = [int(w.shape[0]) for w in waves]
-        pooled, frames, clipped = _shard_states(extractor, waves, lengths, utt_ids=[utt_ids[i] for i in rows],
-                                                model=model, layers_stored=layers_stored,
-                                                max_samples=max_samples, bar=bar)
-        writer.write_shard(shard=shard, utt_ids=[utt_ids[i] for i in rows],
-                           frames={k: list(v) for k, v in frames.items()}, pooled=pooled, n_clipped=clipped)
+        result = compute_shard(extractor, shard=shard, utt_ids=[plan.utt_ids[i] for i in rows],
+                               audio_paths=[plan.audio_paths[i] for i in rows], layers_stored=plan.layers_stored,
+                               max_samples=max_samples, on_batch=bar.update)
+        writer.write_shard(shard=shard, utt_ids=list(result.utt_ids), frames=result.frames_per_utterance(),
+                           pooled=result.pooled, n_clipped=result.n_clipped)
         wall_s += time.perf_counter() - start
-        audio_s += sum(lengths) / SAMPLE_RATE
+        audio_s += result.audio_s
         computed_utts += len(rows)
         computed_shards += 1
         if on_shard is not None:
@@ -324,57 +291,6 @@ def _store_utterance_states(states: Sequence[torch.Tensor], b: int, t: int, *, r
             values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)
         frames[k][row] = values.astype(np.float16)
     return clipped
-
-
-def _shard_states(
-    extractor: _Extractor, waves: Sequence[np.ndarray], lengths: Sequence[int], *, utt_ids: Sequence[str],
-    model: str, layers_stored: tuple[int, ...], max_samples: int, bar: Any,
-) -> tuple[np.ndarray, dict[int, list[np.ndarray | None]], int]:
-    """One shard's pooled means (U, L+1, N), float16 frames per stored layer, and clipped-value count."""
-    n_states = extractor.n_layers + 1
-    pooled = np.zeros((len(waves), n_states, extractor.hidden_size), dtype=np.float32)
-    frames: dict[int, list[np.ndarray | None]] = {k: [None] * len(waves) for k in layers_stored}
-    clipped = 0
-    with torch.inference_mode():
-        for batch in _equal_length_batches(lengths, max_samples=max_samples):
-            x = torch.from_numpy(np.stack([waves[p] for p in batch]))
-            n = torch.tensor([lengths[p] for p in batch], dtype=torch.long)
-            states, frame_lengths = extractor(x, n)
-            if len(states) != n_states:
-                raise RuntimeError(f"{model} returned {len(states)} hidden states; its spec says {n_states}.")
-            for b, p in enumerate(batch):
-                t = int(frame_lengths[b])
-                if t < 1:
-                    raise CorpusError(
-                        f"utterance {utt_ids[p]!r} ({lengths[p] / SAMPLE_RATE:.3f} s) gives no "
-                        f"{model} frames; drop utterances this short from the corpus."
-                    )
-                clipped += _store_utterance_states(states, b, t, row=p, pooled=pooled, frames=frames,
-                                                   layers_stored=layers_stored)
-            bar.update(len(batch))
-    return pooled, frames, clipped
-
-
-def _cache_manifest(extractor: _Extractor, corpus: Corpus, *, model: str, random_init: bool, batch_seconds: float,
-                    shard_utterances: int, throughput: ExtractionThroughput) -> dict[str, Any]:
-    """The manifest fields this engine records (FeatureCacheWriter.finalize adds the rest)."""
-    return {
-        "model": model,
-        "family": extractor.family,
-        "spec": extractor.spec,
-        "weights_source": extractor.weights_source,
-        "random_init": bool(random_init),
-        "n_layers": extractor.n_layers,
-        "hidden_size": extractor.hidden_size,
-        "frame_rate": extractor.frame_rate,
-        "sample_rate": SAMPLE_RATE,
-        "corpus": {"dir": os.fspath(Path(corpus.root).resolve()), "name": corpus.name,
-                   "table_sha256": corpus.manifest.get("table_sha256")},
-        "extraction": {"batching": "equal-length batches only (exact; see edge_ser.features.extract)",
-                       "batch_seconds": float(batch_seconds), "shard_utterances": int(shard_utterances),
-                       "torch_version": torch.__version__},
-        "throughput": dataclasses.asdict(throughput),
-    }
 
 
 __all__ = ["MFBF0_MODEL", "ExtractionThroughput", "available_models", "extract_features"]

@@ -5,8 +5,8 @@ steps of :func:`edge_ser.features.extract.extract_features` as separate pieces: 
 the driver, one shard on a worker, the manifest on the driver again. They are written here
 to give exactly what the local engine gives (same shard assignment, same ``plan``, so a
 ``progress.json`` started by one engine is resumed by the other; same arrays, so the shard
-files are byte-identical). ``tests/test_ray_engine.py`` compares the two engines file by file;
-once the local engine's loop is split up, it should call these pieces too (one place).
+files are byte-identical). The local engine calls these same pieces, in one process;
+``tests/test_ray_engine.py`` still compares the two engines file by file.
 
 Nothing here imports Ray.
 """
@@ -19,7 +19,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -134,7 +134,8 @@ def plan_extraction(*, corpus_dir: str | os.PathLike, extractor: _Extractor, lay
 
 
 def compute_shard(extractor: _Extractor, *, shard: int, utt_ids: Sequence[str], audio_paths: Sequence[str],
-                  layers_stored: Sequence[int], max_samples: int, device: torch.device | str = "cpu") -> ShardResult:
+                  layers_stored: Sequence[int], max_samples: int, device: torch.device | str = "cpu",
+                  on_batch: Callable[[int], Any] | None = None) -> ShardResult:
     """Run the FM over one shard's utterances (equal-length batches only, as the local engine).
 
     Args:
@@ -145,6 +146,7 @@ def compute_shard(extractor: _Extractor, *, shard: int, utt_ids: Sequence[str], 
         max_samples: most samples per equal-length batch.
         device: where the model runs; hidden states come back to the CPU before any reduction,
             so the pooled means are computed the same way on every device.
+        on_batch: called with the number of utterances after each batch (a progress bar's update).
     """
     from edge_ser.audio import load_audio
 
@@ -174,6 +176,8 @@ def compute_shard(extractor: _Extractor, *, shard: int, utt_ids: Sequence[str], 
                 n_frames[p] = t
                 clipped += _store_utterance_states(states, b, t, row=p, pooled=pooled, frames=frames,
                                                    layers_stored=layers_stored)
+            if on_batch is not None:
+                on_batch(len(batch))
     joined = {k: np.concatenate(v, axis=0) for k, v in frames.items()}  # one array per layer: one object to ship
     return ShardResult(shard=int(shard), utt_ids=tuple(str(u) for u in utt_ids),
                        n_frames=tuple(n_frames) if layers_stored else tuple(0 for _ in waves), frames=joined,
