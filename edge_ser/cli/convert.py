@@ -49,8 +49,8 @@ def _precisions() -> list[str]:
                    "activations are quantized dynamically per call).")
 @click.option("--validation-utterances", type=click.IntRange(min=1), default=240, show_default=True,
               help="Validation-split utterances compared against the eager model (a seeded sample; the whole "
-                   "split when it has fewer). The int8 gate's top-1 rule needs a few hundred to tell a 3 %% "
-                   "flip rate from 5 %% (docs/parity.md, 'How many validation utterances').")
+                   "split when it has fewer). The int8 gate's top-1 rule needs a few hundred to tell a 3 % "
+                   "flip rate from 5 % (docs/parity.md, 'How many validation utterances').")
 @click.option("--stream-hop", "hop_s", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Write the streaming variant: one hop of HOP_S seconds per call (a multiple of 0.02, at most "
                    "half the window), the GRU state carried between calls, the window as the FM's context "
