@@ -74,6 +74,8 @@ class VerifyResult:
     wall_s: float = 0.0
     cpu: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """:func:`edge_ser.cpu_features.cpu_features` of the machine that verified."""
+    fold: int | None = None
+    """The run's held-out fold when it is a k-fold run: ``split`` is then that fold's assignment."""
 
     @property
     def verdict(self) -> ParityReport:
@@ -91,7 +93,7 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "artifact": self.artifact, "baseline": self.baseline, "run": self.run, "corpus": self.corpus,
-            "split": self.split, "n_utterances": self.n_utterances, "n_windows": self.n_windows,
+            "split": self.split, "fold": self.fold, "n_utterances": self.n_utterances, "n_windows": self.n_windows,
             "passed": self.passed, "wall_s": self.wall_s, "cpu": dict(self.cpu),
             "reports": [r.to_dict() for r in self.reports],
         }
@@ -211,7 +213,7 @@ def verify_artifact(
         artifact=str(artifact), run=str(run_dir), corpus=str(Path(corpus_dir)), split=used_split,
         n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
         baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
-        cpu=cpu_features().to_dict(),
+        cpu=cpu_features().to_dict(), fold=run.fold,
     )
 
 
