@@ -31,11 +31,12 @@ from edge_ser.converters.streaming import (
     build_streaming_model,
     offline_stream_reference,
     stream_outputs,
+    streaming_calibration_inputs,
 )
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.runtime.artifact import STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
-from edge_ser.converters.quantize import calibration_tensors
+from edge_ser.converters.quantize import calibration_set, calibration_tensors
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
@@ -194,8 +195,10 @@ def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *
     examples = (fused.example_input(),) if streaming is None else tuple(streaming.example_inputs())
     io_names = DEFAULT_IO_NAMES if streaming is None else (STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES)
     start = time.perf_counter()
+    inputs = calibration_inputs(calibration, window_samples=fused.window_samples,
+                                streaming=streaming) if spec.calibrated else []
     module = backend.quantize_before_export(lowered_model, precision=spec, examples=examples,
-                                            calibration_waveforms=calibration, window_samples=fused.window_samples)
+                                            calibration_inputs=inputs)
     if spec.calibrated:
         timings["quantize"] = time.perf_counter() - start
     with torch.no_grad():
@@ -208,6 +211,22 @@ def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *
                         streaming=streaming)
 
 
+def calibration_inputs(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_samples: int,
+                       streaming: StreamingSER | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """What a calibrated precision runs through the prepared graph, one tuple of inputs per call.
+
+    ``waveforms``: real training utterances, one window each (at least
+    :data:`~edge_ser.converters.quantize.MIN_CALIBRATION_UTTERANCES`). Windowed model: one call per
+    window. Streaming model: the utterances joined into one stream and cut into hops, each hop with
+    the states the eager streaming model carries into it
+    (:func:`edge_ser.converters.streaming.streaming_calibration_inputs`), so the states' ranges are
+    those of a real stream, not of zeros or noise."""
+    windows = calibration_set(waveforms, window_samples=window_samples)
+    if streaming is None:
+        return [(t,) for t in windows]
+    return streaming_calibration_inputs(streaming, torch.cat([t.reshape(-1) for t in windows]))
+
+
 def _check_parity(backend: Backend, spec: PrecisionSpec, artifact_dir: Path, *, fused: FusedSER,
                   graph: _TargetGraph, validation: Sequence[torch.Tensor],
                   num_threads: int) -> tuple[dict[str, Any], ParityReport | None]:
@@ -217,18 +236,27 @@ def _check_parity(backend: Backend, spec: PrecisionSpec, artifact_dir: Path, *, 
     run the target."""
     target, precision = backend.name, spec.name
     if graph.streaming is not None:
+        streaming = graph.streaming
         runner = backend.load_runner(artifact_dir, num_threads=num_threads)
         if runner is not None:
-            report = validate_stream(runner.run_all, fused, graph.streaming, validation, target=target,
+            report = validate_stream(runner.run_all, fused, streaming, validation, target=target,
                                      precision=precision)
-            return {**report.to_dict(), "ran": True}, report
+            parity = {**report.to_dict(), "ran": True}
+            report = _validate_kernel_paths(
+                backend, artifact_dir, spec=spec, native=report, parity=parity, num_threads=num_threads,
+                check=lambda path_runner, comparison: validate_stream(
+                    path_runner.run_all, fused, streaming, validation, target=target, precision=precision,
+                    comparison=comparison))
+            return parity, report
     else:
         run = backend.runner(artifact_dir, num_threads=num_threads)
         if run is not None:
             report = validate(run, fused, validation, target=target, precision=precision)
             parity = {**report.to_dict(), "ran": True}
-            report = _validate_kernel_paths(backend, artifact_dir, spec=spec, fused=fused, validation=validation,
-                                            native=report, parity=parity, num_threads=num_threads)
+            report = _validate_kernel_paths(
+                backend, artifact_dir, spec=spec, native=report, parity=parity, num_threads=num_threads,
+                check=lambda path_runner, comparison: validate(path_runner.run, fused, validation, target=target,
+                                                               precision=precision, comparison=comparison))
             return parity, report
     return {"ran": False, "passed": None,
             "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}, None
@@ -265,6 +293,7 @@ def validate_stream(
     *,
     target: str,
     precision: str,
+    comparison: str | None = None,
 ) -> ParityReport:
     """Stream ``waveforms``, joined into one stream, through a streaming artifact (``run_all``: its
     runner's, every input -> every output, the state fed back each hop) and compare every hop's outputs with
@@ -282,8 +311,8 @@ def validate_stream(
     return compare({name: stack(reference, i) for i, name in enumerate(OUTPUT_NAMES)},
                    {name: stack(candidate, i) for i, name in enumerate(OUTPUT_NAMES)},
                    target=target, precision=precision,
-                   comparison=f"streamed artifact vs offline computation over the same samples ({len(reference)} hops "
-                              f"of {hop / SAMPLE_RATE:g} s, state carried)")
+                   comparison=f"{comparison or 'streamed artifact vs offline computation over the same samples'} "
+                              f"({len(reference)} hops of {hop / SAMPLE_RATE:g} s, state carried)")
 
 
 def streaming_manifest_block(streaming: StreamingSER) -> dict[str, Any]:
@@ -323,19 +352,19 @@ def streaming_manifest_block(streaming: StreamingSER) -> dict[str, Any]:
     }
 
 
-def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, fused: FusedSER,
-                           validation: Sequence[torch.Tensor], native: ParityReport, parity: dict[str, Any],
-                           num_threads: int) -> ParityReport:
-    """Parity of the artifact as other CPUs' int8 kernels compute it (the backend's emulations);
-    records each in ``parity["kernel_paths"]`` and returns the first failing report, else ``native``."""
+def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, native: ParityReport,
+                           parity: dict[str, Any], num_threads: int,
+                           check: Callable[[Any, str], ParityReport]) -> ParityReport:
+    """Parity of the artifact as other CPUs' int8 kernels compute it (the backend's emulations;
+    ``check(runner, comparison)`` runs one the way the native artifact was checked); records each
+    in ``parity["kernel_paths"]`` and returns the first failing report, else ``native``."""
     runners = backend.kernel_path_runners(artifact_dir, precision=spec, num_threads=num_threads)
     if not runners:
         return native
     parity["kernel_paths"] = {"this_cpu": cpu_features().onnxruntime_u8s8_path}
     worst = native
     for path, path_runner in runners.items():
-        report = validate(path_runner, fused, validation, target=backend.name, precision=spec.name,
-                          comparison=f"artifact with {path} int8 accumulation (emulated) vs PyTorch reference")
+        report = check(path_runner, f"artifact with {path} int8 accumulation (emulated) vs PyTorch reference")
         parity["kernel_paths"][path] = _parity_summary({**report.to_dict(), "ran": True})
         if worst.passed and not report.passed:
             worst = report
@@ -367,8 +396,9 @@ def _remove_stale_temp_folders(out: Path) -> list[Path]:
 
 def _refuse_unoffered_streaming(spec: PrecisionSpec, *, target: str, hop_s: float | None) -> None:
     if hop_s is not None and not spec.streaming:
-        raise ValueError(f"{target}/{spec.name} streaming artifacts are not built yet (int8 calibration runs "
-                         "whole windows); convert the streaming variant at fp32, or the windowed one at int8.")
+        raise ValueError(f"{target}/{spec.name} streaming artifacts are not offered (the target declares "
+                         f"streaming=False for {spec.name}); convert the streaming variant at another precision, or "
+                         f"the windowed one at {spec.name}.")
 
 
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:

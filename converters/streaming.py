@@ -32,7 +32,7 @@ from edge_ser.labels import SAMPLE_RATE
 from edge_ser.runtime.artifact import STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
 
 __all__ = ["StreamingSER", "StreamGeometry", "stream_geometry", "build_streaming_model", "offline_stream_reference",
-           "stream_outputs"]
+           "stream_outputs", "streaming_calibration_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +164,26 @@ def stream_outputs(step: Any, waveform: np.ndarray, *, initial_state: Sequence[n
         results.append([np.asarray(o, dtype=np.float32) for o in outputs[:n_out]])
         state = [np.asarray(o, dtype=np.float32) for o in outputs[n_out:]]
     return results
+
+
+def streaming_calibration_inputs(streaming: nn.Module, waveform: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """The calls a stream of ``waveform`` (mono, 16 kHz) makes: for every whole hop, ``(hop, *states)``
+    with the states the eager ``streaming`` model carried into it (zeros before the first hop).
+    What int8 calibration runs, so observers see the states' real ranges."""
+    wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
+    hop = streaming.hop_samples
+    if len(wave) < 2 * hop:
+        raise ValueError(f"calibration audio holds {len(wave)} samples; expected at least two hops ({2 * hop} "
+                         "samples) so that calibration sees carried states.")
+    state = streaming.initial_state()
+    n_out = len(STREAM_OUTPUT_NAMES) - len(state)
+    calls = []
+    with torch.no_grad():
+        for start in range(0, len(wave) - hop + 1, hop):
+            inputs = (wave[start:start + hop].reshape(1, -1), *state)
+            calls.append(inputs)
+            state = list(streaming(*inputs)[n_out:])
+    return calls
 
 
 def offline_stream_reference(fused: FusedSER, waveform: np.ndarray, *, hop_samples: int) -> list[list[np.ndarray]]:
