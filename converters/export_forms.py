@@ -415,7 +415,7 @@ class TCGRUStreamingHead(nn.Module):
     def forward(self, features: torch.Tensor, h_in: torch.Tensor, ctx_in: torch.Tensor, pool_in: torch.Tensor,
                 count_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.hop_frames
-        new = (features[:, features.shape[1] - m:] - self.feat_mean) * self.feat_inv_std  # (1, m, N)
+        new = (_frames(features, features.shape[1] - m, m) - self.feat_mean) * self.feat_inv_std  # (1, m, N)
         sequence = torch.cat([ctx_in, new, self.lookahead], dim=1)  # (1, m + 3, N)
         # ReLU after the transpose, as in TCGRUExport (XNNPACK's dynamic int8 has no conv+relu pattern).
         conv = torch.relu(self.conv(sequence.transpose(1, 2)).transpose(1, 2))  # (1, m + 1, C)

@@ -116,7 +116,7 @@ class CachedWhisperFM(nn.Module):
         self.width = int(attention.embed_dim)
         self.n_heads, self.head_dim, self.scaling = int(attention.num_heads), int(attention.head_dim), attention.scaling
         self.register_buffer("slot", torch.arange(self.context_frames + self.hop_frames, dtype=torch.float32))
-        self.register_buffer("frame_offsets", torch.arange(self.hop_frames, dtype=torch.int64))
+        self.register_buffer("frame_offsets", torch.arange(self.hop_frames, dtype=torch.float32))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
         """The FM's carried states by input name: the stem's audio, the key/value cache, the statistics."""
@@ -150,8 +150,9 @@ class CachedWhisperFM(nn.Module):
         log_mel = (torch.maximum(log_mel, running_max.reshape(1, 1, 1) - 8.0) + 4.0) * 0.25
         x = self.stem(log_mel)
         x = x[:, x.shape[1] - m:]
-        index = torch.clamp(frames_before.reshape(1).to(torch.int64) + self.frame_offsets, max=self.max_frames - 1)
-        x = x + torch.index_select(self.positions, 0, index).unsqueeze(0)
+        # Clamped and cast last, to int32: Core ML's gather takes no other index type.
+        index = torch.clamp(frames_before.reshape(1) + self.frame_offsets, max=float(self.max_frames - 1))
+        x = x + torch.index_select(self.positions, 0, index.to(torch.int32)).unsqueeze(0)
         # Cache slot j holds frame frames_before - c + j: masked while that is before the segment start.
         bias = torch.where(self.slot + frames_before.reshape(1) >= float(c), 0.0, _MASKED).reshape(1, 1, 1, c + m)
         caches = []

@@ -22,9 +22,6 @@ from edge_ser.errors import AudioError
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.runtime.artifact import (
     OUTPUT_NAMES,
-    STREAM_INPUT_NAMES,
-    STREAM_OUTPUT_NAMES,
-    STREAM_STATES,
     stream_io_names,
     stream_states,
 )
@@ -463,7 +460,8 @@ def test_cli_predict_stream_refuses_bad_options(artifact, tmp_path, args, messag
     assert message in result.output
 
 
-def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_path):
+@pytest.mark.parametrize("fm_mode", ["window", "cached"])
+def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_path, fm_mode):
     """Core ML cannot predict off macOS: the converted program is checked structurally (names, shapes)."""
     import sys
 
@@ -474,12 +472,13 @@ def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_pa
     out = tmp_path / "coreml-stream"
     result = convert(fused=fused, target="coreml", precision="fp32", out=out, calibration_waveforms=[],
                      validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "t"},
-                     hop_s=HOP_S)
+                     hop_s=HOP_S, fm_mode=fm_mode)
     assert result.parity["ran"] is False
     io = json.loads((out / "parity.json").read_text())["verification"]["io"]
     assert io["passed"], io["problems"]
-    assert [i["name"] for i in io["inputs"]] == list(STREAM_INPUT_NAMES)
-    assert [o["name"] for o in io["outputs"]] == list(STREAM_OUTPUT_NAMES)
+    inputs, outputs = stream_io_names(fm_mode)
+    assert [i["name"] for i in io["inputs"]] == list(inputs)
+    assert [o["name"] for o in io["outputs"]] == list(outputs)
     shapes = {i["name"]: i["shape"] for i in io["inputs"]}
     assert shapes["waveform"] == [1, HOP] and shapes["h_in"] == [2, 1, 16] and shapes["count_in"] == [1, 1]
     assert read_manifest_streaming(out)["hop_samples"] == HOP
