@@ -107,7 +107,7 @@ def convert(
     overwrite: bool = False,
     num_threads: int = 1,
     hop_s: float | None = None,
-    fm_mode: str = "window",
+    fm_mode: str = "auto",
 ) -> ConversionResult:
     """Quantize (if the precision calls for it), lower, validate and save one artifact folder.
 
@@ -116,8 +116,8 @@ def convert(
     context. Its parity check streams the validation audio, joined into one stream (one segment),
     through the artifact and compares every hop's estimate with the offline computation over the
     same samples. ``fm_mode`` (streaming only): ``"window"`` (the FM reruns the whole window every
-    hop) or ``"cached"`` (the FM runs on the hop's frames with a key/value cache; Whisper), see
-    docs/streaming.md.
+    hop), ``"cached"`` (the FM runs on the hop's frames with a key/value cache; Whisper) or
+    ``"auto"`` (the default: cached for Whisper, window for the others), see docs/streaming.md.
 
     ``calibration_waveforms``: real utterances from the run's training split, each one window
     (``fused.window_samples``) long; used only by calibrated precisions (ExecuTorch int8).
@@ -191,7 +191,7 @@ class _TargetGraph:
 
 
 def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *, hop_s: float | None,
-                       fm_mode: str = "window", calibration: Sequence[Any],
+                       fm_mode: str = "auto", calibration: Sequence[Any],
                        timings: dict[str, float]) -> _TargetGraph:
     """The target's GRU form, its quantization step (:meth:`Backend.quantize_before_export`) and
     ``torch.export``; adds the ``quantize`` and ``export`` times to ``timings``."""
@@ -440,11 +440,11 @@ def _refuse_unoffered_streaming(spec: PrecisionSpec, *, target: str, hop_s: floa
 
 
 def _check_fm_mode_option(fm_mode: str, *, hop_s: float | None) -> None:
-    from edge_ser.converters.stream_fm import FM_MODES
+    from edge_ser.converters.stream_fm import FM_MODE_CHOICES
 
-    if fm_mode not in FM_MODES:
-        raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODES)}.")
-    if hop_s is None and fm_mode != "window":
+    if fm_mode not in FM_MODE_CHOICES:
+        raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODE_CHOICES)}.")
+    if hop_s is None and fm_mode not in ("auto", "window"):
         raise ValueError(f"fm_mode={fm_mode!r} applies to streaming artifacts only; pass hop_s (--stream-hop) too, "
                          "or leave fm_mode out for a windowed artifact.")
 
@@ -530,7 +530,7 @@ def convert_run(
     overwrite: bool = False,
     seed: int = 0,
     hop_s: float | None = None,
-    fm_mode: str = "window",
+    fm_mode: str = "auto",
 ) -> ConversionResult:
     """Convert a training run folder: fuse its feature model and head, calibrate on its
     training split, validate on its validation split (the corpus the run's feature cache

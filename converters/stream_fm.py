@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_ser.runtime.artifact import STREAM_FM_MODES
+from edge_ser.runtime.artifact import STREAM_FM_CHOICES, STREAM_FM_MODES
 
 FM_MODES: tuple[str, ...] = STREAM_FM_MODES
 """How a streaming artifact runs the foundation model per hop: ``window`` (the whole context window
@@ -55,6 +55,17 @@ _MASKED = -1e9  # additive attention bias of a masked cache slot (finite: no NaN
 STATS_FIELDS: tuple[str, ...] = ("frames", "power_sum", "samples", "log_mel_max")
 """The ``stats`` state, in order: frames since the segment start, sum of squared samples and number of
 samples since the segment start (the running level), running maximum of the log-mel (log10 units)."""
+
+
+FM_MODE_CHOICES: tuple[str, ...] = STREAM_FM_CHOICES
+"""``auto`` and the modes (:data:`edge_ser.runtime.artifact.STREAM_FM_CHOICES`)."""
+
+
+def resolve_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str | None = None) -> str:
+    """The mode ``fm_mode`` stands for (``auto``: ``cached`` for Whisper, else ``window``), checked."""
+    if fm_mode == "auto":
+        fm_mode = "cached" if family == "whisper" else "window"
+    return check_fm_mode(fm_mode, feature_model=feature_model, family=family)
 
 
 def check_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str | None = None) -> str:

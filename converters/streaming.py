@@ -37,12 +37,14 @@ from edge_ser.converters.stream_fm import (
     CachedWhisperFM,
     cached_reference_frames,
     check_fm_mode,
+    resolve_fm_mode,
 )
 from edge_ser.errors import AudioError
 from edge_ser.labels import SAMPLE_RATE
 from edge_ser.runtime.artifact import OUTPUT_NAMES
 
-__all__ = ["StreamingSER", "CachedStreamingSER", "StreamGeometry", "stream_geometry", "build_streaming_model", "offline_stream_reference",
+__all__ = ["StreamingSER", "CachedStreamingSER", "StreamGeometry", "stream_geometry", "build_streaming_model",
+           "offline_stream_reference",
            "stream_outputs", "streaming_calibration_inputs"]
 
 
@@ -208,7 +210,8 @@ def build_streaming_model(fused: FusedSER, *, hop_s: float, gru_form: str = "nat
 
     ``fm_mode``: ``"window"`` runs the FM on the whole window every hop (any family);
     ``"cached"`` runs it on the hop's frames with the previous ``window - hop`` as cached keys and
-    values, positions counted since the segment start (Whisper; :mod:`edge_ser.converters.stream_fm`)."""
+    values, positions counted since the segment start (Whisper; :mod:`edge_ser.converters.stream_fm`);
+    ``"auto"``: cached for Whisper, window for the others."""
     from edge_ser.train.model import TCGRU
 
     if not isinstance(fused.head, TCGRU):
@@ -219,8 +222,8 @@ def build_streaming_model(fused: FusedSER, *, hop_s: float, gru_form: str = "nat
     if isinstance(hop_s, bool) or not isinstance(hop_s, (int, float)) or not np.isfinite(hop_s) or hop_s <= 0:
         raise ValueError(f"hop_s={hop_s!r}; expected a positive number of seconds such as 0.5 or 1.0.")
     spec = getattr(fused.front, "spec", None)
-    check_fm_mode(fm_mode, feature_model=fused.source.get("feature_model") or type(fused.front).__name__,
-                  family=getattr(spec, "family", None))
+    fm_mode = resolve_fm_mode(fm_mode, feature_model=fused.source.get("feature_model") or type(fused.front).__name__,
+                              family=getattr(spec, "family", None))
     hop_samples = int(round(hop_s * SAMPLE_RATE))
     geometry = stream_geometry(fused.front, window_samples=fused.window_samples, hop_samples=hop_samples)
     geometry = dataclasses.replace(geometry, fm_mode=fm_mode)

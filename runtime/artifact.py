@@ -58,6 +58,10 @@ the first five states have the same names and places in both layouts."""
 STREAM_FM_MODES: tuple[str, ...] = ("window", "cached")
 """``streaming.fm_mode`` values: ``window`` (the FM reruns its whole context window every hop; manifests
 without the key are this) or ``cached`` (the FM runs on the hop's frames with a key/value cache)."""
+STREAM_FM_CHOICES: tuple[str, ...] = ("auto", *STREAM_FM_MODES)
+"""What ``convert(fm_mode=...)`` and ``edge-ser convert --stream-fm`` take: a mode, or ``auto`` (the
+default): ``cached`` for Whisper, where it is cheaper per hop and closer to whole-clip features
+(docs/streaming.md, measured), ``window`` for the other families. Manifests record the mode."""
 
 
 def stream_states(fm_mode: str = "window") -> tuple[tuple[str, str], ...]:

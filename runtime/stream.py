@@ -81,7 +81,8 @@ class EmotionStream:
                 raise ValueError(f"segment_s={segment_s!r} is longer than this artifact's segments can be "
                                  f"({max_hops * self.hop_s:g} s: its foundation model counts positions since the "
                                  f"segment start, fm_mode {block.get('fm_mode')!r}). Pass segment_s <= "
-                                 f"{max_hops * self.hop_s:g}, or leave it out to restart every {max_hops * self.hop_s:g} s.")
+                                 f"{max_hops * self.hop_s:g}, or leave it out to restart every "
+                                 f"{max_hops * self.hop_s:g} s.")
             self.segment_hops = int(round(hops))
         self._pending = np.zeros(0, np.float32)
         self._hops = 0

@@ -152,6 +152,16 @@ def test_cached_fm_masks_cache_slots_from_before_the_segment_start(fused):
     assert (mid_garbage - mid_zeros).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize(("feature_model", "expected"), [("tiny-whisper", "cached"), ("tiny-wavlm", "window")])
+def test_auto_fm_mode_is_cached_for_whisper_and_window_otherwise(feature_model, expected):
+    from edge_ser.fm import load_foundation_model
+
+    fm = load_foundation_model(feature_model, random_init=True, seed=0)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=8, gru_hidden=8, gru_layers=1, embed_dim=16).eval()
+    fused_model = build_fused_model(feature_model=fm, layer=1, head=head, window_s=WINDOW_S)
+    assert build_streaming_model(fused_model, hop_s=HOP_S, fm_mode="auto").fm_mode == expected
+
+
 @pytest.mark.parametrize(("feature_model", "fm_mode", "expected"), [
     ("tiny-wavlm", "cached", "fm_mode='cached' is built for Whisper only; got 'tiny-wavlm'"),
     ("tiny-whisper", "incremental", "fm_mode='incremental'; expected one of window, cached"),
@@ -492,7 +502,7 @@ def read_manifest_streaming(out):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--stream-fm", "cached"], "--stream-fm applies to streaming artifacts; pass --stream-hop too"),
-    (["--stream-hop", "1.0", "--stream-fm", "incremental"], "'incremental' is not one of 'window', 'cached'"),
+    (["--stream-hop", "1.0", "--stream-fm", "incremental"], "'incremental' is not one of 'auto', 'window', 'cached'"),
 ])
 def test_cli_convert_checks_the_stream_fm_option(tmp_path, args, message):
     from click.testing import CliRunner

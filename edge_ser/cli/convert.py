@@ -35,9 +35,9 @@ def _precisions() -> list[str]:
 
 
 def _fm_modes() -> list[str]:
-    from edge_ser.runtime.artifact import STREAM_FM_MODES
+    from edge_ser.runtime.artifact import STREAM_FM_CHOICES
 
-    return list(STREAM_FM_MODES)
+    return list(STREAM_FM_CHOICES)
 
 
 @click.command("convert")
@@ -59,10 +59,11 @@ def _fm_modes() -> list[str]:
               help="Write the streaming variant: one hop of HOP_S seconds per call (a multiple of 0.02, at most "
                    "half the window), the GRU state carried between calls, the window as the FM's context "
                    "(docs/streaming.md).")
-@click.option("--stream-fm", "fm_mode", type=click.Choice(_fm_modes()), default="window", show_default=True,
+@click.option("--stream-fm", "fm_mode", type=click.Choice(_fm_modes()), default="auto", show_default=True,
               help="With --stream-hop: how the foundation model runs per hop. 'window': on the whole window every hop "
                    "(any model); 'cached': on the hop's frames only, attending to cached keys/values of the rest "
-                   "of the window, positions counted since the segment start (Whisper; docs/streaming.md).")
+                   "of the window, positions counted since the segment start (Whisper); 'auto': cached for "
+                   "Whisper, window for the others (docs/streaming.md).")
 @progress_option
 @one_line_errors
 def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
@@ -79,7 +80,7 @@ def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Pa
         raise click.BadParameter(str(exc), param_hint="--precision") from None
     if out.exists() and not overwrite:
         raise click.BadParameter(f"{out} already exists; pass --overwrite to replace it.", param_hint="--out")
-    if hop_s is None and fm_mode != "window":
+    if hop_s is None and fm_mode not in ("auto", "window"):
         raise click.BadParameter("--stream-fm applies to streaming artifacts; pass --stream-hop too.",
                                  param_hint="--stream-fm")
     try:
