@@ -241,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = kept_artifacts(work)
     calls, models = {}, []
     audio = speechlike(8, 4 * args.window_s)
-    window = speechlike(7, args.window_s)
     for name, item in artifacts.items():
         model = load(item["dir"], threads=args.threads)
         models.append(model)
         if item["kind"] == "windowed":
-            calls[name] = lambda model=model: model.run_window(window)
+            window = speechlike(7, model.manifest.window_s)  # the artifact's own window (--time-only reads it)
+            calls[name] = lambda model=model, window=window: model.run_window(window)
             continue
         hop = model.manifest.hop_samples
         state = [np.zeros(st["shape"], np.float32) for st in model.manifest.streaming["state"]]
