@@ -82,6 +82,8 @@ constexpr const char* kKvOut = "kv_out";  // edge-ser:manifest streaming.state.5
 constexpr const char* kStatsIn = "stats_in";  // edge-ser:manifest streaming.state.6.input
 constexpr const char* kStatsOut = "stats_out";  // edge-ser:manifest streaming.state.6.output
 constexpr std::size_t kWindowFmStates = 5;  // --stream-fm window: the first five states
+// A cached artifact's segments hold at most Whisper's 1500 positions, 30 s (manifest streaming.max_segment_s).
+constexpr std::size_t kCachedMaxSegmentSamples = 30 * kSampleRate;
 constexpr std::array<const char*, 7> kStateInputs = {kAudioIn, kHIn, kCtxIn, kPoolIn, kCountIn, kKvIn, kStatsIn};
 constexpr std::array<const char*, 7> kStateOutputs = {kAudioOut, kHOut, kCtxOut, kPoolOut, kCountOut, kKvOut,
                                                       kStatsOut};
@@ -271,7 +273,7 @@ class EmotionClassifier {
 // pooled over every frame since the start (or the last reset()). Same loop as
 // edge_ser.runtime.EmotionStream. segment_hops: reset() by itself every that many hops (0: never).
 // A `--stream-fm cached` artifact counts positions since the segment start and needs a reset at
-// least every manifest "streaming.max_segment_hops" hops (30 s): pass that number (or fewer).
+// least every manifest "streaming.max_segment_hops" hops (30 s): with 0 it resets every 30 s.
 class EmotionStream {
  public:
   explicit EmotionStream(const std::string& pte_path, std::size_t segment_hops = 0)
@@ -289,6 +291,10 @@ class EmotionStream {
     }
     const auto hop = meta->input_tensor_meta(0);
     hop_ = static_cast<std::size_t>(hop->sizes()[hop->sizes().size() - 1]);
+    const std::size_t max_hops = contract::kCachedMaxSegmentSamples / hop_;
+    if (n_states == contract::kStateInputs.size() && (segment_hops_ == 0 || segment_hops_ > max_hops)) {
+      segment_hops_ = max_hops;
+    }
     for (std::size_t i = 0; i < n_states; ++i) {
       const auto in = meta->input_tensor_meta(1 + i);
       const auto out = meta->output_tensor_meta(3 + i);

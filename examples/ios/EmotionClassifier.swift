@@ -241,7 +241,7 @@ final class EmotionClassifier {
 /// the model once with the carried states and yields the running estimate, pooled over every frame
 /// since the start (or the last `reset()`). The same loop as `edge_ser.runtime.EmotionStream`.
 /// `segmentHops`: reset by itself every that many hops (nil: never). A `--stream-fm cached` artifact
-/// counts positions since the segment start: pass at most the manifest's `streaming.max_segment_hops` (30 s).
+/// counts positions since the segment start: it resets at least every 30 s (`streaming.max_segment_hops`).
 final class EmotionStream {
     private let model: MLModel
     private let hop: MLMultiArray
@@ -265,7 +265,9 @@ final class EmotionStream {
         hop = try MLMultiArray(shape: hopShape, dataType: .float32)
         let cached = inputs[EmotionModelContract.kvIn] != nil
         stateNames = EmotionModelContract.states + (cached ? EmotionModelContract.cachedFMStates : [])
-        self.segmentHops = segmentHops
+        // A cached artifact's segments hold at most Whisper's 1500 positions, 30 s (manifest streaming.max_segment_s).
+        let maxHops = 30 * EmotionModelContract.sampleRate / hopSamples
+        self.segmentHops = cached ? min(segmentHops ?? maxHops, maxHops) : segmentHops
         for (name, _) in stateNames {
             guard let shape = inputs[name]?.multiArrayConstraint?.shape else {
                 throw EmotionClassifierError.contractMismatch("the model has no state input '\(name)'; expected a streaming artifact")
