@@ -79,12 +79,13 @@ class Backend:
         raise NotImplementedError
 
     def quantize_before_export(self, module: Any, *, precision: PrecisionSpec, examples: tuple[Any, ...],
-                               calibration_waveforms: Sequence[Any], window_samples: int) -> Any:
+                               calibration_inputs: Sequence[tuple[Any, ...]]) -> Any:
         """This target's step between the fused model and ``torch.export``: quantize it (a
-        ``calibrated`` precision, on ``calibration_waveforms``, one window each) or rewrite it for
-        the lowering. ``examples``: the model's example inputs (one waveform, or a streaming model's
-        hop and states). Returns the module to export. Default: ``module`` unchanged (targets whose
-        compression happens while lowering, or none)."""
+        ``calibrated`` precision, on ``calibration_inputs``: one tuple of the model's inputs per
+        call, from real utterances, see :func:`edge_ser.converters.pipeline.calibration_inputs`) or
+        rewrite it for the lowering. ``examples``: the model's example inputs (one waveform, or a
+        streaming model's hop and states). Returns the module to export. Default: ``module``
+        unchanged (targets whose compression happens while lowering, or none)."""
         if precision.calibrated:
             raise NotImplementedError(f"target {self.name!r} declares calibrated precision {precision.name!r} but "
                                       "its backend has no quantization step (quantize_before_export).")
@@ -112,9 +113,10 @@ class Backend:
             return None
 
     def kernel_path_runners(self, artifact_dir: Path, *, precision: PrecisionSpec,
-                            num_threads: int = 1) -> dict[str, Runner]:
-        """Runners that compute the artifact as *other* CPUs' kernels would (name -> runner), for
-        precisions whose arithmetic depends on the instruction set; parity is checked under each.
+                            num_threads: int = 1) -> dict[str, Any]:
+        """Runner objects (``run``, ``run_all``, as the runtime's) that compute the artifact as *other*
+        CPUs' kernels would (name -> runner), for precisions whose arithmetic depends on the
+        instruction set; parity is checked under each (windowed and streaming artifacts alike).
         Default: none (the backend's kernels agree across CPUs, or cannot be emulated)."""
         return {}
 

@@ -30,16 +30,15 @@ class ExecuTorchBackend(Backend):
                 "torch": torch.__version__, "delegate": "xnnpack"}
 
     def quantize_before_export(self, module: Any, *, precision: PrecisionSpec, examples: tuple[Any, ...],
-                               calibration_waveforms: Sequence[Any], window_samples: int) -> Any:
-        """int8: PT2E for XNNPACK on the calibration utterances
+                               calibration_inputs: Sequence[tuple[Any, ...]]) -> Any:
+        """int8: PT2E for XNNPACK on the calibration utterances' calls
         (:func:`edge_ser.converters.quantize_xnnpack.quantize_pt2e_xnnpack_int8`). fp32: constant
         bias chains folded (:func:`~edge_ser.converters.quantize_xnnpack.export_folded`), because
         XNNPACK takes a linear only with a constant bias."""
         from edge_ser.converters.quantize_xnnpack import export_folded, quantize_pt2e_xnnpack_int8
 
         if precision.calibrated:
-            return quantize_pt2e_xnnpack_int8(module, calibration_waveforms=calibration_waveforms,
-                                              window_samples=window_samples)
+            return quantize_pt2e_xnnpack_int8(module, calibration_inputs=calibration_inputs)
         return export_folded(module, examples)
 
     def lower(self, exported: Any, *, precision: PrecisionSpec, out_dir: Path,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec, Runner
+from edge_ser.converters.backend_base import DEFAULT_IO_NAMES, Backend, IONames, Lowered, PrecisionSpec
 from edge_ser.runtime import target_onnx
 
 
@@ -61,7 +61,7 @@ class OnnxBackend(Backend):
 
 
     def kernel_path_runners(self, artifact_dir: Path, *, precision: PrecisionSpec,
-                            num_threads: int = 1) -> dict[str, Runner]:
+                            num_threads: int = 1) -> dict[str, Any]:
         """int8: the artifact rewritten to each CPU class's int8 accumulation
         (:mod:`edge_ser.converters.int8_emulation`), so parity is checked for every kernel path
         ONNX Runtime dispatches to, not only this CPU's."""
@@ -75,7 +75,7 @@ class OnnxBackend(Backend):
 
         model = onnx.load(str(Path(artifact_dir) / self.artifact_file))
         return {path: OnnxRunner(emulate_int8_accumulation(model, path).SerializeToString(),
-                                 threads=num_threads).run
+                                 threads=num_threads)
                 for path in INT8_ACCUMULATION_PATHS}
 
 

@@ -220,7 +220,11 @@ class _ScanGRULayer(nn.Module):
     def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
         """x: (1, frames, in_dim) -> (1, frames, H); ``h0``: (1, 1, H) initial state (None: zeros).
 
-        One frame runs as the step's ops directly (a one-step loop would only add loop overhead)."""
+        One frame runs as the step's ops directly (a one-step loop would only add loop overhead), except
+        with the int8 hidden product: XNNPACK's layout pass follows a dynamically quantized input back
+        through slices and reshapes to the graph input (the 3-D ``h_in`` of a streaming head) and
+        fails to make that 4-D input channels-last, so the int8 step always runs inside the loop,
+        where its input is the loop's 4-D carry."""
         from torch._higher_order_ops.scan import scan  # torch's scan HOP (no public alias in 2.13)
 
         hidden = self.hidden
@@ -228,7 +232,7 @@ class _ScanGRULayer(nn.Module):
         # the 1x1 conv, so the body has no reshape between its ops.
         gates_x = self.inp(x).reshape(-1, 1, 3 * hidden, 1, 1)
         init = torch.zeros(1, hidden, 1, 1, dtype=x.dtype) if h0 is None else h0.reshape(1, hidden, 1, 1)
-        if x.shape[1] == 1:
+        if x.shape[1] == 1 and not self.hidden_int8:
             _, out = self._step(init, gates_x[0])
             return out.reshape(1, 1, hidden)
         _, outputs = scan(self._step, init, gates_x)  # (frames, 1, H)
@@ -411,7 +415,7 @@ class TCGRUStreamingHead(nn.Module):
     def forward(self, features: torch.Tensor, h_in: torch.Tensor, ctx_in: torch.Tensor, pool_in: torch.Tensor,
                 count_in: torch.Tensor) -> tuple[torch.Tensor, ...]:
         m = self.hop_frames
-        new = (features[:, features.shape[1] - m:] - self.feat_mean) * self.feat_inv_std  # (1, m, N)
+        new = (_frames(features, features.shape[1] - m, m) - self.feat_mean) * self.feat_inv_std  # (1, m, N)
         sequence = torch.cat([ctx_in, new, self.lookahead], dim=1)  # (1, m + 3, N)
         # ReLU after the transpose, as in TCGRUExport (XNNPACK's dynamic int8 has no conv+relu pattern).
         conv = torch.relu(self.conv(sequence.transpose(1, 2)).transpose(1, 2))  # (1, m + 1, C)

@@ -31,11 +31,12 @@ from edge_ser.converters.streaming import (
     build_streaming_model,
     offline_stream_reference,
     stream_outputs,
+    streaming_calibration_inputs,
 )
 from edge_ser.labels import SAMPLE_RATE
-from edge_ser.runtime.artifact import STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
+from edge_ser.runtime.artifact import stream_io_names, stream_states
 from edge_ser.converters.manifest import PARITY_FILE, build_manifest, tensor_specs, write_manifest
-from edge_ser.converters.quantize import calibration_tensors
+from edge_ser.converters.quantize import calibration_set, calibration_tensors
 from edge_ser.cpu_features import cpu_features
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.runtime.parity import ParityError, ParityReport, compare
@@ -106,13 +107,17 @@ def convert(
     overwrite: bool = False,
     num_threads: int = 1,
     hop_s: float | None = None,
+    fm_mode: str = "auto",
 ) -> ConversionResult:
     """Quantize (if the precision calls for it), lower, validate and save one artifact folder.
 
     ``hop_s``: write the streaming variant instead (:mod:`edge_ser.converters.streaming`): one hop
     of ``hop_s`` seconds per call with the state carried between calls, the window as the FM's
-    context. Its parity check streams the validation audio, joined into one stream, through the
-    artifact and compares every hop's estimate with the offline computation over the same samples.
+    context. Its parity check streams the validation audio, joined into one stream (one segment),
+    through the artifact and compares every hop's estimate with the offline computation over the
+    same samples. ``fm_mode`` (streaming only): ``"window"`` (the FM reruns the whole window every
+    hop), ``"cached"`` (the FM runs on the hop's frames with a key/value cache; Whisper) or
+    ``"auto"`` (the default: cached for Whisper, window for the others), see docs/streaming.md.
 
     ``calibration_waveforms``: real utterances from the run's training split, each one window
     (``fused.window_samples``) long; used only by calibrated precisions (ExecuTorch int8).
@@ -129,13 +134,15 @@ def convert(
     out = Path(out)
     _refuse_existing(out, overwrite=overwrite)
     _refuse_unoffered_streaming(spec, target=target, hop_s=hop_s)
+    _check_fm_mode_option(fm_mode, hop_s=hop_s)
     validation = calibration_tensors(validation_waveforms, window_samples=fused.window_samples)
     if not validation:
         raise ValueError("got no validation waveforms; expected at least one held-out utterance, one window long.")
     calibration = list(calibration_waveforms)
     timings: dict[str, float] = {}
     fused = fused.eval()
-    graph = _export_for_target(fused, backend, spec, hop_s=hop_s, calibration=calibration, timings=timings)
+    graph = _export_for_target(fused, backend, spec, hop_s=hop_s, fm_mode=fm_mode, calibration=calibration,
+                               timings=timings)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_folders(out)
@@ -184,18 +191,22 @@ class _TargetGraph:
 
 
 def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *, hop_s: float | None,
-                       calibration: Sequence[Any], timings: dict[str, float]) -> _TargetGraph:
+                       fm_mode: str = "auto", calibration: Sequence[Any],
+                       timings: dict[str, float]) -> _TargetGraph:
     """The target's GRU form, its quantization step (:meth:`Backend.quantize_before_export`) and
     ``torch.export``; adds the ``quantize`` and ``export`` times to ``timings``."""
     # The target's GRU form (ONNX: nn.GRU; Core ML: per frame; ExecuTorch: scan). Validation
     # compares the artifact with `fused` as given, so a form change is part of the measured error.
-    streaming = build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form) if hop_s is not None else None
+    streaming = (build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form, fm_mode=fm_mode)
+                 if hop_s is not None else None)
     lowered_model = fused.with_gru_form(backend.gru_form) if streaming is None else streaming
     examples = (fused.example_input(),) if streaming is None else tuple(streaming.example_inputs())
-    io_names = DEFAULT_IO_NAMES if streaming is None else (STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES)
+    io_names = DEFAULT_IO_NAMES if streaming is None else stream_io_names(streaming.fm_mode)
     start = time.perf_counter()
+    inputs = calibration_inputs(calibration, window_samples=fused.window_samples,
+                                streaming=streaming) if spec.calibrated else []
     module = backend.quantize_before_export(lowered_model, precision=spec, examples=examples,
-                                            calibration_waveforms=calibration, window_samples=fused.window_samples)
+                                            calibration_inputs=inputs)
     if spec.calibrated:
         timings["quantize"] = time.perf_counter() - start
     with torch.no_grad():
@@ -208,6 +219,22 @@ def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *
                         streaming=streaming)
 
 
+def calibration_inputs(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_samples: int,
+                       streaming: StreamingSER | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """What a calibrated precision runs through the prepared graph, one tuple of inputs per call.
+
+    ``waveforms``: real training utterances, one window each (at least
+    :data:`~edge_ser.converters.quantize.MIN_CALIBRATION_UTTERANCES`). Windowed model: one call per
+    window. Streaming model: the utterances joined into one stream and cut into hops, each hop with
+    the states the eager streaming model carries into it
+    (:func:`edge_ser.converters.streaming.streaming_calibration_inputs`), so the states' ranges are
+    those of a real stream, not of zeros or noise."""
+    windows = calibration_set(waveforms, window_samples=window_samples)
+    if streaming is None:
+        return [(t,) for t in windows]
+    return streaming_calibration_inputs(streaming, torch.cat([t.reshape(-1) for t in windows]))
+
+
 def _check_parity(backend: Backend, spec: PrecisionSpec, artifact_dir: Path, *, fused: FusedSER,
                   graph: _TargetGraph, validation: Sequence[torch.Tensor],
                   num_threads: int) -> tuple[dict[str, Any], ParityReport | None]:
@@ -217,18 +244,27 @@ def _check_parity(backend: Backend, spec: PrecisionSpec, artifact_dir: Path, *, 
     run the target."""
     target, precision = backend.name, spec.name
     if graph.streaming is not None:
+        streaming = graph.streaming
         runner = backend.load_runner(artifact_dir, num_threads=num_threads)
         if runner is not None:
-            report = validate_stream(runner.run_all, fused, graph.streaming, validation, target=target,
+            report = validate_stream(runner.run_all, fused, streaming, validation, target=target,
                                      precision=precision)
-            return {**report.to_dict(), "ran": True}, report
+            parity = {**report.to_dict(), "ran": True}
+            report = _validate_kernel_paths(
+                backend, artifact_dir, spec=spec, native=report, parity=parity, num_threads=num_threads,
+                check=lambda path_runner, comparison: validate_stream(
+                    path_runner.run_all, fused, streaming, validation, target=target, precision=precision,
+                    comparison=comparison))
+            return parity, report
     else:
         run = backend.runner(artifact_dir, num_threads=num_threads)
         if run is not None:
             report = validate(run, fused, validation, target=target, precision=precision)
             parity = {**report.to_dict(), "ran": True}
-            report = _validate_kernel_paths(backend, artifact_dir, spec=spec, fused=fused, validation=validation,
-                                            native=report, parity=parity, num_threads=num_threads)
+            report = _validate_kernel_paths(
+                backend, artifact_dir, spec=spec, native=report, parity=parity, num_threads=num_threads,
+                check=lambda path_runner, comparison: validate(path_runner.run, fused, validation, target=target,
+                                                               precision=precision, comparison=comparison))
             return parity, report
     return {"ran": False, "passed": None,
             "reason": f"{target} artifacts cannot run on {sys.platform}; verified structurally instead"}, None
@@ -265,6 +301,7 @@ def validate_stream(
     *,
     target: str,
     precision: str,
+    comparison: str | None = None,
 ) -> ParityReport:
     """Stream ``waveforms``, joined into one stream, through a streaming artifact (``run_all``: its
     runner's, every input -> every output, the state fed back each hop) and compare every hop's outputs with
@@ -275,67 +312,97 @@ def validate_stream(
     if len(stream) < 2 * hop:
         raise ValueError(f"validation audio holds {len(stream)} samples; expected at least two hops "
                          f"({2 * hop} samples) to check the carried state.")
-    reference = offline_stream_reference(fused, stream, hop_samples=hop)
+    if streaming.max_segment_hops is not None:  # one segment: the reference has no segment resets
+        stream = stream[: streaming.max_segment_hops * hop]
+    reference = offline_stream_reference(fused, stream, hop_samples=hop, fm_mode=streaming.fm_mode)
     initial = [s.numpy() for s in streaming.initial_state()]
     candidate = stream_outputs(run_all, stream, initial_state=initial, hop_samples=hop)
     stack = lambda rows, i: np.stack([np.asarray(r[i], dtype=np.float64).reshape(-1) for r in rows])  # noqa: E731
     return compare({name: stack(reference, i) for i, name in enumerate(OUTPUT_NAMES)},
                    {name: stack(candidate, i) for i, name in enumerate(OUTPUT_NAMES)},
                    target=target, precision=precision,
-                   comparison=f"streamed artifact vs offline computation over the same samples ({len(reference)} hops "
-                              f"of {hop / SAMPLE_RATE:g} s, state carried)")
+                   comparison=f"{comparison or 'streamed artifact vs offline computation over the same samples'} "
+                              f"({len(reference)} hops of {hop / SAMPLE_RATE:g} s, state carried)")
 
 
 def streaming_manifest_block(streaming: StreamingSER) -> dict[str, Any]:
     """The manifest's ``streaming`` block: hop, states and what a call computes (docs/streaming.md)."""
     g = streaming.geometry
     head = streaming.head
+    cached = streaming.fm_mode == "cached"
     meaning = {
-        "audio_in": "the previous window - hop samples (the FM's left context); zeros at the start",
+        "audio_in": ("the previous window - hop samples (the FM's left context); zeros at the start" if not cached else
+                     f"the previous {g.audio_context_samples} samples (the left receptive field of Whisper's conv "
+                     "stem); zeros at the start"),
         "h_in": "the GRU state of every layer after the last finished frame",
         "ctx_in": "the last two normalised feature frames (the conv's left context and the frame still "
                   "waiting for its look-ahead)",
         "pool_in": "sum of the finished frames' GRU outputs (top layer) since the start",
         "count_in": "number of finished frames since the start (float32; 0 marks the first call)",
+        "kv_in": (f"keys and values (blocks, 2, {g.context_frames} frames, width) of the previous "
+                  f"{g.context_frames} frames in every block up to the cut; slots from before the segment start "
+                  "are masked out"),
+        "stats_in": ("frames since the segment start (Whisper position of the hop's first frame), sum of squared "
+                     "samples and number of samples since the segment start (the running level), running maximum "
+                     "of the log-mel (log10 units; Whisper's floor is this - 8)"),
     }
     shapes = streaming.state_shapes()
-    return {
+    audio_state = stream_states(streaming.fm_mode)[0][0]
+    block: dict[str, Any] = {
+        "fm_mode": streaming.fm_mode,
         "hop_samples": g.hop_samples, "hop_s": g.hop_samples / SAMPLE_RATE,
         "context_samples": g.context_samples, "window_samples": g.window_samples,
+        "audio_context_samples": g.audio_context_samples,
         "hop_frames": g.hop_frames, "window_frames": g.window_frames,
         "frame_s": g.hop_samples / g.hop_frames / SAMPLE_RATE,
         "state": [{"input": i, "output": o, "shape": list(shapes[i]), "dtype": "float32", "initial": "zeros",
-                   "holds": meaning[i]} for i, o in STREAM_STATES],
+                   "on_segment_reset": "keep" if i == audio_state else "zeros",
+                   "holds": meaning[i]} for i, o in stream_states(streaming.fm_mode)],
         "gru_layers": head.gru_layers, "gru_hidden": head.gru_hidden,
         "foundation_model_per_hop": (
             f"runs on the whole {g.window_samples}-sample window (audio_in + the hop); only its newest "
-            f"{g.hop_frames} frames feed the head. The stream starts with {g.context_samples} samples of zeros."),
+            f"{g.hop_frames} frames feed the head. The stream starts with {g.context_samples} samples of zeros."
+            if not cached else
+            f"runs on the hop's {g.hop_frames} frames only: level from the mean power since the segment start, "
+            f"log-mel and conv stem on audio_in + the hop (newest {g.hop_frames} frames), Whisper positions counted "
+            f"since the segment start, and every block attends from the new frames to themselves and to the cached "
+            f"keys/values of the previous {g.context_frames} frames (kv_in)."),
         "estimate": (
             "probs/avd/embedding after each hop are the TC-GRU's outputs over every frame since the start: the mean "
             "of the GRU outputs of all finished frames plus the newest frame computed with zero look-ahead (it is "
-            "redone with its real neighbour on the next hop). Reset the states to zeros to start a new segment."),
+            "redone with its real neighbour on the next hop). A segment reset sets every state whose "
+            "on_segment_reset is 'zeros' back to zeros."),
         "offline_equivalent": (
             "the same windows through the foundation model, their newest frames joined in time, and the training "
             "TC-GRU over frames 0..k (edge_ser.converters.streaming.offline_stream_reference); the parity check "
-            "compares every hop with it"),
+            "compares every hop with it" if not cached else
+            "per hop the running level and log-mel maximum from cumulative sums, torch.stft log-mel and the conv "
+            "stem, then the encoder's blocks once over all frames with positions 0..T-1 and a block mask (frame t of "
+            "hop k attends to frames kM - C .. (k+1)M - 1), and the training TC-GRU over frames 0..k "
+            "(edge_ser.converters.streaming.offline_stream_reference, fm_mode='cached'); the parity check compares "
+            "every hop of one segment with it"),
         "latency_s": {"first_estimate": g.hop_samples / SAMPLE_RATE,
                       "finished_frames_lag": g.hop_samples / g.hop_frames / SAMPLE_RATE},
     }
+    if cached:
+        block["max_segment_hops"] = streaming.max_segment_hops
+        block["max_segment_s"] = streaming.max_segment_hops * g.hop_samples / SAMPLE_RATE
+    return block
 
 
-def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, fused: FusedSER,
-                           validation: Sequence[torch.Tensor], native: ParityReport, parity: dict[str, Any],
-                           num_threads: int) -> ParityReport:
-    """Parity of the artifact as other CPUs' int8 kernels compute it (the backend's emulations);
-    records each in ``parity["kernel_paths"]`` and returns the first failing report, else ``native``."""
+def _validate_kernel_paths(backend: Any, artifact_dir: Path, *, spec: Any, native: ParityReport,
+                           parity: dict[str, Any], num_threads: int,
+                           check: Callable[[Any, str], ParityReport]) -> ParityReport:
+    """Parity of the artifact as other CPUs' int8 kernels compute it (the backend's emulations;
+    ``check(runner, comparison)`` runs one the way the native artifact was checked); records each
+    in ``parity["kernel_paths"]`` and returns the first failing report, else ``native``."""
     runners = backend.kernel_path_runners(artifact_dir, precision=spec, num_threads=num_threads)
     if not runners:
         return native
     parity["kernel_paths"] = {"this_cpu": cpu_features().onnxruntime_u8s8_path}
     worst = native
     for path, path_runner in runners.items():
-        report = validate(path_runner, fused, validation, target=backend.name, precision=spec.name,
-                          comparison=f"artifact with {path} int8 accumulation (emulated) vs PyTorch reference")
+        report = check(path_runner, f"artifact with {path} int8 accumulation (emulated) vs PyTorch reference")
         parity["kernel_paths"][path] = _parity_summary({**report.to_dict(), "ran": True})
         if worst.passed and not report.passed:
             worst = report
@@ -367,8 +434,19 @@ def _remove_stale_temp_folders(out: Path) -> list[Path]:
 
 def _refuse_unoffered_streaming(spec: PrecisionSpec, *, target: str, hop_s: float | None) -> None:
     if hop_s is not None and not spec.streaming:
-        raise ValueError(f"{target}/{spec.name} streaming artifacts are not built yet (int8 calibration runs "
-                         "whole windows); convert the streaming variant at fp32, or the windowed one at int8.")
+        raise ValueError(f"{target}/{spec.name} streaming artifacts are not offered (the target declares "
+                         f"streaming=False for {spec.name}); convert the streaming variant at another precision, or "
+                         f"the windowed one at {spec.name}.")
+
+
+def _check_fm_mode_option(fm_mode: str, *, hop_s: float | None) -> None:
+    from edge_ser.converters.stream_fm import FM_MODE_CHOICES
+
+    if fm_mode not in FM_MODE_CHOICES:
+        raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODE_CHOICES)}.")
+    if hop_s is None and fm_mode not in ("auto", "window"):
+        raise ValueError(f"fm_mode={fm_mode!r} applies to streaming artifacts only; pass hop_s (--stream-hop) too, "
+                         "or leave fm_mode out for a windowed artifact.")
 
 
 def _refuse_existing(out: Path, *, overwrite: bool) -> None:
@@ -452,14 +530,16 @@ def convert_run(
     overwrite: bool = False,
     seed: int = 0,
     hop_s: float | None = None,
+    fm_mode: str = "auto",
 ) -> ConversionResult:
     """Convert a training run folder: fuse its feature model and head, calibrate on its
     training split, validate on its validation split (the corpus the run's feature cache
     was extracted from), write the artifact. What ``edge-ser convert`` calls. ``hop_s``: the
-    streaming variant (see :func:`convert`)."""
+    streaming variant, ``fm_mode`` how its foundation model runs per hop (see :func:`convert`)."""
     run_dir = Path(run_dir)
     spec = get_backend(target).precision(precision)  # fail on bad names before loading any model
     _refuse_unoffered_streaming(spec, target=target, hop_s=hop_s)
+    _check_fm_mode_option(fm_mode, hop_s=hop_s)
     _refuse_existing(Path(out), overwrite=overwrite)
     fused = build_fused_model(run_dir=run_dir, window_s=window_s)
     provenance = fused.source["provenance"]
@@ -480,7 +560,8 @@ def convert_run(
                    "feature_dir": provenance["feature_dir"], "fold": fold,
                    "calibration": {"split": "train", "corpus": str(corpus_dir)}})
     return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
-                   validation_waveforms=validation, source_info=source, overwrite=overwrite, hop_s=hop_s)
+                   validation_waveforms=validation, source_info=source, overwrite=overwrite, hop_s=hop_s,
+                   fm_mode=fm_mode)
 
 
 def run_waveforms(

@@ -53,13 +53,15 @@ def calibration_set(waveforms: Sequence[np.ndarray | torch.Tensor], *, window_sa
     return tensors
 
 
-def quantize_pt2e(graph: torch.fx.GraphModule, quantizer: Any, calibration: Sequence[torch.Tensor]) -> torch.nn.Module:
+def quantize_pt2e(graph: torch.fx.GraphModule, quantizer: Any,
+                  calibration: Sequence[torch.Tensor | tuple[torch.Tensor, ...]]) -> torch.nn.Module:
     """PT2E: insert ``quantizer``'s observers into the exported ``graph``, run every calibration
-    tensor through it, and convert the observed graph into its quantize/dequantize form."""
+    input through it (a tensor, or a tuple of all of a call's inputs: a streaming model's hop and
+    states), and convert the observed graph into its quantize/dequantize form."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():
-        for t in progress_bar(calibration, desc="calibrating int8", unit="utt", leave=False):
-            prepared(t)
+        for inputs in progress_bar(calibration, desc="calibrating int8", unit="call", leave=False):
+            prepared(*(inputs if isinstance(inputs, tuple) else (inputs,)))
     return convert_pt2e(prepared)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_ser.converters.quantize import calibration_set, quantize_pt2e
+from edge_ser.converters.quantize import quantize_pt2e
 
 DYNAMIC = True
 """Dynamic int8 activations for XNNPACK. Static per-tensor activation ranges cannot hold the
@@ -232,30 +232,43 @@ def export_folded(module: nn.Module, example: torch.Tensor | tuple[torch.Tensor,
 def quantize_pt2e_xnnpack_int8(
     module: torch.nn.Module,
     *,
-    calibration_waveforms: Sequence[np.ndarray | torch.Tensor],
-    window_samples: int,
+    calibration_inputs: Sequence[tuple[torch.Tensor, ...]],
     keep_scalar_operands: bool = True,
     module_names: Sequence[str] | None = None,
 ) -> torch.nn.Module:
     """int8 for XNNPACK via PT2E: per-channel symmetric weights; activations dynamic (:data:`DYNAMIC`).
 
-    ``module``: the fused model, ``(1, window_samples)`` -> outputs. Returns the converted
+    ``module``: the fused model (``(1, window_samples)`` -> outputs) or its streaming form (hop
+    and states -> outputs and states). ``calibration_inputs``: one tuple of ``module``'s inputs
+    per call, from real utterances (:func:`edge_ser.converters.pipeline.calibration_inputs`: one
+    window each, or the hops of the utterances streamed with their states). Returns the converted
     (quantize/dequantize-annotated) module, ready for ``torch.export`` and lowering.
 
     ``module_names``: quantize only these submodules (``None`` = the whole graph, the default).
     Quantizing only ``("front",)`` was tried to keep the head float32; XNNPACK lowering then
     failed on the tiny Whisper test model ("Weight and Input should both be quantized").
     """
-    tensors = calibration_set(calibration_waveforms, window_samples=window_samples)
+    calibration_inputs = [tuple(inputs) for inputs in calibration_inputs]
+    if not calibration_inputs:
+        raise ValueError("got no calibration inputs; expected the calls of real training utterances "
+                         "(edge_ser.converters.pipeline.calibration_inputs).")
     module, _ = conv1d_as_conv2d(module.eval(), as_linear=(FOUNDATION_CONV_PREFIX,))
     module.requires_grad_(False)  # a copy; without this, export traces the scan's backward too
     for layer in module.modules():  # the scan GRU's hidden weights: int8 storage (see store_hidden_int8)
         if hasattr(layer, "store_hidden_int8"):
             layer.store_hidden_int8()
-    graph = export_folded(module, tensors[0])
+    graph = export_folded(module, calibration_inputs[0])
     quantizer = _xnnpack_quantizer(keep_scalar_operands=keep_scalar_operands, module_names=module_names)
     # Loop bodies (the scan GRU step) are not annotated: an observer inside a loop body cannot be
-    # traced, and the step's int8 form is written by the model itself (store_hidden_int8).
+    # traced, and the step's int8 form is written by the model itself (store_hidden_int8). Nor are
+    # the top-level ops that already read such an int8 form (the streaming head runs single GRU
+    # steps outside the loop): annotated again, their dequantized weight would get a quantize op
+    # that stays in the program at run time (ExecuTorch's portable kernel then aborted on its scale).
     top_level = graph.graph
-    quantizer.set_filter_function(lambda node: node.graph is top_level)
-    return quantize_pt2e(graph, quantizer, tensors)
+    quantizer.set_filter_function(lambda node: node.graph is top_level and not _reads_int8_form(node))
+    return quantize_pt2e(graph, quantizer, calibration_inputs)
+
+
+def _reads_int8_form(node: torch.fx.Node) -> bool:
+    """Whether ``node`` takes an input that the model already dequantizes itself (``store_hidden_int8``)."""
+    return any(arg.op == "call_function" and "dequantize" in str(arg.target) for arg in node.all_input_nodes)

@@ -253,8 +253,8 @@ def _candidates(model: Any, reference: Callable[[np.ndarray], Outputs], base_mod
         emulated = backend.kernel_path_runners(model.manifest.root,
                                                precision=backend.precision(model.manifest.precision),
                                                num_threads=threads or 1)
-        for path, run in emulated.items():
-            candidates[path] = lambda w, run=run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
+        for path, runner in emulated.items():
+            candidates[path] = lambda w, run=runner.run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
     return candidates
 
 

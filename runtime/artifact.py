@@ -50,6 +50,31 @@ STREAM_STATES: tuple[tuple[str, str], ...] = (
 says what each holds)."""
 STREAM_INPUT_NAMES: tuple[str, ...] = (INPUT_NAME, *(i for i, _ in STREAM_STATES))
 STREAM_OUTPUT_NAMES: tuple[str, ...] = (*OUTPUT_NAMES, *(o for _, o in STREAM_STATES))
+CACHED_FM_STATES: tuple[tuple[str, str], ...] = (("kv_in", "kv_out"), ("stats_in", "stats_out"))
+"""The extra states of a streaming artifact whose foundation model runs on each hop's frames only
+(manifest ``streaming.fm_mode == "cached"``): its key/value cache and its running statistics
+(frames since the segment start, level, log-mel maximum). They come after :data:`STREAM_STATES`, so
+the first five states have the same names and places in both layouts."""
+STREAM_FM_MODES: tuple[str, ...] = ("window", "cached")
+"""``streaming.fm_mode`` values: ``window`` (the FM reruns its whole context window every hop; manifests
+without the key are this) or ``cached`` (the FM runs on the hop's frames with a key/value cache)."""
+STREAM_FM_CHOICES: tuple[str, ...] = ("auto", *STREAM_FM_MODES)
+"""What ``convert(fm_mode=...)`` and ``edge-ser convert --stream-fm`` take: a mode, or ``auto`` (the
+default): ``cached`` for Whisper, where it is cheaper per hop and closer to whole-clip features
+(docs/streaming.md, measured), ``window`` for the other families. Manifests record the mode."""
+
+
+def stream_states(fm_mode: str = "window") -> tuple[tuple[str, str], ...]:
+    """A streaming artifact's (input, output) state pairs, in graph order, for its ``fm_mode``."""
+    if fm_mode not in STREAM_FM_MODES:
+        raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(STREAM_FM_MODES)}.")
+    return STREAM_STATES if fm_mode == "window" else STREAM_STATES + CACHED_FM_STATES
+
+
+def stream_io_names(fm_mode: str = "window") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A streaming graph's (input names, output names) for its ``fm_mode``."""
+    states = stream_states(fm_mode)
+    return (INPUT_NAME, *(i for i, _ in states)), (*OUTPUT_NAMES, *(o for _, o in states))
 ARTIFACT_SAMPLE_RATES: tuple[int, ...] = (16_000,)
 """Rates an artifact's graph may take: every edge-ser model reads 16 kHz audio."""
 
@@ -276,16 +301,24 @@ def _streaming_problems(manifest: ArtifactManifest, streaming: Mapping[str, Any]
     hop = streaming.get("hop_samples")
     if isinstance(hop, bool) or not isinstance(hop, int) or not 0 < hop < manifest.window_samples:
         return [f"streaming.hop_samples={hop!r} is not a sample count below window_samples={manifest.window_samples}"]
+    fm_mode = streaming.get("fm_mode", "window")
+    if fm_mode not in STREAM_FM_MODES:
+        return [f"streaming.fm_mode={fm_mode!r} is not one of this runtime's {list(STREAM_FM_MODES)}"]
+    expected_states = stream_states(fm_mode)
+    expected_in, expected_out = stream_io_names(fm_mode)
     states = streaming.get("state")
     pairs = [(st.get("input"), st.get("output")) for st in states] if isinstance(states, list) and all(
         isinstance(st, dict) for st in states) else None
-    if pairs != list(STREAM_STATES):
-        return [f"streaming.state pairs {pairs} are not this runtime's {list(STREAM_STATES)}"]
+    if pairs != list(expected_states):
+        return [f"streaming.state pairs {pairs} are not this runtime's {list(expected_states)} (fm_mode {fm_mode})"]
     in_names = [spec["name"] for spec in manifest.inputs]
     out_names = [spec["name"] for spec in manifest.outputs]
-    if in_names != list(STREAM_INPUT_NAMES) or out_names != list(STREAM_OUTPUT_NAMES):
+    if in_names != list(expected_in) or out_names != list(expected_out):
         return [f"inputs {in_names} / outputs {out_names} are not the streaming graph's "
-                f"{list(STREAM_INPUT_NAMES)} / {list(STREAM_OUTPUT_NAMES)}"]
+                f"{list(expected_in)} / {list(expected_out)}"]
+    max_hops = streaming.get("max_segment_hops")
+    if fm_mode == "cached" and (isinstance(max_hops, bool) or not isinstance(max_hops, int) or max_hops < 1):
+        problems.append(f"streaming.max_segment_hops={max_hops!r} is not a positive hop count (fm_mode cached)")
     if manifest.inputs[0]["shape"] != [1, hop]:
         problems.append(f"input {INPUT_NAME!r} has shape {manifest.inputs[0]['shape']}, expected one hop [1, {hop}]")
     shapes_in = {spec["name"]: spec["shape"] for spec in manifest.inputs}
@@ -294,8 +327,10 @@ def _streaming_problems(manifest: ArtifactManifest, streaming: Mapping[str, Any]
         if not (st.get("shape") == shapes_in[st["input"]] == shapes_out[st["output"]]):
             problems.append(f"state {st['input']}/{st['output']} has shapes {st.get('shape')}, "
                             f"{shapes_in[st['input']]} and {shapes_out[st['output']]}; expected one shape")
-    if shapes_in["audio_in"] != [1, manifest.window_samples - hop]:
-        problems.append(f"audio_in has shape {shapes_in['audio_in']}, expected [1, window_samples - hop_samples]")
+    audio_context = streaming.get("audio_context_samples", manifest.window_samples - hop)
+    if shapes_in["audio_in"] != [1, audio_context]:
+        problems.append(f"audio_in has shape {shapes_in['audio_in']}, expected [1, {audio_context}] (window_samples - "
+                        "hop_samples, or streaming.audio_context_samples)")
     return problems
 
 

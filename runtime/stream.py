@@ -67,13 +67,22 @@ class EmotionStream:
             import soxr
 
             self._resampler = soxr.ResampleStream(rate, self.sample_rate, 1, dtype="float32", quality="HQ")
-        self.segment_hops = None
+        # fm_mode "cached": the FM counts positions since the segment start, so a segment holds at most
+        # max_segment_hops hops (Whisper's 1500 positions, 30 s); without segment_s it restarts there.
+        max_hops = block.get("max_segment_hops")
+        self.segment_hops = None if max_hops is None else int(max_hops)
         if segment_s is not None:
             hops = float(segment_s) * self.sample_rate / self.hop_samples
             if isinstance(segment_s, bool) or not math.isfinite(hops) or hops < 1 or abs(hops - round(hops)) > 1e-9:
                 raise ValueError(f"segment_s={segment_s!r}; expected a positive whole number of hops "
                                  f"({self.hop_samples / self.sample_rate:g} s each), e.g. "
                                  f"{10 * self.hop_samples / self.sample_rate:g}.")
+            if max_hops is not None and round(hops) > max_hops:
+                raise ValueError(f"segment_s={segment_s!r} is longer than this artifact's segments can be "
+                                 f"({max_hops * self.hop_s:g} s: its foundation model counts positions since the "
+                                 f"segment start, fm_mode {block.get('fm_mode')!r}). Pass segment_s <= "
+                                 f"{max_hops * self.hop_s:g}, or leave it out to restart every "
+                                 f"{max_hops * self.hop_s:g} s.")
             self.segment_hops = int(round(hops))
         self._pending = np.zeros(0, np.float32)
         self._hops = 0
@@ -84,10 +93,12 @@ class EmotionStream:
         return self.hop_samples / self.sample_rate
 
     def reset(self) -> None:
-        """Start a new segment of the same, continuous audio: the head's states back to zeros (the next
-        estimate pools only what follows) while the foundation model keeps its left context of real
-        audio (``audio_in``). Samples pushed but not yet a whole hop stay pending. For unrelated
-        audio, start a new :meth:`EmotionModel.stream` instead (its context starts as zeros)."""
+        """Start a new segment of the same, continuous audio: every state but ``audio_in`` back to zeros
+        (the head's, so the next estimate pools only what follows; with ``fm_mode`` cached also the
+        foundation model's key/value cache, positions and running statistics) while the foundation
+        model keeps its left context of real audio (``audio_in``). Samples pushed but not yet a whole
+        hop stay pending. For unrelated audio, start a new :meth:`EmotionModel.stream` instead (its
+        context starts as zeros)."""
         previous = getattr(self, "_state", None)
         self._state = [previous[i] if previous is not None and name == AUDIO_STATE else np.zeros(shape, np.float32)
                        for i, (name, shape) in enumerate(zip(self._state_names, self._state_shapes))]

@@ -145,8 +145,6 @@ TARGET = TargetSpec(
             "float32. The GRU step's hidden-to-hidden "
             "product is int8 too (int8 weights per row, the state quantized per step). Prepared on training utterances.",
             tolerance=QUANTIZED_8BIT,
-            # PT2E calibration runs whole windows; a streaming graph's states would need their own ranges.
-            streaming=False,
         ),
     },
 )

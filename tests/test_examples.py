@@ -223,18 +223,22 @@ def _production_manifest(tiny_manifest: dict) -> dict:
 
 STREAM_KEYS = {f"streaming.state.{i}.{end}" for i in range(5) for end in ("input", "output")}
 """The state names of a streaming artifact; the starters read the states' shapes from the model."""
+CACHED_STREAM_KEYS = STREAM_KEYS | {f"streaming.state.{i}.{end}" for i in (5, 6) for end in ("input", "output")}
+"""... of one converted with ``--stream-fm cached``: two more states after the same five."""
 
 
 def _windowed(constants: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in constants.items() if not k.startswith("streaming.")}
 
 
-def _streaming(constants: dict[str, object]) -> dict[str, object]:
-    return {k: v for k, v in constants.items() if k.startswith("streaming.")}
+def _streaming(constants: dict[str, object], *, states: int = 5) -> dict[str, object]:
+    """The constants marked with the first ``states`` states' names (5: a window-FM streaming manifest)."""
+    return {k: v for k, v in constants.items() if k.startswith("streaming.") and int(k.split(".")[2]) < states}
 
 
 def stream_contract_mismatches(constants: dict[str, object], manifest: dict) -> list[str]:
-    problems = [f"missing marker {key}" for key in sorted(STREAM_KEYS - set(constants))]
+    required = STREAM_KEYS if manifest["streaming"].get("fm_mode", "window") == "window" else CACHED_STREAM_KEYS
+    problems = [f"missing marker {key}" for key in sorted(required - set(constants))]
     return problems + [f"{key}: snippet has {value!r}, manifest has {_manifest_value(manifest, key)!r}"
                        for key, value in sorted(constants.items()) if value != _manifest_value(manifest, key)]
 
@@ -256,6 +260,36 @@ def streaming_pte(tmp_path_factory) -> Path:
             validation_waveforms=[speech_like(TINY_WINDOW_S, seed=s) for s in (1, 2)],
             source_info=_source_info("tiny-wavlm"), hop_s=0.2)
     return out
+
+
+@pytest.fixture(scope="module")
+def cached_streaming_pte(tmp_path_factory) -> Path:
+    """A tiny ExecuTorch streaming artifact converted with fm_mode='cached' (tiny Whisper cut at layer 2)."""
+    from edge_ser.converters.fused import build_fused_model
+    from edge_ser.converters.pipeline import convert
+    from edge_ser.fm import load_foundation_model
+    from edge_ser.train.model import TCGRU
+
+    torch.manual_seed(0)
+    fm = load_foundation_model("tiny-whisper", random_init=True)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=8, gru_hidden=8, gru_layers=2)
+    fused = build_fused_model(feature_model=fm, layer=2, head=head, window_s=TINY_WINDOW_S)
+    out = tmp_path_factory.mktemp("artifacts") / "tiny-stream-cached"
+    convert(fused=fused, target="executorch", precision="fp32", out=out, calibration_waveforms=[],
+            validation_waveforms=[speech_like(TINY_WINDOW_S, seed=s) for s in (1, 2)],
+            source_info=_source_info("tiny-whisper"), hop_s=0.2, fm_mode="cached")
+    return out
+
+
+@pytest.mark.parametrize("language", sorted(SNIPPETS))
+def test_mobile_starter_state_names_match_a_cached_fm_streaming_manifest(cached_streaming_pte, language):
+    manifest = json.loads((cached_streaming_pte / "manifest.json").read_text())
+    assert manifest["streaming"]["fm_mode"] == "cached" and len(manifest["streaming"]["state"]) == 7
+    constants = _streaming(contract_constants(SNIPPETS[language].read_text()), states=7)
+    assert stream_contract_mismatches(constants, manifest) == []
+    swapped = _streaming(contract_constants(SNIPPETS[language].read_text().replace('"kv_in"', '"stats_in"', 1)),
+                         states=7)
+    assert any(p.startswith("streaming.state.5.input:") for p in stream_contract_mismatches(swapped, manifest))
 
 
 @pytest.mark.parametrize("language", sorted(SNIPPETS))
@@ -375,9 +409,12 @@ def test_cpp_starter_builds_and_matches_the_python_runtime(tmp_path):
 
 
 @pytest.mark.slow
-def test_cpp_starter_streams_like_the_python_runtime(streaming_pte, tmp_path):
+@pytest.mark.parametrize("fixture", ["streaming_pte", "cached_streaming_pte"])
+def test_cpp_starter_streams_like_the_python_runtime(fixture, request, tmp_path):
+    """Both state layouts: the five window-FM states, and the seven of a cached-FM artifact."""
     from edge_ser.runtime import load
 
+    streaming_pte = request.getfixturevalue(fixture)
     include, lib = _executorch_sdk()
     binary = tmp_path / "emotion_executorch"
     build = subprocess.run(

@@ -20,7 +20,11 @@ from edge_ser.converters.fused import build_fused_model
 from edge_ser.converters.streaming import build_streaming_model, offline_stream_reference, stream_outputs
 from edge_ser.errors import AudioError
 from edge_ser.labels import SAMPLE_RATE
-from edge_ser.runtime.artifact import OUTPUT_NAMES, STREAM_INPUT_NAMES, STREAM_OUTPUT_NAMES, STREAM_STATES
+from edge_ser.runtime.artifact import (
+    OUTPUT_NAMES,
+    stream_io_names,
+    stream_states,
+)
 from edge_ser.runtime.parity import compare
 from edge_ser.train.model import TCGRU
 
@@ -105,6 +109,73 @@ def test_streaming_model_equals_the_offline_computation(fused):
     assert max(o.max_abs for o in report.outputs) < 1e-5
 
 
+def test_cached_fm_stream_equals_its_offline_computation_and_differs_from_window_mode(fused):
+    """fm_mode='cached': the FM on each hop's frames with a key/value cache equals the offline computation
+    (torch.stft log-mel, the encoder's own blocks once over all frames with a block mask and positions since
+    the start); that computation is not the window mode's (other positions, other statistics)."""
+    streaming = build_streaming_model(fused, hop_s=HOP_S, fm_mode="cached")
+    assert streaming.state_shapes()["kv_in"] == (2, 2, 15, 64) and streaming.max_segment_hops == 150
+    wave = voiced(1.3, seed=1)
+
+    def step(inputs):
+        with torch.no_grad():
+            return [t.numpy() for t in streaming(*(torch.from_numpy(x) for x in inputs))]
+
+    streamed = stream_outputs(step, wave, initial_state=[s.numpy() for s in streaming.initial_state()],
+                              hop_samples=HOP)
+    offline = offline_stream_reference(fused, wave, hop_samples=HOP, fm_mode="cached")
+    report = _parity(offline, streamed)
+    assert report.passed, report.failures
+    assert max(o.max_abs for o in report.outputs) < 1e-5
+    window = offline_stream_reference(fused, wave, hop_samples=HOP)
+    assert max(np.abs(a[2] - b[2]).max() for a, b in zip(window, offline)) > 1e-3
+
+
+def test_cached_fm_masks_cache_slots_from_before_the_segment_start(fused):
+    """What a segment reset relies on: with ``stats_in`` at zero (a segment's first hop) the key/value cache
+    is ignored whatever it holds; once the positions say the cache is full, it is read."""
+    streaming = build_streaming_model(fused, hop_s=HOP_S, fm_mode="cached")
+    front = streaming.front
+    hop = torch.from_numpy(voiced(HOP_S, seed=5)).reshape(1, -1)
+    audio = torch.from_numpy(voiced(0.04, seed=6)).reshape(1, -1)
+    shapes = front.state_shapes()
+    garbage = 3.0 * torch.randn(shapes["kv_in"], generator=torch.Generator().manual_seed(1))
+    zeros = torch.zeros(shapes["kv_in"])
+    fresh = torch.zeros(shapes["stats_in"])
+    mid = torch.tensor([[15.0, 20.0, 16000.0, 0.0]])  # 15 frames since the start: every cache slot is valid
+    with torch.no_grad():
+        first_zeros, *_ = front(hop, audio, zeros, fresh)
+        first_garbage, *_ = front(hop, audio, garbage, fresh)
+        mid_zeros, *_ = front(hop, audio, zeros, mid)
+        mid_garbage, *_ = front(hop, audio, garbage, mid)
+    torch.testing.assert_close(first_garbage, first_zeros, atol=1e-6, rtol=0)
+    assert (mid_garbage - mid_zeros).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(("feature_model", "expected"), [("tiny-whisper", "cached"), ("tiny-wavlm", "window")])
+def test_auto_fm_mode_is_cached_for_whisper_and_window_otherwise(feature_model, expected):
+    from edge_ser.fm import load_foundation_model
+
+    fm = load_foundation_model(feature_model, random_init=True, seed=0)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=8, gru_hidden=8, gru_layers=1, embed_dim=16).eval()
+    fused_model = build_fused_model(feature_model=fm, layer=1, head=head, window_s=WINDOW_S)
+    assert build_streaming_model(fused_model, hop_s=HOP_S, fm_mode="auto").fm_mode == expected
+
+
+@pytest.mark.parametrize(("feature_model", "fm_mode", "expected"), [
+    ("tiny-wavlm", "cached", "fm_mode='cached' is built for Whisper only; got 'tiny-wavlm'"),
+    ("tiny-whisper", "incremental", "fm_mode='incremental'; expected one of window, cached"),
+])
+def test_cached_fm_mode_refuses_what_it_cannot_build(feature_model, fm_mode, expected):
+    from edge_ser.fm import load_foundation_model
+
+    fm = load_foundation_model(feature_model, random_init=True, seed=0)
+    head = TCGRU(fm.spec.hidden_size, conv_channels=8, gru_hidden=8, gru_layers=1, embed_dim=16).eval()
+    fused_model = build_fused_model(feature_model=fm, layer=1, head=head, window_s=WINDOW_S)
+    with pytest.raises(ValueError, match=expected):
+        build_streaming_model(fused_model, hop_s=HOP_S, fm_mode=fm_mode)
+
+
 @pytest.mark.parametrize(("hop_s", "expected"), [
     (0.02, "adds \\[1, 1\\] feature frames; expected the same whole number \\(>= 2\\)"),
     (0.03, "multiple of the model's frame step"), (0.3, "hop <= window / 2"),
@@ -126,14 +197,18 @@ def test_streaming_model_refuses_a_wrong_hop_length(fused):
 # artifacts: ExecuTorch and ONNX, converted by the one pipeline, run by the runtime
 
 
-@pytest.fixture(scope="module", params=["onnx", "executorch"])
+STREAM_KINDS = [("onnx", "window"), ("executorch", "window"), ("onnx", "cached"), ("executorch", "cached")]
+
+
+@pytest.fixture(scope="module", params=STREAM_KINDS, ids=[f"{t}-{m}" for t, m in STREAM_KINDS])
 def artifact(request, fused, tmp_path_factory):
     from edge_ser.converters.pipeline import convert
 
-    out = tmp_path_factory.mktemp("stream") / f"{request.param}-fp32-stream"
-    result = convert(fused=fused, target=request.param, precision="fp32", out=out, calibration_waveforms=[],
+    target, fm_mode = request.param
+    out = tmp_path_factory.mktemp("stream") / f"{target}-fp32-stream-{fm_mode}"
+    result = convert(fused=fused, target=target, precision="fp32", out=out, calibration_waveforms=[],
                      validation_waveforms=[voiced(WINDOW_S, seed=s) for s in (100, 101, 102)],
-                     source_info={**fused.source, "run": "unit-test"}, hop_s=HOP_S)
+                     source_info={**fused.source, "run": "unit-test"}, hop_s=HOP_S, fm_mode=fm_mode)
     return out, result
 
 
@@ -142,15 +217,24 @@ def test_streaming_artifact_manifest_documents_the_state(artifact, fused):
     from edge_ser.runtime.artifact import read_manifest
 
     manifest = read_manifest(out).raw
-    assert [i["name"] for i in manifest["inputs"]] == list(STREAM_INPUT_NAMES)
-    assert [o["name"] for o in manifest["outputs"]] == list(STREAM_OUTPUT_NAMES)
     block = manifest["streaming"]
+    fm_mode = block["fm_mode"]
+    inputs, outputs = stream_io_names(fm_mode)
+    assert [i["name"] for i in manifest["inputs"]] == list(inputs)
+    assert [o["name"] for o in manifest["outputs"]] == list(outputs)
     assert block["hop_samples"] == HOP and block["hop_frames"] == 10
     assert block["context_samples"] == fused.window_samples - HOP
     shapes = {i["name"]: i["shape"] for i in manifest["inputs"]}
     assert shapes["waveform"] == [1, HOP] and shapes["h_in"] == [2, 1, 16]
-    assert [(s["input"], s["output"]) for s in block["state"]] == list(STREAM_STATES)
+    assert [(s["input"], s["output"]) for s in block["state"]] == list(stream_states(fm_mode))
     assert all(s["shape"] == shapes[s["input"]] and s["initial"] == "zeros" for s in block["state"])
+    assert [s["input"] for s in block["state"] if s["on_segment_reset"] == "keep"] == ["audio_in"]
+    if fm_mode == "window":
+        assert shapes["audio_in"] == [1, fused.window_samples - HOP] and "max_segment_hops" not in block
+    else:
+        # The stem's 640 samples; keys/values of the 15 frames before the hop in both blocks; 4 statistics.
+        assert shapes["audio_in"] == [1, 640] and shapes["kv_in"] == [2, 2, 15, 64] and shapes["stats_in"] == [1, 4]
+        assert block["max_segment_hops"] == 150 and block["max_segment_s"] == pytest.approx(30.0)
     assert {"foundation_model_per_hop", "estimate", "offline_equivalent"} <= set(block)
     # The conversion gate streamed the validation audio (3 x 0.5 s = 7 hops) and compared every hop.
     parity = result.parity
@@ -169,7 +253,7 @@ def test_streamed_artifact_equals_offline_for_chunks_of_any_size(artifact, fused
     cuts = np.sort(rng.choice(np.arange(1, len(wave)), size=9, replace=False))
     points = [p for chunk in np.split(wave, cuts) for p in stream.push(chunk)]
     assert len(points) == len(wave) // HOP == 7
-    offline = offline_stream_reference(fused, wave, hop_samples=HOP)
+    offline = offline_stream_reference(fused, wave, hop_samples=HOP, fm_mode=model.manifest.streaming["fm_mode"])
     streamed = [[np.array([p.prediction.probabilities[c] for c in model.manifest.labels]),
                  np.array([p.prediction.arousal, p.prediction.valence, p.prediction.dominance]),
                  p.prediction.embedding] for p in points]
@@ -189,8 +273,9 @@ def test_segments_restart_the_state(artifact, fused):
     wave = voiced(1.6, seed=8)
     points = list(model.stream(segment_s=2 * HOP_S).run([wave]))
     assert [p.segment_start_s for p in points] == pytest.approx([0, 0, 0.4, 0.4, 0.8, 0.8, 1.2, 1.2])
-    # The definition: every second hop, all states but the audio context (the FM's left context) restart at zero.
-    streaming = build_streaming_model(fused, hop_s=HOP_S)
+    # The definition: every second hop, all states but the audio context (the FM's left context) restart at zero
+    # (in cached mode also the key/value cache and the statistics: positions restart with the segment).
+    streaming = build_streaming_model(fused, hop_s=HOP_S, fm_mode=model.manifest.streaming["fm_mode"])
     state = streaming.initial_state()
     expected = []
     for k in range(len(wave) // HOP):
@@ -204,6 +289,21 @@ def test_segments_restart_the_state(artifact, fused):
     np.testing.assert_allclose(got, np.stack(expected), atol=1e-5)
     unsegmented = np.stack([p.prediction.embedding for p in model.stream().run([wave])])
     assert np.abs(unsegmented[3:] - got[3:]).max() > 1e-4  # the reset changed what later hops pool
+
+
+def test_cached_stream_segments_are_capped_at_the_position_table(artifact):
+    """fm_mode='cached' counts positions since the segment start: the stream restarts its segment every 30 s
+    (Whisper's 1500 positions) by itself, and refuses a longer segment_s with the limit in the message."""
+    from edge_ser.runtime import load
+
+    model = load(artifact[0])
+    if model.manifest.streaming["fm_mode"] == "window":
+        assert model.stream().segment_hops is None
+        return
+    assert model.stream().segment_hops == 150  # 150 hops of 0.2 s = 30 s
+    assert model.stream(segment_s=10).segment_hops == 50
+    with pytest.raises(ValueError, match="longer than this artifact's segments can be \\(30 s"):
+        model.stream(segment_s=31)
 
 
 def test_stream_file_matches_pushing_the_samples(artifact, tmp_path):
@@ -261,16 +361,71 @@ def test_windowed_artifact_refuses_stream(tmp_path, fused):
         load(out).stream()
 
 
-def test_streaming_int8_is_refused_until_built(fused, tmp_path):
+@pytest.fixture(scope="module", params=STREAM_KINDS, ids=[f"{t}-{m}" for t, m in STREAM_KINDS])
+def int8_artifact(request, fused, tmp_path_factory):
     from edge_ser.converters.pipeline import convert
 
-    with pytest.raises(ValueError, match="streaming artifacts are not built yet"):
-        convert(fused=fused, target="executorch", precision="int8", out=tmp_path / "x",
-                calibration_waveforms=[voiced(WINDOW_S, seed=s) for s in range(2)],
-                validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "t"},
-                hop_s=HOP_S)
-    assert not (tmp_path / "x").exists()
+    target, fm_mode = request.param
+    out = tmp_path_factory.mktemp("stream8") / f"{target}-int8-stream-{fm_mode}"
+    result = convert(fused=fused, target=target, precision="int8", out=out,
+                     calibration_waveforms=[voiced(WINDOW_S, seed=s) for s in range(4)],
+                     validation_waveforms=[voiced(WINDOW_S, seed=s) for s in (100, 101, 102)],
+                     source_info={**fused.source, "run": "unit-test"}, hop_s=HOP_S, fm_mode=fm_mode)
+    return out, result
 
+
+def test_int8_streaming_artifact_passes_the_int8_gate_against_the_offline_computation(int8_artifact, fused):
+    from edge_ser.runtime import load
+    from edge_ser.runtime.tolerances import QUANTIZED_8BIT
+
+    out, result = int8_artifact
+    parity, manifest = result.parity, result.manifest
+    assert parity["ran"] and parity["passed"] and parity["n_utterances"] == 7, parity.get("failures")
+    assert "state carried" in parity["comparison"]
+    assert parity["tolerance"]["min_top1_agreement"] == QUANTIZED_8BIT.min_top1_agreement
+    assert manifest["precision"] == "int8" and manifest["quantization"]["scheme"] != "none"
+    assert [s["input"] for s in manifest["streaming"]["state"]] == [i for i, _ in
+                                                                     stream_states(manifest["streaming"]["fm_mode"])]
+    # Really quantized: the streamed outputs are off the float reference by far more than fp32 rounding
+    # (the fp32 streaming artifacts stay near 1e-7), yet close at the task level.
+    errors = {o["name"]: o["max_abs"] for o in parity["outputs"]}
+    assert errors["probs"] > 1e-4, errors
+    assert min(o["cosine"] for o in parity["outputs"]) > 0.999
+    if manifest["target"] == "onnx":
+        assert manifest["backend"]["lowering"]["ops"].get("MatMulInteger", 0) > 0
+        # Streamed under both emulated int8 accumulations, as windowed int8 artifacts are.
+        paths = parity["kernel_paths"]
+        assert paths["int32-exact"]["passed"] and paths["u8s8-int16-pairs"]["passed"]
+    # The runtime streams it like an fp32 one.
+    model = load(out)
+    points = list(model.stream().run([voiced(0.8, seed=4)]))
+    assert len(points) == 4 and all(np.isfinite(p.prediction.embedding).all() for p in points)
+
+
+def test_int8_stream_gate_compares_every_hop(int8_artifact, fused):
+    """The int8 gate judges each streamed hop: the artifact's own stream passes, the same stream with
+    the top two classes of every hop swapped is refused. (Dropping the carried state is not a usable
+    negative here: the tiny random head's outputs barely depend on it, probs move by ~3e-2 only.)"""
+    from edge_ser.converters.pipeline import validate_stream
+    from edge_ser.runtime import load
+
+    out, _ = int8_artifact
+    model = load(out)
+    streaming = build_streaming_model(fused, hop_s=HOP_S, fm_mode=model.manifest.streaming["fm_mode"])
+    validation = [voiced(WINDOW_S, seed=s) for s in (100, 101, 102)]
+
+    def swapped(inputs):
+        outputs = model.run_stream_hop(inputs[0], list(inputs[1:]))
+        probs = outputs[0].copy()
+        top = np.argsort(probs.reshape(-1))[::-1][:2]
+        probs[0, top[0]], probs[0, top[1]] = probs[0, top[1]], probs[0, top[0]]
+        return [probs, *outputs[1:]]
+
+    honest = validate_stream(lambda inputs: model.run_stream_hop(inputs[0], list(inputs[1:])), fused, streaming,
+                             validation, target=model.manifest.target, precision="int8")
+    assert honest.passed, honest.failures
+    report = validate_stream(swapped, fused, streaming, validation, target=model.manifest.target, precision="int8")
+    assert not report.passed and any("top-1" in f or "top1" in f for f in report.failures), report.failures
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,7 +470,8 @@ def test_cli_predict_stream_refuses_bad_options(artifact, tmp_path, args, messag
     assert message in result.output
 
 
-def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_path):
+@pytest.mark.parametrize("fm_mode", ["window", "cached"])
+def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_path, fm_mode):
     """Core ML cannot predict off macOS: the converted program is checked structurally (names, shapes)."""
     import sys
 
@@ -326,12 +482,13 @@ def test_coreml_streaming_program_has_the_state_inputs_and_outputs(fused, tmp_pa
     out = tmp_path / "coreml-stream"
     result = convert(fused=fused, target="coreml", precision="fp32", out=out, calibration_waveforms=[],
                      validation_waveforms=[voiced(WINDOW_S, seed=5)], source_info={**fused.source, "run": "t"},
-                     hop_s=HOP_S)
+                     hop_s=HOP_S, fm_mode=fm_mode)
     assert result.parity["ran"] is False
     io = json.loads((out / "parity.json").read_text())["verification"]["io"]
     assert io["passed"], io["problems"]
-    assert [i["name"] for i in io["inputs"]] == list(STREAM_INPUT_NAMES)
-    assert [o["name"] for o in io["outputs"]] == list(STREAM_OUTPUT_NAMES)
+    inputs, outputs = stream_io_names(fm_mode)
+    assert [i["name"] for i in io["inputs"]] == list(inputs)
+    assert [o["name"] for o in io["outputs"]] == list(outputs)
     shapes = {i["name"]: i["shape"] for i in io["inputs"]}
     assert shapes["waveform"] == [1, HOP] and shapes["h_in"] == [2, 1, 16] and shapes["count_in"] == [1, 1]
     assert read_manifest_streaming(out)["hop_samples"] == HOP
@@ -341,3 +498,19 @@ def read_manifest_streaming(out):
     from edge_ser.runtime.artifact import read_manifest
 
     return read_manifest(out).streaming
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--stream-fm", "cached"], "--stream-fm applies to streaming artifacts; pass --stream-hop too"),
+    (["--stream-hop", "1.0", "--stream-fm", "incremental"], "'incremental' is not one of 'auto', 'window', 'cached'"),
+])
+def test_cli_convert_checks_the_stream_fm_option(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, ["convert", "--run", str(tmp_path), "--target", "onnx", "--out",
+                                       str(tmp_path / "a"), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "a").exists()

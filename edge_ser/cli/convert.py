@@ -34,6 +34,12 @@ def _precisions() -> list[str]:
     return all_precisions()
 
 
+def _fm_modes() -> list[str]:
+    from edge_ser.runtime.artifact import STREAM_FM_CHOICES
+
+    return list(STREAM_FM_CHOICES)
+
+
 @click.command("convert")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
               help="Training run folder (config.json, model.safetensors, run.json).")
@@ -54,11 +60,17 @@ def _precisions() -> list[str]:
 @click.option("--stream-hop", "hop_s", type=FiniteFloatRange(min=0, min_open=True), default=None,
               help="Write the streaming variant: one hop of HOP_S seconds per call (a multiple of 0.02, at most "
                    "half the window), the GRU state carried between calls, the window as the FM's context "
-                   "(docs/streaming.md). fp32 only for now.")
+                   "(docs/streaming.md).")
+@click.option("--stream-fm", "fm_mode", type=click.Choice(_fm_modes()), default="auto", show_default=True,
+              help="With --stream-hop: how the foundation model runs per hop. 'window': on the whole window every hop "
+                   "(any model); 'cached': on the hop's frames only, attending to cached keys/values of the rest "
+                   "of the window, positions counted since the segment start (Whisper); 'auto': cached for "
+                   "Whisper, window for the others (docs/streaming.md).")
 @progress_option
 @one_line_errors
 def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Path, overwrite: bool,
-            calibration_utterances: int, validation_utterances: int, hop_s: float | None, progress: bool) -> None:
+            calibration_utterances: int, validation_utterances: int, hop_s: float | None, fm_mode: str,
+            progress: bool) -> None:
     """Fuse a run's truncated feature model and head, quantize, lower, validate and save."""
     from edge_ser.converters.backends import get_backend
     from edge_ser.converters.pipeline import convert_run
@@ -70,10 +82,14 @@ def convert(run_dir: Path, target: str, precision: str, window_s: float, out: Pa
         raise click.BadParameter(str(exc), param_hint="--precision") from None
     if out.exists() and not overwrite:
         raise click.BadParameter(f"{out} already exists; pass --overwrite to replace it.", param_hint="--out")
+    if hop_s is None and fm_mode not in ("auto", "window"):
+        raise click.BadParameter("--stream-fm applies to streaming artifacts; pass --stream-hop too.",
+                                 param_hint="--stream-fm")
     try:
         result = convert_run(run_dir=run_dir, target=target, precision=precision, out=out, window_s=window_s,
                              calibration_utterances=calibration_utterances,
-                             validation_utterances=validation_utterances, overwrite=overwrite, hop_s=hop_s)
+                             validation_utterances=validation_utterances, overwrite=overwrite, hop_s=hop_s,
+                             fm_mode=fm_mode)
     except ParityError as exc:  # the message is the full report (per-output errors, agreement, failures)
         raise click.ClickException(f"{target}/{precision} artifact is outside its parity tolerance; nothing was "
                                    f"written.\n{exc}") from None

@@ -224,12 +224,27 @@ class TruncatedFoundationModel(nn.Module):
     blocks 1..k only; equals ``hidden_states[k]`` of the full model exactly.
     """
 
-    def __init__(self, *, spec: FoundationModelSpec, layer: int, front_end: nn.Module, body: nn.Module) -> None:
+    def __init__(self, *, spec: FoundationModelSpec, layer: int, front_end: nn.Module, body: nn.Module,
+                 position_table: torch.Tensor | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.layer = int(layer)
         self.front_end = front_end
         self.body = body
+        # A plain tensor attribute (not a buffer): windowed graphs do not carry it.
+        self._position_table = None if position_table is None else position_table.detach()
+
+    @property
+    def position_table(self) -> torch.Tensor | None:
+        """Whisper: all of the encoder's positional rows ``(1500, D)``, also after :meth:`for_window`
+        kept only the window's (a streaming form counting positions since a segment start needs
+        them); None for the other families."""
+        if self.spec.family != "whisper":
+            return None
+        if self._position_table is not None:
+            return self._position_table
+        table = self.body.embed_positions
+        return (table.table if isinstance(table, _PositionRows) else table).weight.detach()
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         features = self.front_end(waveform)
@@ -247,7 +262,8 @@ class TruncatedFoundationModel(nn.Module):
         with torch.no_grad():
             mel = whisper_even_mel(self.front_end(torch.zeros(1, int(n_samples))))
         body = whisper_encoder_for_positions(self.body, mel.shape[-1] // 2, copy_rows=True)
-        return TruncatedFoundationModel(spec=self.spec, layer=self.layer, front_end=self.front_end, body=body).eval()
+        return TruncatedFoundationModel(spec=self.spec, layer=self.layer, front_end=self.front_end, body=body,
+                                        position_table=self.position_table).eval()
 
 
 @dataclass(frozen=True)

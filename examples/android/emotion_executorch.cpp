@@ -75,8 +75,18 @@ constexpr const char* kPoolIn = "pool_in";  // edge-ser:manifest streaming.state
 constexpr const char* kPoolOut = "pool_out";  // edge-ser:manifest streaming.state.3.output
 constexpr const char* kCountIn = "count_in";  // edge-ser:manifest streaming.state.4.input
 constexpr const char* kCountOut = "count_out";  // edge-ser:manifest streaming.state.4.output
-constexpr std::array<const char*, 5> kStateInputs = {kAudioIn, kHIn, kCtxIn, kPoolIn, kCountIn};
-constexpr std::array<const char*, 5> kStateOutputs = {kAudioOut, kHOut, kCtxOut, kPoolOut, kCountOut};
+// Artifacts converted with `--stream-fm cached` (the foundation model runs on the hop's frames only)
+// carry two more states after these five: its key/value cache and its running statistics.
+constexpr const char* kKvIn = "kv_in";  // edge-ser:manifest streaming.state.5.input
+constexpr const char* kKvOut = "kv_out";  // edge-ser:manifest streaming.state.5.output
+constexpr const char* kStatsIn = "stats_in";  // edge-ser:manifest streaming.state.6.input
+constexpr const char* kStatsOut = "stats_out";  // edge-ser:manifest streaming.state.6.output
+constexpr std::size_t kWindowFmStates = 5;  // --stream-fm window: the first five states
+// A cached artifact's segments hold at most Whisper's 1500 positions, 30 s (manifest streaming.max_segment_s).
+constexpr std::size_t kCachedMaxSegmentSamples = 30 * kSampleRate;
+constexpr std::array<const char*, 7> kStateInputs = {kAudioIn, kHIn, kCtxIn, kPoolIn, kCountIn, kKvIn, kStatsIn};
+constexpr std::array<const char*, 7> kStateOutputs = {kAudioOut, kHOut, kCtxOut, kPoolOut, kCountOut, kKvOut,
+                                                      kStatsOut};
 }  // namespace contract
 
 constexpr std::size_t kNumLabels = contract::kLabels.size();
@@ -261,21 +271,30 @@ class EmotionClassifier {
 // A streaming artifact: push() samples as they arrive (16 kHz mono float32 in [-1, 1]); every
 // completed hop runs the program once with the carried states and returns the running estimate,
 // pooled over every frame since the start (or the last reset()). Same loop as
-// edge_ser.runtime.EmotionStream.
+// edge_ser.runtime.EmotionStream. segment_hops: reset() by itself every that many hops (0: never).
+// A `--stream-fm cached` artifact counts positions since the segment start and needs a reset at
+// least every manifest "streaming.max_segment_hops" hops (30 s): with 0 it resets every 30 s.
 class EmotionStream {
  public:
-  explicit EmotionStream(const std::string& pte_path) : module_(pte_path, Module::LoadMode::Mmap) {
+  explicit EmotionStream(const std::string& pte_path, std::size_t segment_hops = 0)
+      : module_(pte_path, Module::LoadMode::Mmap), segment_hops_(segment_hops) {
     if (module_.load_forward() != Error::Ok) {
       throw std::runtime_error("cannot load " + pte_path + ": expected an edge-ser streaming ExecuTorch artifact.");
     }
     const auto meta = module_.method_meta("forward");
-    const std::size_t n_states = contract::kStateInputs.size();
-    if (!meta.ok() || meta->num_inputs() != 1 + n_states || meta->num_outputs() != 3 + n_states) {
-      throw std::runtime_error("the program does not take a hop plus " + std::to_string(n_states) +
+    const std::size_t n_states = meta.ok() ? meta->num_inputs() - 1 : 0;
+    if (!meta.ok() || (n_states != contract::kWindowFmStates && n_states != contract::kStateInputs.size()) ||
+        meta->num_outputs() != 3 + n_states) {
+      throw std::runtime_error("the program does not take a hop plus " + std::to_string(contract::kWindowFmStates) +
+                               " or " + std::to_string(contract::kStateInputs.size()) +
                                " states; expected a streaming artifact (edge-ser convert ... --stream-hop S).");
     }
     const auto hop = meta->input_tensor_meta(0);
     hop_ = static_cast<std::size_t>(hop->sizes()[hop->sizes().size() - 1]);
+    const std::size_t max_hops = contract::kCachedMaxSegmentSamples / hop_;
+    if (n_states == contract::kStateInputs.size() && (segment_hops_ == 0 || segment_hops_ > max_hops)) {
+      segment_hops_ = max_hops;
+    }
     for (std::size_t i = 0; i < n_states; ++i) {
       const auto in = meta->input_tensor_meta(1 + i);
       const auto out = meta->output_tensor_meta(3 + i);
@@ -302,6 +321,7 @@ class EmotionStream {
       }
       pending_.push_back(samples[i]);
       if (pending_.size() == hop_) {
+        if (segment_hops_ && hops_ && hops_ % segment_hops_ == 0) reset();
         const double start = static_cast<double>(hops_ * hop_) / contract::kSampleRate;
         points.push_back({start, start + static_cast<double>(hop_) / contract::kSampleRate, run_hop()});
         pending_.clear();
@@ -311,7 +331,8 @@ class EmotionStream {
     return points;
   }
 
-  // A new segment of the same audio: the head's states back to zeros, the audio context (state 0) kept.
+  // A new segment of the same audio: every state but the audio context (state 0) back to zeros (the
+  // head's; with --stream-fm cached also the key/value cache, positions and statistics).
   void reset() {
     for (std::size_t i = 1; i < states_.size(); ++i) std::fill(states_[i].begin(), states_[i].end(), 0.f);
   }
@@ -349,6 +370,7 @@ class EmotionStream {
   }
 
   Module module_;
+  std::size_t segment_hops_ = 0;
   std::size_t hop_ = 0;
   std::size_t hops_ = 0;
   std::vector<float> pending_;

@@ -47,6 +47,13 @@ enum EmotionModelContract {
     static let countIn = "count_in"  // edge-ser:manifest streaming.state.4.input
     static let countOut = "count_out"  // edge-ser:manifest streaming.state.4.output
     static let states = [(audioIn, audioOut), (hIn, hOut), (ctxIn, ctxOut), (poolIn, poolOut), (countIn, countOut)]
+    /// `--stream-fm cached` artifacts (the foundation model runs on the hop's frames only) carry two more:
+    /// its key/value cache and its running statistics.
+    static let kvIn = "kv_in"  // edge-ser:manifest streaming.state.5.input
+    static let kvOut = "kv_out"  // edge-ser:manifest streaming.state.5.output
+    static let statsIn = "stats_in"  // edge-ser:manifest streaming.state.6.input
+    static let statsOut = "stats_out"  // edge-ser:manifest streaming.state.6.output
+    static let cachedFMStates = [(kvIn, kvOut), (statsIn, statsOut)]
 }
 
 /// One clip's emotions.
@@ -233,15 +240,19 @@ final class EmotionClassifier {
 /// A streaming artifact: `push` samples as they arrive (16 kHz mono Float32); each completed hop runs
 /// the model once with the carried states and yields the running estimate, pooled over every frame
 /// since the start (or the last `reset()`). The same loop as `edge_ser.runtime.EmotionStream`.
+/// `segmentHops`: reset by itself every that many hops (nil: never). A `--stream-fm cached` artifact
+/// counts positions since the segment start: it resets at least every 30 s (`streaming.max_segment_hops`).
 final class EmotionStream {
     private let model: MLModel
     private let hop: MLMultiArray
     private var states: [String: MLMultiArray] = [:]  // by input name
+    private let stateNames: [(String, String)]
+    private let segmentHops: Int?
     private var filled = 0
     private var hops = 0
     let hopSamples: Int
 
-    init(compiledModelURL: URL, computeUnits: MLComputeUnits = .cpuOnly) throws {
+    init(compiledModelURL: URL, computeUnits: MLComputeUnits = .cpuOnly, segmentHops: Int? = nil) throws {
         let configuration = MLModelConfiguration()
         configuration.computeUnits = computeUnits
         model = try MLModel(contentsOf: compiledModelURL, configuration: configuration)
@@ -252,7 +263,12 @@ final class EmotionStream {
         }
         hopSamples = hopShape[1].intValue
         hop = try MLMultiArray(shape: hopShape, dataType: .float32)
-        for (name, _) in EmotionModelContract.states {
+        let cached = inputs[EmotionModelContract.kvIn] != nil
+        stateNames = EmotionModelContract.states + (cached ? EmotionModelContract.cachedFMStates : [])
+        // A cached artifact's segments hold at most Whisper's 1500 positions, 30 s (manifest streaming.max_segment_s).
+        let maxHops = 30 * EmotionModelContract.sampleRate / hopSamples
+        self.segmentHops = cached ? min(segmentHops ?? maxHops, maxHops) : segmentHops
+        for (name, _) in stateNames {
             guard let shape = inputs[name]?.multiArrayConstraint?.shape else {
                 throw EmotionClassifierError.contractMismatch("the model has no state input '\(name)'; expected a streaming artifact")
             }
@@ -261,9 +277,10 @@ final class EmotionStream {
         reset(keepingAudio: false)
     }
 
-    /// A new segment of the same audio: the head's states back to zeros; the audio context is kept.
+    /// A new segment of the same audio: every state but the audio context back to zeros (the head's; with
+    /// `--stream-fm cached` also the key/value cache, positions and statistics).
     func reset(keepingAudio: Bool = true) {
-        for (name, _) in EmotionModelContract.states where !(keepingAudio && name == EmotionModelContract.audioIn) {
+        for (name, _) in stateNames where !(keepingAudio && name == EmotionModelContract.audioIn) {
             states[name]!.withUnsafeMutableBufferPointer(ofType: Float.self) { buffer, _ in
                 for i in buffer.indices { buffer[i] = 0 }
             }
@@ -278,6 +295,7 @@ final class EmotionStream {
             hop[filled] = NSNumber(value: sample)
             filled += 1
             if filled == hopSamples {
+                if let segment = segmentHops, hops > 0, hops % segment == 0 { reset() }
                 let rate = Double(EmotionModelContract.sampleRate)
                 let start = Double(hops * hopSamples) / rate
                 points.append(EmotionTimelinePoint(startSeconds: start, endSeconds: start + Double(hopSamples) / rate,
@@ -293,7 +311,7 @@ final class EmotionStream {
         var inputs: [String: MLFeatureValue] = [EmotionModelContract.inputName: MLFeatureValue(multiArray: hop)]
         for (name, array) in states { inputs[name] = MLFeatureValue(multiArray: array) }
         let output = try model.prediction(from: try MLDictionaryFeatureProvider(dictionary: inputs))
-        for (input, outputName) in EmotionModelContract.states {
+        for (input, outputName) in stateNames {
             guard let next = output.featureValue(for: outputName)?.multiArrayValue else {
                 throw EmotionClassifierError.contractMismatch("the model returned no state '\(outputName)'")
             }

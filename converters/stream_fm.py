@@ -1,0 +1,247 @@
+"""The foundation model of a streaming artifact in ``cached`` mode: each hop runs the FM on its new
+frames only, attending to cached keys/values of the frames before (docs/streaming.md).
+
+Whisper only. What one call computes for a hop of ``H`` samples (``M = H / 320`` frames) with a
+context of ``C`` cached frames (the window's frames minus the hop's):
+
+1. **Level.** The gain that scales the audio to :data:`~edge_ser.fm.model.INPUT_LEVEL_DBFS` uses
+   the mean power of every sample since the segment start, this hop included (a running
+   statistic, state ``stats``), not the power of one window.
+2. **Log-mel and conv stem** on the hop plus :data:`FRONT_CONTEXT_SAMPLES` samples before it
+   (state ``audio``): the newest ``M`` frames of Whisper's two input convs. 640 samples is the stem's
+   whole left receptive field, so those frames do not depend on the window's left edge. Whisper's
+   ``max - 8`` floor uses the running maximum of the log-mel since the segment start (``stats``).
+   The last frame of each hop sees the reflect padding at the right edge of the audio so far, as
+   the newest frame of a windowed call does.
+3. **Positions since the segment start**: frame ``t`` of the segment gets Whisper's positional row
+   ``t`` (a whole clip's frame has the position it has in the clip), so a segment lasts at most
+   the table's 1500 rows (30 s); the runtime resets the segment before (``max_segment_s``).
+4. **Blocks with a key/value cache**: in every block up to the cut the hop's frames attend to
+   each other and to the keys/values of the ``C`` frames before them (state ``kv``, one
+   ``(2, C, D)`` slab per block); cache slots from before the segment start are masked out.
+
+A segment reset zeroes ``kv`` and ``stats`` (positions, level and log-mel maximum restart with the
+head's states); ``audio`` (the stem's 640 samples) is kept, since the audio is continuous.
+
+The offline computation it equals (:func:`cached_reference_frames`): the same per-hop level and
+log-mel maximum computed from cumulative sums, ``torch.stft``, the stem on each hop's samples, and
+the truncated encoder's own transformers blocks run once over all frames with positions 0..T-1
+and a block mask (frame ``t`` of hop ``k`` attends to frames ``kM - C .. (k+1)M - 1``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_ser.runtime.artifact import STREAM_FM_CHOICES, STREAM_FM_MODES
+
+FM_MODES: tuple[str, ...] = STREAM_FM_MODES
+"""How a streaming artifact runs the foundation model per hop: ``window`` (the whole context window
+every hop, any family) or ``cached`` (only the hop's frames, with cached keys/values; Whisper).
+Declared once, in the runtime (:data:`edge_ser.runtime.artifact.STREAM_FM_MODES`)."""
+
+FRONT_CONTEXT_SAMPLES = 640
+"""Samples before the hop that Whisper's stem needs for the hop's first frame (its left receptive
+field: conv2's frame ``t`` reads mel frames ``2t - 2 .. 2t + 2``, a mel frame 200 samples either
+side of its centre); two 20 ms frames."""
+
+_LN10 = math.log(10.0)
+_MASKED = -1e9  # additive attention bias of a masked cache slot (finite: no NaN when a row is all masked)
+STATS_FIELDS: tuple[str, ...] = ("frames", "power_sum", "samples", "log_mel_max")
+"""The ``stats`` state, in order: frames since the segment start, sum of squared samples and number of
+samples since the segment start (the running level), running maximum of the log-mel (log10 units)."""
+
+
+FM_MODE_CHOICES: tuple[str, ...] = STREAM_FM_CHOICES
+"""``auto`` and the modes (:data:`edge_ser.runtime.artifact.STREAM_FM_CHOICES`)."""
+
+
+def resolve_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str | None = None) -> str:
+    """The mode ``fm_mode`` stands for (``auto``: ``cached`` for Whisper, else ``window``), checked."""
+    if fm_mode == "auto":
+        fm_mode = "cached" if family == "whisper" else "window"
+    return check_fm_mode(fm_mode, feature_model=feature_model, family=family)
+
+
+def check_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str | None = None) -> str:
+    """``fm_mode`` if known (and, for ``cached``, built for ``family``); raises listing the choices."""
+    if fm_mode not in FM_MODES:
+        raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODES)}.")
+    if fm_mode == "cached" and family != "whisper":
+        raise ValueError(
+            f"fm_mode='cached' is built for Whisper only; got {feature_model or family!r}. WavLM and HuBERT add "
+            "positions with a convolution over 128 frames centred on each frame (64 frames, 1.28 s, of look-ahead) "
+            "and WavLM a relative-position bias, so their blocks cannot run on a hop's frames alone with a cache. "
+            "Use fm_mode='window' (--stream-fm window) for them."
+        )
+    return fm_mode
+
+
+class CachedWhisperFM(nn.Module):
+    """Whisper cut after block k, one hop at a time (see the module docstring).
+
+    ``forward(hop (1, H), audio_in (1, 640), kv_in (k, 2, C, D), stats_in (1, 4))`` ->
+    ``(features (1, M, D), audio_out, kv_out, stats_out)``. Shares the truncated model's weights.
+
+    Args:
+        front: a Whisper :class:`~edge_ser.fm.model.TruncatedFoundationModel` (the fused model's
+            front), whose ``position_table`` holds all of Whisper's positional rows.
+        hop_samples: ``H``, a multiple of 320.
+        context_frames: ``C``, frames of cached keys/values per block.
+    """
+
+    def __init__(self, front: nn.Module, *, hop_samples: int, context_frames: int) -> None:
+        super().__init__()
+        from edge_ser.fm.model import LevelNormalizer
+        from edge_ser.frontend import WhisperLogMel
+
+        spec = getattr(front, "spec", None)
+        check_fm_mode("cached", feature_model=getattr(spec, "name", type(front).__name__),
+                      family=getattr(spec, "family", None))
+        level, log_mel = list(front.front_end)
+        if not isinstance(level, LevelNormalizer) or not isinstance(log_mel, WhisperLogMel):
+            raise ValueError(f"Whisper front end {front.front_end}; expected LevelNormalizer then WhisperLogMel.")
+        if hop_samples % 320 or hop_samples < 640 or context_frames < 1:
+            raise ValueError(f"hop_samples={hop_samples}, context_frames={context_frames}; expected a hop of whole "
+                             "20 ms frames (>= 2) and at least one cached frame.")
+        table = getattr(front, "position_table", None)
+        if table is None:
+            raise ValueError("the Whisper front has no position_table (all positional rows); build it with "
+                             "TruncatedFoundationModel.for_window, which keeps them for streaming.")
+        self.hop_samples = int(hop_samples)
+        self.hop_frames = self.hop_samples // 320
+        self.context_frames = int(context_frames)
+        self.level_target, self.level_floor_power = level.target, level.floor_power
+        self.stft = log_mel.stft
+        self.register_buffer("mel_weight", log_mel.mel_weight.detach().clone())
+        self.body = front.body  # conv1, conv2, layers, layer_norm (Identity below the last block)
+        self.register_buffer("positions", table.detach().clone())
+        self.max_frames = int(table.shape[0])
+        attention = self.body.layers[0].self_attn
+        self.n_blocks = len(self.body.layers)
+        self.width = int(attention.embed_dim)
+        self.n_heads, self.head_dim, self.scaling = int(attention.num_heads), int(attention.head_dim), attention.scaling
+        self.register_buffer("slot", torch.arange(self.context_frames + self.hop_frames, dtype=torch.float32))
+        self.register_buffer("frame_offsets", torch.arange(self.hop_frames, dtype=torch.float32))
+
+    def state_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The FM's carried states by input name: the stem's audio, the key/value cache, the statistics."""
+        return {"audio_in": (1, FRONT_CONTEXT_SAMPLES),
+                "kv_in": (self.n_blocks, 2, self.context_frames, self.width),
+                "stats_in": (1, len(STATS_FIELDS))}
+
+    @property
+    def max_segment_frames(self) -> int:
+        """Frames a segment may hold: one positional row each."""
+        return self.max_frames
+
+    def stem(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """``(1, n_mels, 2F)`` normalised log-mel -> ``(1, F, D)`` Whisper conv-stem frames (before positions)."""
+        x = F.gelu(self.body.conv1(log_mel))
+        return F.gelu(self.body.conv2(x)).permute(0, 2, 1)
+
+    def forward(self, hop: torch.Tensor, audio_in: torch.Tensor, kv_in: torch.Tensor,
+                stats_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, c = self.hop_frames, self.context_frames
+        frames_before = stats_in[:, 0:1]
+        started = torch.clamp(frames_before, 0.0, 1.0)  # (1, 1): 0 on a segment's first hop
+        power_sum = stats_in[:, 1:2] + torch.sum(hop * hop, dim=1, keepdim=True)
+        samples = stats_in[:, 2:3] + float(self.hop_samples)
+        gain = self.level_target / torch.sqrt(power_sum / samples + self.level_floor_power)
+        window = torch.cat([audio_in, hop], dim=1)
+        power = self.stft(window * gain)[:, :, :-1]
+        log_mel = torch.log(torch.clamp(F.conv1d(power, self.mel_weight), min=1e-10)) * (1.0 / _LN10)
+        window_max = torch.amax(log_mel, dim=(1, 2)).reshape(1, 1)
+        running_max = window_max + started * (torch.maximum(stats_in[:, 3:4], window_max) - window_max)
+        log_mel = (torch.maximum(log_mel, running_max.reshape(1, 1, 1) - 8.0) + 4.0) * 0.25
+        x = self.stem(log_mel)
+        x = x[:, x.shape[1] - m:]
+        # Clamped and cast last, to int32: Core ML's gather takes no other index type.
+        index = torch.clamp(frames_before.reshape(1) + self.frame_offsets, max=float(self.max_frames - 1))
+        x = x + torch.index_select(self.positions, 0, index.to(torch.int32)).unsqueeze(0)
+        # Cache slot j holds frame frames_before - c + j: masked while that is before the segment start.
+        bias = torch.where(self.slot + frames_before.reshape(1) >= float(c), 0.0, _MASKED).reshape(1, 1, 1, c + m)
+        caches = []
+        for i, block in enumerate(self.body.layers):
+            x, kv = self._block(block, x, kv_in[i], bias)
+            caches.append(kv)
+        features = self.body.layer_norm(x)
+        kv_out = torch.stack(caches, dim=0) if len(caches) > 1 else caches[0].unsqueeze(0)
+        stats_out = torch.cat([frames_before + float(m), power_sum, samples, running_max], dim=1)
+        return features, window[:, window.shape[1] - FRONT_CONTEXT_SAMPLES:], kv_out, stats_out
+
+    def _block(self, block: nn.Module, x: torch.Tensor, kv: torch.Tensor,
+               bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Whisper encoder block on the hop's frames ``(1, M, D)`` with its cache ``(2, C, D)``."""
+        m, heads, dim = self.hop_frames, self.n_heads, self.head_dim
+        attention = block.self_attn
+        y = block.self_attn_layer_norm(x)
+        q = (attention.q_proj(y) * self.scaling).reshape(m, heads, dim).transpose(0, 1)  # (heads, M, d)
+        keys = torch.cat([kv[0:1], attention.k_proj(y)], dim=1)  # (1, C + M, D)
+        values = torch.cat([kv[1:2], attention.v_proj(y)], dim=1)
+        k = keys.reshape(-1, heads, dim).transpose(0, 1)  # (heads, C + M, d)
+        v = values.reshape(-1, heads, dim).transpose(0, 1)
+        weights = torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias[0], dim=-1)  # (heads, M, C + M)
+        context = torch.matmul(weights, v).transpose(0, 1).reshape(1, m, heads * dim)
+        x = x + attention.out_proj(context)
+        y = block.final_layer_norm(x)
+        x = x + block.fc2(F.gelu(block.fc1(y)))
+        kv_next = torch.cat([keys[:, m:], values[:, m:]], dim=0)  # (2, C, D): the newest C frames
+        return x, kv_next
+
+
+@torch.no_grad()
+def cached_reference_frames(front: nn.Module, waveform: np.ndarray, *, hop_samples: int,
+                            context_frames: int) -> torch.Tensor:
+    """What :class:`CachedWhisperFM` feeds the head over a stream of ``waveform`` (mono, one segment,
+    preceded by zeros), computed without streaming: ``(1, K * M, D)`` for the ``K`` whole hops.
+
+    Independent of the streaming code where it can be: the level and the log-mel maximum from
+    cumulative sums in float64, the STFT by ``torch.stft``, and the blocks are the truncated
+    encoder's transformers layers run once over all frames with positions ``0..T-1`` and a block
+    attention mask."""
+    from edge_ser.frontend import WhisperLogMel
+
+    level, log_mel_module = list(front.front_end)
+    if not isinstance(log_mel_module, WhisperLogMel):
+        raise ValueError("cached_reference_frames needs a Whisper front (WhisperLogMel front end).")
+    body, table = front.body, front.position_table
+    m, c = hop_samples // 320, int(context_frames)
+    wave = np.asarray(waveform, dtype=np.float64).reshape(-1)
+    n_hops = len(wave) // hop_samples
+    if n_hops * m > table.shape[0]:
+        raise ValueError(f"{n_hops} hops of {m} frames exceed the {table.shape[0]} positions of one segment; "
+                         "pass at most one segment of audio.")
+    padded = np.concatenate([np.zeros(FRONT_CONTEXT_SAMPLES), wave])
+    cumulative_power = np.cumsum(wave[: n_hops * hop_samples] ** 2)
+    window = torch.hann_window(400, periodic=True, dtype=torch.float64)
+    mel_weight = log_mel_module.mel_weight[:, :, 0].to(torch.float64)
+    running_max = -np.inf
+    stems = []
+    for k in range(n_hops):
+        end = (k + 1) * hop_samples
+        gain = level.target / math.sqrt(cumulative_power[end - 1] / end + level.floor_power)
+        samples = torch.from_numpy(padded[k * hop_samples: end + FRONT_CONTEXT_SAMPLES] * gain)
+        spectrum = torch.stft(samples, n_fft=400, hop_length=160, window=window, center=True, pad_mode="reflect",
+                              return_complex=True)
+        power = spectrum.abs() ** 2
+        log_mel = torch.log10(torch.clamp(mel_weight @ power[:, :-1], min=1e-10))
+        running_max = max(running_max, float(log_mel.max()))
+        normalised = ((torch.maximum(log_mel, torch.tensor(running_max - 8.0, dtype=torch.float64)) + 4.0) / 4.0)
+        x = F.gelu(body.conv1(normalised.to(torch.float32)[None]))
+        x = F.gelu(body.conv2(x)).permute(0, 2, 1)
+        stems.append(x[:, x.shape[1] - m:])
+    x = torch.cat(stems, dim=1) + table[: n_hops * m].unsqueeze(0)
+    t = torch.arange(n_hops * m)
+    hop_of = t // m
+    visible = (t[None, :] >= hop_of[:, None] * m - c) & (t[None, :] < (hop_of[:, None] + 1) * m)
+    mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min).reshape(1, 1, len(t), len(t))
+    for block in body.layers:
+        x = block(x, mask)
+        x = x[0] if isinstance(x, tuple) else x
+    return body.layer_norm(x)
