@@ -113,7 +113,7 @@ def convert(
 
     ``hop_s``: write the streaming variant instead (:mod:`edge_ser.converters.streaming`): one hop
     of ``hop_s`` seconds per call with the state carried between calls, the window as the FM's
-    context. Its parity check streams the validation audio, joined into one stream (one segment),
+    context. Its parity check streams each validation clip from the initial state (one segment each),
     through the artifact and compares every hop's estimate with the offline computation over the
     same samples. ``fm_mode`` (streaming only): ``"window"`` (the FM reruns the whole window every
     hop), ``"cached"`` (the FM runs on the hop's frames with a key/value cache; Whisper) or
@@ -303,26 +303,40 @@ def validate_stream(
     precision: str,
     comparison: str | None = None,
 ) -> ParityReport:
-    """Stream ``waveforms``, joined into one stream, through a streaming artifact (``run_all``: its
-    runner's, every input -> every output, the state fed back each hop) and compare every hop's outputs with
-    :func:`edge_ser.converters.streaming.offline_stream_reference` (the same samples, no streaming,
-    the training head over the joined frames). Same tolerance table as :func:`validate`."""
-    stream = np.concatenate([np.asarray(w, dtype=np.float32).reshape(-1) for w in waveforms])
+    """Stream each of ``waveforms`` from the initial state through a streaming artifact (``run_all``:
+    its runner's, every input -> every output, the state fed back each hop) and compare every hop's
+    outputs with :func:`edge_ser.converters.streaming.offline_stream_reference` (the same samples, no
+    streaming, the training head over the clip's frames). Same tolerance table as :func:`validate`.
+
+    One stream per clip, not the clips joined: the reference reruns the head over every frame since
+    the stream's start at each hop, so its cost grows with the square of a stream's length (240
+    validation windows joined would be 1,440 hops of 0.5 s and hours of reference); per clip it is
+    linear in the number of clips, and every hop is still compared with the state carried in."""
     hop = streaming.hop_samples
-    if len(stream) < 2 * hop:
-        raise ValueError(f"validation audio holds {len(stream)} samples; expected at least two hops "
+    longest = max((len(np.asarray(w).reshape(-1)) for w in waveforms), default=0)
+    if longest < 2 * hop:
+        raise ValueError(f"the longest validation clip holds {longest} samples; expected at least two hops "
                          f"({2 * hop} samples) to check the carried state.")
-    if streaming.max_segment_hops is not None:  # one segment: the reference has no segment resets
-        stream = stream[: streaming.max_segment_hops * hop]
-    reference = offline_stream_reference(fused, stream, hop_samples=hop, fm_mode=streaming.fm_mode)
     initial = [s.numpy() for s in streaming.initial_state()]
-    candidate = stream_outputs(run_all, stream, initial_state=initial, hop_samples=hop)
+    reference: list = []
+    candidate: list = []
+    streams = 0
+    for waveform in waveforms:
+        clip = np.asarray(waveform, dtype=np.float32).reshape(-1)
+        if streaming.max_segment_hops is not None:  # one segment: the reference has no segment resets
+            clip = clip[: streaming.max_segment_hops * hop]
+        if len(clip) < hop:
+            continue
+        reference += offline_stream_reference(fused, clip, hop_samples=hop, fm_mode=streaming.fm_mode)
+        candidate += stream_outputs(run_all, clip, initial_state=initial, hop_samples=hop)
+        streams += 1
     stack = lambda rows, i: np.stack([np.asarray(r[i], dtype=np.float64).reshape(-1) for r in rows])  # noqa: E731
     return compare({name: stack(reference, i) for i, name in enumerate(OUTPUT_NAMES)},
                    {name: stack(candidate, i) for i, name in enumerate(OUTPUT_NAMES)},
                    target=target, precision=precision,
                    comparison=f"{comparison or 'streamed artifact vs offline computation over the same samples'} "
-                              f"({len(reference)} hops of {hop / SAMPLE_RATE:g} s, state carried)")
+                              f"({len(reference)} hops of {hop / SAMPLE_RATE:g} s in {streams} streams, "
+                              "state carried)")
 
 
 def streaming_manifest_block(streaming: StreamingSER) -> dict[str, Any]:
