@@ -151,7 +151,7 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
               help="Each utterance's random chain depends only on (seed, utt_id).")
 @click.option("--noise-probability", type=click.FloatRange(0, 1), default=0.6, show_default=True)
 @click.option("--snr-db", nargs=2, type=float, default=(0.0, 20.0), show_default=True, help="SNR range (dB) of the noise.")
-@click.option("--telephone-probability", type=click.FloatRange(0, 1), default=0.3, show_default=True)
+@click.option("--telephone-probability", type=click.FloatRange(0, 1), default=0.6, show_default=True)
 @click.option("--gain-db", nargs=2, type=float, default=(-20.0, 20.0), show_default=True,
               help="Gain range (dB), applied last; samples beyond full scale are clipped as a real chain would.")
 @overwrite_option

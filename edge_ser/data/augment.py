@@ -39,7 +39,7 @@ class AugmentRecipe:
     noise_probability: float = 0.6
     noise_kinds: tuple[str, ...] = ("babble", "white")
     snr_db: tuple[float, float] = (0.0, 20.0)
-    telephone_probability: float = 0.3
+    telephone_probability: float = 0.6
     gain_db: tuple[float, float] = (-20.0, 20.0)
 
     def __post_init__(self) -> None:
