@@ -103,6 +103,15 @@ class Corpus:
         return self.table[self.table["split"] == split]
 
 
+def derivation(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The ``noisy`` or ``condition`` block of a corpus made from another one, else None."""
+    for key in ("noisy", "condition"):
+        block = manifest.get(key)
+        if isinstance(block, Mapping) and block.get("base_corpus"):
+            return block
+    return None
+
+
 def empty_row() -> dict[str, Any]:
     """A row with every column present and missing values where nothing is known."""
     row: dict[str, Any] = {c: np.nan for c in COLUMNS}

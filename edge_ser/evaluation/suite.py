@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
+from edge_ser.data.table import derivation
 from edge_ser.evaluation.predict import PREDICTION_SOURCES, find_fold_runs, predict_corpus, predict_folds
 from edge_ser.evaluation.report import (
     REPORT_MD, TestSetReport, compare_reports, evaluate_predictions, summary_metrics, write_report,
@@ -88,15 +89,6 @@ def test_set_name(corpus_dir: str | os.PathLike, manifest: Mapping[str, Any]) ->
     if isinstance(condition, Mapping) and condition.get("name"):
         return str(condition["name"])
     return Path(corpus_dir).resolve().name
-
-
-def _derivation(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The ``noisy`` or ``condition`` block of a corpus made from another one, else None."""
-    for key in ("noisy", "condition"):
-        block = manifest.get(key)
-        if isinstance(block, Mapping) and block.get("base_corpus"):
-            return block
-    return None
 
 
 def _unique_names(dirs: Sequence[Path], manifests: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -164,7 +156,7 @@ def _run_evaluation(
         name = name + name_suffix
         noisy = corpus.manifest.get("noisy") if isinstance(corpus.manifest.get("noisy"), Mapping) else None
         condition = corpus.manifest.get("condition") if isinstance(corpus.manifest.get("condition"), Mapping) else None
-        derived = _derivation(corpus.manifest)
+        derived = derivation(corpus.manifest)
         base_corpus = str(derived.get("base_corpus")) if derived else corpus.name
         base_sha = derived.get("base_table_sha256") if derived else corpus.manifest.get("table_sha256")
         cross = features.corpus is not None and base_corpus != features.corpus

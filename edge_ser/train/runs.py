@@ -333,14 +333,13 @@ class RunInfo:
         table = corpus.table
         if self.fold is None:
             return table
-        names = {corpus.name}
-        for key in ("noisy", "condition"):
-            block = corpus.manifest.get(key)
-            if isinstance(block, Mapping) and block.get("base_corpus"):
-                names.add(str(block["base_corpus"]))
+        from edge_ser.data.splits import fold_assignment
+        from edge_ser.data.table import derivation
+
+        derived = derivation(corpus.manifest)
+        names = {corpus.name} | ({str(derived["base_corpus"])} if derived else set())
         if self.corpus is None or self.corpus not in names:
             return table  # another corpus: never trained on, its own splits stand
-        from edge_ser.data.splits import fold_assignment
 
         folds = table["fold"].astype(int) if "fold" in table.columns else None
         if folds is None or (folds < 0).all():
