@@ -84,8 +84,11 @@ def test_window_corpus_holds_the_runtime_windows_and_seeded_random_ones(window_c
         make_window_corpus(corpus_dir=window_corpus / "syn", out=window_corpus / "bad", window_s=0.0, progress=False)
 
 
-def _window_cache(tmp_path, n_parents: int = 40):
-    """A feature cache of a made-up window corpus: each utterance has 1-2 device and 0-2 random windows."""
+def _window_cache(tmp_path, n_parents: int = 40, folder: str = "feats", prefix: str = ""):
+    """A feature cache of a made-up window corpus: each utterance has 1-2 device and 0-2 random windows.
+
+    ``prefix``: put before every utt_id (an augmented copy of the same utterances).
+    """
     table, frames = synthetic_table_and_frames(n_parents, seed=2)
     rows, crop_frames = [], []
     rng = np.random.default_rng(0)
@@ -94,16 +97,16 @@ def _window_cache(tmp_path, n_parents: int = 40):
         for j in range(n_device + n_random):
             role = "device" if j < n_device else "random"
             new = row.to_dict()
-            new["utt_id"] = f"{row['utt_id']}@{j}"
-            new["extras"] = json.dumps({"window": {"parent": row["utt_id"], "start": j, "end": j + 1, "role": role,
+            new["utt_id"] = f"{prefix}{row['utt_id']}@{j}"
+            new["extras"] = json.dumps({"window": {"parent": prefix + row["utt_id"], "start": j, "end": j + 1, "role": role,
                                                    "weight": 1.0 / n_device if role == "device" else 0.0}})
             rows.append(new)
             crop_frames.append(frames[i] + 0.01 * j)
     import pandas as pd
 
     crops = pd.DataFrame(rows)
-    _write_cache(tmp_path / "feats", crops, crop_frames)
-    return tmp_path / "feats", crops
+    _write_cache(tmp_path / folder, crops, crop_frames)
+    return tmp_path / folder, crops
 
 
 def test_windowed_source_draws_one_window_per_utterance_and_keeps_random_ones_out_of_evaluation(tmp_path):
@@ -131,6 +134,38 @@ def test_windowed_source_draws_one_window_per_utterance_and_keeps_random_ones_ou
     assert set(np.asarray(resplit.splits)[outside & (source.roles == "random")]) <= {WINDOW_EXCLUDED}
     with pytest.raises(ManifestError, match="window corpus"):
         WindowedFeatureSource(CacheFeatureSource(_plain_cache(tmp_path), layer=3))
+
+
+def test_windowed_source_with_augmented_window_copies_trains_on_copies_of_train_utterances_only(tmp_path):
+    from edge_ser.train.dataset import (
+        AUGMENT_EXCLUDED, WINDOW_EXCLUDED, fold_splits, open_training_source, with_splits,
+    )
+
+    cache, _ = _window_cache(tmp_path)
+    copy, _ = _window_cache(tmp_path, folder="copy", prefix="aug:")
+    plain = open_training_source(cache, layer=3, windows=True)
+    source = open_training_source(cache, layer=3, windows=True, augment=[copy])
+    n = len(plain)
+    assert len(source) == 2 * n and source.info["windows"] is True and len(source.info["augmented_copies"]) == 1
+    for resplit in (source, with_splits(source, fold_splits(np.asarray(source.folds), fold=1))):
+        splits = np.asarray(resplit.splits)
+        base_splits, copy_splits = splits[:n], splits[n:]
+        # copies train where their original trains, and never reach validation or test
+        assert set(copy_splits) <= {"train", AUGMENT_EXCLUDED}
+        assert np.array_equal(copy_splits == "train", base_splits == "train")
+        assert set(base_splits[source.roles[:n] == "random"]) <= {"train", WINDOW_EXCLUDED}
+        evaluated = np.isin(splits, ["valid", "test"])
+        assert evaluated[:n].any() and not evaluated[n:].any()
+        assert set(source.roles[evaluated]) == {"device"}
+        train = np.flatnonzero(splits == "train")
+        drawn = source.epoch_rows(train, seed=0, epoch=3)
+        # one window per utterance and epoch, an original and its copy each drawn once
+        originals, copies = drawn[drawn < n], drawn[drawn >= n]
+        assert len(originals) == len(set(source.parents[train[train < n]]))
+        assert len(copies) == len(set(source.parents[train[train >= n]])) == len(originals)
+        assert all(p.startswith("aug:") for p in source.parents[copies])
+    # frames come from the right cache
+    assert np.array_equal(source.frames(n), open_training_source(copy, layer=3, windows=True).frames(0))
 
 
 def _plain_cache(tmp_path):

@@ -63,12 +63,13 @@ def chosen_layer_from_saliency(path: Path) -> int:
               help="Output classes: paper = the 9 categories with soft grader-vote targets (SPEC.md); corpus = the "
                    "corpus's own labels (source_label column, e.g. RAVDESS's 8 emotions incl. calm), one-hot.")
 @click.option("--augment", "augment", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Feature cache of an augmented copy of the same corpus (edge-ser data noisy / conditions, then "
-                   "features extract); used for training only: a copy's utterance trains only where its original "
+              help="Feature cache of an augmented copy of the same corpus (edge-ser data augment / noisy / conditions, "
+                   "then features extract; with --windows, data windows in between); used for training only: a copy's utterance trains only where its original "
                    "is in the train split. Repeat for several copies.")
 @click.option("--windows", is_flag=True,
               help="--features is the cache of a window corpus (edge-ser data windows): train on one device-length "
-                   "window per utterance and epoch; validate and test on the windows the runtime runs.")
+                   "window per utterance and epoch; validate and test on the windows the runtime runs. --augment "
+                   "copies must then be window corpora too.")
 @click.option("--balance/--no-balance", default=False, show_default=True,
               help="Class-balanced sampling of training rows (each class drawn about equally often per epoch).")
 @click.option("--feature-mask", type=FiniteFloatRange(min=0, max=0.5), default=None,

@@ -371,19 +371,26 @@ class WindowedFeatureSource(_TargetsMixin):
     average the device windows with :attr:`weights`, as ``EmotionModel.predict`` does.
     """
 
-    def __init__(self, base: "CacheFeatureSource") -> None:
+    def __init__(self, base: "CacheFeatureSource", copies: Sequence["CacheFeatureSource"] = ()) -> None:
         from edge_ser.data.windows import window_rows_of
 
-        self._base = base
-        try:
-            self._parents, self._roles, self._weights = window_rows_of(base.table["extras"])
-        except ValueError as exc:
-            raise ManifestError(f"feature cache {base.cache_dir}: {exc}") from None
+        parts = [base, *copies]
+        columns = []
+        for part in parts:
+            try:
+                columns.append(window_rows_of(part.table["extras"]))
+            except ValueError as exc:
+                raise ManifestError(f"feature cache {part.cache_dir}: {exc}") from None
+        self._parents, self._roles, self._weights = (np.concatenate([c[k] for c in columns]) for k in range(3))
+        # an augmented copy's windows group by (copy, parent): one window per copied utterance and epoch
+        self._groups = np.asarray([f"{i}/{p}" for i, c in enumerate(columns) for p in c[0]], dtype=object)
+        self._inner: FeatureSource = AugmentedFeatureSource(base, copies) if copies else base
+        inner = self._inner
         self._vocabulary = base.vocabulary
-        self._utt_ids, self._soft, self._dims, self._labels = base.utt_ids, base.soft_targets, base.dimensions, base.labels
-        self._speakers, self._genders, self._folds = base.speakers, base.genders, base.folds
-        self._splits = self.restrict_splits(base.splits)
-        self._info = {**base.info, "windows": True, "window_corpus": base.corpus_manifest.get("name")}
+        self._utt_ids, self._soft, self._dims, self._labels = inner.utt_ids, inner.soft_targets, inner.dimensions, inner.labels
+        self._speakers, self._genders, self._folds = inner.speakers, inner.genders, inner.folds
+        self._splits = self.restrict_splits(inner.splits)
+        self._info = {**inner.info, "windows": True, "window_corpus": base.corpus_manifest.get("name")}
         self._check_arrays()
 
     @property
@@ -402,9 +409,12 @@ class WindowedFeatureSource(_TargetsMixin):
         return self._weights
 
     def restrict_splits(self, splits: np.ndarray) -> np.ndarray:
-        """``splits`` with every random-position window outside ``train`` set to :data:`WINDOW_EXCLUDED`."""
+        """``splits`` with every random-position window outside ``train`` set to :data:`WINDOW_EXCLUDED`
+        (and, with augmented copies, every copied window outside ``train`` to :data:`AUGMENT_EXCLUDED`)."""
         out = np.asarray(splits, dtype=object).copy()
-        out[(self._roles != "device") & (out != "train")] = WINDOW_EXCLUDED
+        if isinstance(self._inner, AugmentedFeatureSource):
+            out = self._inner.restrict_copies(out)
+        out[(self._roles != "device") & ~np.isin(out, ["train", AUGMENT_EXCLUDED])] = WINDOW_EXCLUDED
         return out
 
     def epoch_rows(self, rows: np.ndarray, *, seed: int, epoch: int) -> np.ndarray:
@@ -412,7 +422,7 @@ class WindowedFeatureSource(_TargetsMixin):
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return rows
-        _, group = np.unique(self._parents[rows], return_inverse=True)
+        _, group = np.unique(self._groups[rows], return_inverse=True)
         rng = np.random.default_rng([int(seed), int(epoch), 4])
         keys = rng.random(len(rows))
         order = np.lexsort((keys, group))  # within each utterance, windows in random order
@@ -422,14 +432,14 @@ class WindowedFeatureSource(_TargetsMixin):
 
     @property
     def input_dim(self) -> int:
-        return self._base.input_dim
+        return self._inner.input_dim
 
     @property
     def info(self) -> dict[str, Any]:
         return dict(self._info)
 
     def frames(self, index: int) -> np.ndarray:
-        return self._base.frames(index)
+        return self._inner.frames(index)
 
 
 class _ResplitSource:
@@ -654,15 +664,13 @@ def frame_counts(source: FeatureSource) -> np.ndarray:
 def open_training_source(cache_dir: str | os.PathLike, *, layer: int, labels: str = "paper",
                          augment: Sequence[str | os.PathLike] = (), windows: bool = False) -> FeatureSource:
     """The training source of `edge-ser train`: one feature cache, plus augmented copies (train split
-    only); with ``windows`` the cache is of a window corpus (:class:`WindowedFeatureSource`)."""
+    only); with ``windows`` the cache is of a window corpus (:class:`WindowedFeatureSource`), and so
+    must each copy be (``edge-ser data windows`` run on the augmented corpus)."""
     base = CacheFeatureSource(cache_dir, layer=layer, labels=labels)
-    if windows:
-        if augment:
-            raise ValueError("--windows with --augment is not supported yet: window the augmented copy too and "
-                             "train on one cache, or train without --augment.")
-        return WindowedFeatureSource(base)
-    if not augment:
-        return base
     copies = [CacheFeatureSource(path, layer=layer, labels=labels, vocabulary=base.vocabulary if labels == "corpus" else None)
               for path in augment]
+    if windows:
+        return WindowedFeatureSource(base, copies)
+    if not augment:
+        return base
     return AugmentedFeatureSource(base, copies)
