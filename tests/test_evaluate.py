@@ -227,6 +227,31 @@ def test_a_fold_run_alone_is_scored_on_its_own_held_out_fold(pipeline, fold):
     assert zero["utt_id"].tolist() == table.loc[table["split"] == "test", "utt_id"].tolist()
 
 
+def test_a_window_trained_fold_run_is_scored_on_its_own_fold_of_the_corpus_it_was_cut_from(pipeline, tmp_path):
+    """A run trained on a window corpus (edge-ser data windows) shares speakers and folds with the
+    corpus the windows were cut from: scoring it there is not cross-corpus and uses its own fold."""
+    from edge_ser.data.windows import make_window_corpus
+
+    make_window_corpus(corpus_dir=pipeline / "corpus", out=tmp_path / "win", window_s=1.0, random_crops=1,
+                       progress=False)
+    extract_features(corpus_dir=tmp_path / "win", model="tiny-whisper", out=tmp_path / "wfeats", layers=[LAYER],
+                     random_init=True, show_progress=False)
+    train_folds(cache_dir=tmp_path / "wfeats", layer=LAYER, out=tmp_path / "wfolds", folds=[1], config=TINY,
+                progress=False, windows=True)
+    run_dir = tmp_path / "wfolds" / "fold1_seed0"
+    info = read_run_info(run_dir)
+    assert info.home_corpora == {"synthetic", load_corpus(tmp_path / "win").name}
+    table = load_corpus(pipeline / "corpus").table
+    held_out = table.loc[table["fold"] == 1, "utt_id"].tolist()
+    for corpus in ("corpus", "noisy5"):
+        got = predict_corpus(run_dir=run_dir, corpus_dir=pipeline / corpus, split="test", progress=False)
+        assert got["utt_id"].tolist() == held_out, corpus
+    out = evaluate_run(run_dir=run_dir, test_dirs=[pipeline / "corpus"], out=tmp_path / "eval", bootstrap=0,
+                       progress=False)
+    entry = json.loads((out / "test_sets.json").read_text())["test_sets"]["corpus"]
+    assert entry["cross_corpus"] is False and entry["n_utterances"] == len(held_out)
+
+
 def test_a_fold_run_on_a_corpus_without_its_folds_is_refused(pipeline, tmp_path):
     table = load_corpus(pipeline / "corpus").table.drop(columns=["fold"])
     save_corpus(table, tmp_path / "nofold", corpus="synthetic", audio_root=load_corpus(pipeline / "corpus").audio_root,

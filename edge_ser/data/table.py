@@ -103,9 +103,14 @@ class Corpus:
         return self.table[self.table["split"] == split]
 
 
+DERIVED_BLOCKS: tuple[str, ...] = ("noisy", "condition", "augment", "windows")
+"""Manifest blocks of a corpus made from another one's utterances (same speakers, folds, labels)."""
+
+
 def derivation(manifest: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The ``noisy`` or ``condition`` block of a corpus made from another one, else None."""
-    for key in ("noisy", "condition"):
+    """The ``noisy``, ``condition``, ``augment`` or ``windows`` block of a corpus made from another
+    one (its ``base_corpus``), else None."""
+    for key in DERIVED_BLOCKS:
         block = manifest.get(key)
         if isinstance(block, Mapping) and block.get("base_corpus"):
             return block

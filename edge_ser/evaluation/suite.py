@@ -158,8 +158,10 @@ def _run_evaluation(
         condition = corpus.manifest.get("condition") if isinstance(corpus.manifest.get("condition"), Mapping) else None
         derived = derivation(corpus.manifest)
         base_corpus = str(derived.get("base_corpus")) if derived else corpus.name
-        base_sha = derived.get("base_table_sha256") if derived else corpus.manifest.get("table_sha256")
-        cross = features.corpus is not None and base_corpus != features.corpus
+        # noisy and condition copies pair with their clean corpus in the robustness table; a window or
+        # augmented copy is a corpus of its own there
+        base_sha = derived.get("base_table_sha256") if (noisy or condition) else corpus.manifest.get("table_sha256")
+        cross = features.corpus is not None and not ({corpus.name, base_corpus} & features.home_corpora)
         rows = split
         notes: list[str] = []
         if split is not None and not (corpus.table["split"] == split).any():

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 
 from edge_ser.errors import CorpusError, ManifestError
+from edge_ser.io import read_json
 from edge_ser.labels import CATEGORY_INDEX, DIMENSIONS, LABEL_VOCABULARIES, PAPER_VOCABULARY, Vocabulary
 from edge_ser.progress import progress_bar
 
@@ -247,6 +248,7 @@ class CacheFeatureSource(_TargetsMixin):
             "manifest_sha256": sha256_file(manifest_path) if manifest_path.is_file() else None,
             "frame_rate": manifest.get("frame_rate"),
             "corpus": (manifest.get("corpus") or {}).get("name") if isinstance(manifest.get("corpus"), dict) else None,
+            "corpus_base": corpus_base_of(manifest),
             "label_vocabulary": self._vocabulary.to_dict(),
         }
 
@@ -271,6 +273,24 @@ class CacheFeatureSource(_TargetsMixin):
         """The ``corpus`` block of the cache manifest ({} when absent)."""
         corpus = self._cache.manifest.get("corpus")
         return corpus if isinstance(corpus, dict) else {}
+
+
+def corpus_base_of(cache_manifest: Mapping[str, Any]) -> str | None:
+    """Name of the corpus that a cache's corpus was made from (a window, augmented, noisy or
+    condition copy: ``base_corpus`` in its manifest), read from the corpus folder the cache records;
+    None for an original corpus or when that folder is gone."""
+    from edge_ser.data.table import derivation
+
+    corpus = cache_manifest.get("corpus")
+    folder = corpus.get("dir") if isinstance(corpus, Mapping) else None
+    path = Path(str(folder)) / "manifest.json" if folder else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        derived = derivation(read_json(path))
+    except (OSError, ValueError):
+        return None
+    return str(derived["base_corpus"]) if derived else None
 
 
 def corpus_targets(source_labels: Sequence[Any], vocabulary: Vocabulary | None = None,

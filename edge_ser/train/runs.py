@@ -214,6 +214,27 @@ class RunInfo:
         """The trained head with its best weights, in eval mode."""
         return load_run(self.run_dir)[0]
 
+    @functools.cached_property
+    def home_corpora(self) -> frozenset[str]:
+        """The corpus the run trained on and, when that was a copy (a window corpus, say), the corpus
+        it was made from: utterances of either share speakers and folds with the training rows.
+
+        The base comes from run.json (``features.corpus_base``, recorded at training) or, for runs
+        that predate it, from the training corpus's manifest when its folder still exists.
+        """
+        if self.corpus is None:
+            return frozenset()
+        features = self.info.get("features") or {}
+        base = features.get("corpus_base")
+        if base is None and "corpus_base" not in features:
+            try:
+                from edge_ser.train.dataset import corpus_base_of
+
+                base = corpus_base_of(self.feature_manifest()[1])
+            except ManifestError:
+                base = None
+        return frozenset({self.corpus} | ({str(base)} if base else set()))
+
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": os.fspath(self.run_dir), "feature_model": self.feature_model, "layer": self.layer,
                 "feature_dir": self.feature_dir, "manifest_sha256": self.feature_manifest_sha256,
@@ -324,8 +345,8 @@ class RunInfo:
     def splits_as_trained(self, corpus: Any) -> Any:
         """``corpus.table`` with the ``split`` column this run trained with.
 
-        A k-fold run held out its own fold: on its training corpus, or a noisy / condition copy of
-        it (``base_corpus`` in the copy's manifest), the test rows are fold ``f`` and the validation
+        A k-fold run held out its own fold: on its training corpus, or a noisy / condition / window
+        copy of it (``base_corpus`` in the copy's manifest; :attr:`home_corpora`), the test rows are fold ``f`` and the validation
         rows fold ``f + 1`` (:func:`edge_ser.data.splits.fold_assignment`), whatever the table's own
         ``split`` column says (``data prepare`` writes fold 0's assignment there). Scoring a fold-3
         run on that column would score speakers it trained on. Any other run or corpus: unchanged.
@@ -338,7 +359,7 @@ class RunInfo:
 
         derived = derivation(corpus.manifest)
         names = {corpus.name} | ({str(derived["base_corpus"])} if derived else set())
-        if self.corpus is None or self.corpus not in names:
+        if not names & self.home_corpora:
             return table  # another corpus: never trained on, its own splits stand
 
         folds = table["fold"].astype(int) if "fold" in table.columns else None
