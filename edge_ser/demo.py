@@ -55,6 +55,10 @@ class DemoConfig:
     """Train every model on the corpus plus one augmented copy of its training rows (babble/white
     noise, telephone band, gain -20..+20 dB; :mod:`edge_ser.data.augment`). On RAVDESS (6 folds,
     docs/accuracy.md) this is what kept the telephone band and 5 dB babble from costing 30+ points."""
+    windows: bool = True
+    """Train every model on the windows the artifact runs (``edge-ser data windows``: the device
+    windows of each clip plus 2 at random positions, each through the foundation model on its own)
+    instead of whole clips, and validate on the device windows (``edge-ser train --windows``)."""
 
     @property
     def corpus_kind(self) -> str:
@@ -263,6 +267,34 @@ class _Demo:
                                  out=self.p("features", "mfbf0-augmented"))
         return {"fm": str(fm.root), "mfbf0": str(mfbf0.root)}
 
+    def _window_caches(self, augmented: dict[str, str]) -> dict[str, str]:
+        """Window corpora of the corpus and of its augmented copy (``edge-ser data windows`` at the
+        artifact's window) and their feature caches, for the same layers and MFBF0 as the whole-clip
+        ones. A finished window corpus is kept; extraction resumes."""
+        from edge_ser.data.table import load_corpus
+        from edge_ser.data.windows import make_window_corpus
+        from edge_ser.features.extract import extract_features
+
+        info, sal = self.outputs("corpus"), self.outputs("saliency")
+        model = info["model"]
+        layers = sorted({sal["chosen_layer"], sal["n_layers"]})
+        sources = {"": info["corpus_dir"]}
+        if augmented:
+            sources["-augmented"] = self.outputs("noisy")["augmented"]["dir"]
+        caches = {}
+        for suffix, corpus_dir in sources.items():
+            out = self.p("windows", f"corpus{suffix}")
+            if (out / "manifest.json").is_file():
+                load_corpus(out)  # a finished one from an earlier attempt: checked, kept
+            else:
+                make_window_corpus(corpus_dir=corpus_dir, out=out, window_s=self.c.window_s, seed=self.c.seed,
+                                   overwrite=True)
+            fm = extract_features(corpus_dir=out, model=model, out=self.p("features", f"fm-windows{suffix}"),
+                                  layers=layers, random_init=model.startswith("tiny-"), seed=self.c.seed)
+            mfbf0 = extract_features(corpus_dir=out, model="mfbf0", out=self.p("features", f"mfbf0-windows{suffix}"))
+            caches[f"fm{suffix}"], caches[f"mfbf0{suffix}"] = str(fm.root), str(mfbf0.root)
+        return caches
+
     def step_train(self) -> dict[str, Any]:
         from edge_ser.train.dataset import open_training_source
         from edge_ser.train.trainer import TrainConfig, train_folds, train_run
@@ -270,25 +302,31 @@ class _Demo:
         config = TrainConfig(seed=self.c.seed, max_epochs=8 if self.c.quick else 50)
         kfold = self.outputs("corpus")["kfold"]
         augmented = self._augmented_caches()
+        windowed = self._window_caches(augmented) if self.c.windows else {}
         runs = {}
         for name, (cache_dir, layer) in self._train_configs().items():
             out = self.p("runs", name)
-            augment = [augmented["mfbf0" if name == "mfbf0" else "fm"]] if augmented else []
+            kind = "mfbf0" if name == "mfbf0" else "fm"
+            augment = [augmented[kind]] if augmented else []
+            if windowed:  # the same runs on the windows of the corpus and of its augmented copy
+                cache_dir = windowed[kind]
+                augment = [windowed[f"{kind}-augmented"]] if augmented else []
             if kfold:
                 # One single-thread process per fold at a time, one per core: two one-thread runs
                 # train about twice as fast as one two-thread run (see train_folds).
                 workers = max(1, min(os.cpu_count() or 1, 6))
                 summary = train_folds(cache_dir=cache_dir, layer=layer, out=out, config=config, resume=True,
-                                      workers=workers, augment=augment)
+                                      workers=workers, augment=augment, windows=bool(windowed))
                 runs[name] = {"dir": str(out), "kfold": True, "summary": summary.to_dict(),
-                              "convert_run": str(out / f"fold0_seed{self.c.seed}"), "augment": augment}
+                              "convert_run": str(out / f"fold0_seed{self.c.seed}"), "augment": augment,
+                              "windows": bool(windowed)}
             else:
-                source = open_training_source(cache_dir, layer=layer, augment=augment)
+                source = open_training_source(cache_dir, layer=layer, augment=augment, windows=bool(windowed))
                 result = train_run(source=source, out=out, config=config,
                                    resume=(out / "trainer_state.json").is_file())
                 runs[name] = {"dir": str(out), "kfold": False, "result": result.to_dict(), "convert_run": str(out),
-                              "augment": augment}
-        return {"runs": runs, "main": next(iter(runs)), "augmented_caches": augmented}
+                              "augment": augment, "windows": bool(windowed)}
+        return {"runs": runs, "main": next(iter(runs)), "augmented_caches": augmented, "window_caches": windowed}
 
     def step_evaluate(self) -> dict[str, Any]:
         from edge_ser.evaluation.suite import compare_runs, evaluate_folds, evaluate_run

@@ -189,6 +189,14 @@ def _recipe_section(train: Mapping[str, Any]) -> list[str]:
         lines.append(f"- Augmented training copies (train split only): {len(copies)} (`edge-ser data augment`: a "
                      "seeded chain per utterance of babble or white noise at 0-20 dB SNR, telephone band, gain "
                      "-20..+20 dB with clipping), passed to `edge-ser train --augment`.")
+    features = run.get("features") or {}
+    if features.get("windows"):
+        lines.append(f"- Trained on the windows the artifact runs (window corpus `{features.get('window_corpus')}`: "
+                     "each clip's device windows plus random positions, each through the foundation model on its "
+                     "own; `edge-ser data windows`, `edge-ser train --windows`); validated on the device windows.")
+    else:
+        lines.append("- Trained on whole clips; the artifact runs fixed windows (see the headline for what that "
+                     "costs).")
     return lines + [""]
 
 

@@ -58,10 +58,17 @@ def test_demo_runs_and_resumes_from_records(quick_demo):
     corpus = json.loads((out / "corpus" / "manifest.json").read_text())
     assert 0 < augmented["utterances"] < corpus["counts"]["utterances"]
     for name, run in runs.items():
-        assert len(run["augment"]) == 1 and ("mfbf0-augmented" if name == "mfbf0" else "fm-augmented") in run["augment"][0]
+        kind = "mfbf0" if name == "mfbf0" else "fm"
+        assert len(run["augment"]) == 1 and run["augment"][0].endswith(f"{kind}-windows-augmented")
         run_json = json.loads((out / "runs" / run["dir"].split("/runs/")[-1] / "run.json").read_text())
         assert run_json["features"]["augmented_copies"] == run["augment"]
-        assert run_json["features"]["augmented_utterances"] == augmented["utterances"]
+        # every window of every copied utterance (its original's fold decides whether it trains)
+        copied = json.loads((out / "windows" / "corpus-augmented" / "manifest.json").read_text())
+        assert copied["windows"]["utterances"] == augmented["utterances"]
+        assert run_json["features"]["augmented_utterances"] == copied["counts"]["utterances"]
+        # and, by default, on the windows the artifact runs, of the corpus and of the augmented copy
+        assert run["windows"] is True and run_json["features"]["windows"] is True
+        assert run_json["features"]["feature_dir"].endswith(f"{kind}-windows")
 
 
 def _refusing_onnx_int8(real_convert_run):
@@ -110,6 +117,7 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
             "neutral, happy, sad, angry, surprise, fear, disgust, contempt, other.") in card
     assert "`--loss ccc12`" in card and "`--no-balance`" in card
     assert "- Augmented training copies (train split only): 1 (`edge-ser data augment`" in card
+    assert "- Trained on the windows the artifact runs (window corpus `synthetic-windows3s`" in card
     # The headline is the device number: the passing artifact on the test windows, from verify.json.
     onnx_fp32 = json.loads((out / "verify.json").read_text())["onnx-fp32"][0]["task"]
     assert card.index("## Headline: accuracy on the device") < card.index("## Accuracy")

@@ -38,12 +38,15 @@ def register(root: click.Group) -> None:
 @click.option("--augment/--no-augment", default=True, show_default=True,
               help="Train on the corpus plus one augmented copy of its training rows (noise, telephone band, gain); "
                    "--no-augment trains on the corpus alone.")
+@click.option("--windows/--whole-clips", default=True, show_default=True,
+              help="Train on the windows the artifact runs (device windows plus 2 random positions per clip, each "
+                   "through the foundation model on its own; edge-ser data windows) or on whole clips.")
 @click.option("--artifacts", default=None,
               help="Comma-separated target:precision pairs to convert (default: "
                    "onnx:fp32,onnx:int8,executorch:int8,coreml:palette4).")
 @progress_option
 def demo(ctx: click.Context, out: Path, data_root: Path | None, model: str | None, resume: bool, quick: bool,
-         augment: bool, artifacts: str | None, progress: bool) -> None:
+         augment: bool, windows: bool, artifacts: str | None, progress: bool) -> None:
     """Run data -> features -> saliency -> training -> evaluation -> conversion -> parity -> benchmark -> model card.
 
     A failed step stops with its error and keeps the outputs of the earlier steps;
@@ -64,7 +67,7 @@ def demo(ctx: click.Context, out: Path, data_root: Path | None, model: str | Non
             raise click.BadParameter(f"{artifacts!r}: {exc} Expected e.g. onnx:fp32,executorch:int8.",
                                      param_hint="--artifacts") from None
     result = run_demo(DemoConfig(out=out, data_root=data_root, model=model, quick=quick, artifacts=pairs,
-                                 augment=augment),
+                                 augment=augment, windows=windows),
                       fresh=not resume)
     click.echo(result.to_text())
     if result.refused:
