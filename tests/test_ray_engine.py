@@ -278,19 +278,30 @@ def _kill_first_computing_worker(found: list[int], stop: threading.Event) -> Non
 
 
 def test_killed_worker_loses_only_its_shard(ray_cluster, corpus_dir, reference, tmp_path):
-    found: list[int] = []
-    stop = threading.Event()
-    killer = threading.Thread(target=_kill_first_computing_worker, args=(found, stop), daemon=True)
-    killer.start()
-    try:
-        cache = extract_features_ray(corpus_dir=corpus_dir, out=tmp_path / "f", workers=2, **SETTINGS)
-    finally:
-        stop.set()
-        killer.join(timeout=10)
-    assert len(found) == 1, "no Ray worker was seen computing a shard, so none was killed"
-    engine = _same_cache(cache.root, reference)  # no utterance lost, nothing different
-    # One worker died; one shard was submitted twice, every other once.
-    assert (engine["worker_deaths"], engine["shards_retried"], engine["shard_attempts"]) == (1, 1, N_SHARDS + 1)
+    # The killer finds a worker by its process title, which Ray may keep for a moment after the
+    # task returned; on a loaded machine the kill can then land after the shard was delivered and
+    # nothing is lost or retried. Such an attempt still has to produce the same cache, but says
+    # nothing about retries, so the scenario is run again (at most 3 times) until a kill lands
+    # inside a shard.
+    outcomes = []
+    for attempt in range(3):
+        found: list[int] = []
+        stop = threading.Event()
+        killer = threading.Thread(target=_kill_first_computing_worker, args=(found, stop), daemon=True)
+        killer.start()
+        try:
+            cache = extract_features_ray(corpus_dir=corpus_dir, out=tmp_path / f"f{attempt}", workers=2, **SETTINGS)
+        finally:
+            stop.set()
+            killer.join(timeout=10)
+        assert len(found) == 1, "no Ray worker was seen computing a shard, so none was killed"
+        engine = _same_cache(cache.root, reference)  # no utterance lost, nothing different
+        outcomes.append((engine["worker_deaths"], engine["shards_retried"], engine["shard_attempts"]))
+        if engine["worker_deaths"]:
+            break
+        assert outcomes[-1] == (0, 0, N_SHARDS), outcomes  # killed after its shard: nothing to retry
+    # One worker died inside a shard; that shard was submitted twice, every other once.
+    assert outcomes[-1] == (1, 1, N_SHARDS + 1), outcomes
 
 
 def test_shard_rewritten_after_it_was_recorded_is_found_and_recomputed(ray_cluster, corpus_dir, reference, tmp_path):
