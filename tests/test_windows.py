@@ -166,6 +166,11 @@ def test_windowed_source_with_augmented_window_copies_trains_on_copies_of_train_
         assert all(p.startswith("aug:") for p in source.parents[copies])
     # frames come from the right cache
     assert np.array_equal(source.frames(n), open_training_source(copy, layer=3, windows=True).frames(0))
+    # a whole-clip copy next to window features is refused, saying how to window it
+    from edge_ser.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="every --augment copy must be windowed too"):
+        open_training_source(cache, layer=3, windows=True, augment=[_plain_cache(tmp_path)])
 
 
 def _plain_cache(tmp_path):

@@ -396,11 +396,13 @@ class WindowedFeatureSource(_TargetsMixin):
 
         parts = [base, *copies]
         columns = []
-        for part in parts:
+        for i, part in enumerate(parts):
             try:
                 columns.append(window_rows_of(part.table["extras"]))
             except ValueError as exc:
-                raise ManifestError(f"feature cache {part.cache_dir}: {exc}") from None
+                hint = ("" if i == 0 else " With --windows every --augment copy must be windowed too: run `edge-ser "
+                        "data windows` on the augmented corpus and extract the features of that window corpus.")
+                raise ManifestError(f"feature cache {part.cache_dir}: {exc}{hint}") from None
         self._parents, self._roles, self._weights = (np.concatenate([c[k] for c in columns]) for k in range(3))
         # an augmented copy's windows group by (copy, parent): one window per copied utterance and epoch
         self._groups = np.asarray([f"{i}/{p}" for i, c in enumerate(columns) for p in c[0]], dtype=object)
