@@ -267,10 +267,11 @@ class _Demo:
                                  out=self.p("features", "mfbf0-augmented"))
         return {"fm": str(fm.root), "mfbf0": str(mfbf0.root)}
 
-    def _window_caches(self, augmented: dict[str, str]) -> dict[str, str]:
+    def _window_caches(self) -> dict[str, str]:
         """Window corpora of the corpus and of its augmented copy (``edge-ser data windows`` at the
         artifact's window) and their feature caches, for the same layers and MFBF0 as the whole-clip
-        ones. A finished window corpus is kept; extraction resumes."""
+        ones: keys ``fm`` and ``mfbf0``, and with a copy ``fm-augmented`` and ``mfbf0-augmented``.
+        A finished window corpus is kept; extraction resumes."""
         from edge_ser.data.table import load_corpus
         from edge_ser.data.windows import make_window_corpus
         from edge_ser.features.extract import extract_features
@@ -279,8 +280,9 @@ class _Demo:
         model = info["model"]
         layers = sorted({sal["chosen_layer"], sal["n_layers"]})
         sources = {"": info["corpus_dir"]}
+        augmented = self.outputs("noisy").get("augmented")
         if augmented:
-            sources["-augmented"] = self.outputs("noisy")["augmented"]["dir"]
+            sources["-augmented"] = augmented["dir"]
         caches = {}
         for suffix, corpus_dir in sources.items():
             out = self.p("windows", f"corpus{suffix}")
@@ -301,16 +303,19 @@ class _Demo:
 
         config = TrainConfig(seed=self.c.seed, max_epochs=8 if self.c.quick else 50)
         kfold = self.outputs("corpus")["kfold"]
-        augmented = self._augmented_caches()
-        windowed = self._window_caches(augmented) if self.c.windows else {}
+        # Window mode trains the same runs on the windows of the corpus and of its augmented copy;
+        # the copy's whole-clip features are then not needed.
+        windowed = self._window_caches() if self.c.windows else {}
+        augmented = {} if self.c.windows else self._augmented_caches()
         runs = {}
         for name, (cache_dir, layer) in self._train_configs().items():
             out = self.p("runs", name)
             kind = "mfbf0" if name == "mfbf0" else "fm"
-            augment = [augmented[kind]] if augmented else []
-            if windowed:  # the same runs on the windows of the corpus and of its augmented copy
-                cache_dir = windowed[kind]
-                augment = [windowed[f"{kind}-augmented"]] if augmented else []
+            if windowed:
+                cache_dir, copy = windowed[kind], windowed.get(f"{kind}-augmented")
+            else:
+                copy = augmented.get(kind)
+            augment = [copy] if copy else []
             if kfold:
                 # One single-thread process per fold at a time, one per core: two one-thread runs
                 # train about twice as fast as one two-thread run (see train_folds).
