@@ -161,7 +161,7 @@ def _run_evaluation(
         # noisy and condition copies pair with their clean corpus in the robustness table; a window or
         # augmented copy is a corpus of its own there
         base_sha = derived.get("base_table_sha256") if (noisy or condition) else corpus.manifest.get("table_sha256")
-        cross = features.corpus is not None and not ({corpus.name, base_corpus} & features.home_corpora)
+        cross = features.corpus is not None and not features.shares_speakers_with(corpus)
         rows = split
         notes: list[str] = []
         if split is not None and not (corpus.table["split"] == split).any():

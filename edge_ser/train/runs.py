@@ -235,6 +235,16 @@ class RunInfo:
                 base = None
         return frozenset({self.corpus} | ({str(base)} if base else set()))
 
+    def shares_speakers_with(self, corpus: Any) -> bool:
+        """True when ``corpus`` (a loaded :class:`~edge_ser.data.table.Corpus`) is one of
+        :attr:`home_corpora` or a copy made from one (``base_corpus`` in its manifest): its rows
+        are the training rows' speakers and folds, so it is not another corpus."""
+        from edge_ser.data.table import derivation
+
+        derived = derivation(corpus.manifest)
+        names = {corpus.name} | ({str(derived["base_corpus"])} if derived else set())
+        return bool(names & self.home_corpora)
+
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": os.fspath(self.run_dir), "feature_model": self.feature_model, "layer": self.layer,
                 "feature_dir": self.feature_dir, "manifest_sha256": self.feature_manifest_sha256,
@@ -345,9 +355,9 @@ class RunInfo:
     def splits_as_trained(self, corpus: Any) -> Any:
         """``corpus.table`` with the ``split`` column this run trained with.
 
-        A k-fold run held out its own fold: on its training corpus, or a noisy / condition / window
-        copy of it (``base_corpus`` in the copy's manifest; :attr:`home_corpora`), the test rows are fold ``f`` and the validation
-        rows fold ``f + 1`` (:func:`edge_ser.data.splits.fold_assignment`), whatever the table's own
+        A k-fold run held out its own fold: on a corpus that :meth:`shares_speakers_with` it (its
+        training corpus, the corpus it was cut from, or a noisy / condition / window copy of
+        either), the test rows are fold ``f`` and the validation rows fold ``f + 1`` (:func:`edge_ser.data.splits.fold_assignment`), whatever the table's own
         ``split`` column says (``data prepare`` writes fold 0's assignment there). Scoring a fold-3
         run on that column would score speakers it trained on. Any other run or corpus: unchanged.
         """
@@ -355,11 +365,8 @@ class RunInfo:
         if self.fold is None:
             return table
         from edge_ser.data.splits import fold_assignment
-        from edge_ser.data.table import derivation
 
-        derived = derivation(corpus.manifest)
-        names = {corpus.name} | ({str(derived["base_corpus"])} if derived else set())
-        if not names & self.home_corpora:
+        if not self.shares_speakers_with(corpus):
             return table  # another corpus: never trained on, its own splits stand
 
         folds = table["fold"].astype(int) if "fold" in table.columns else None
