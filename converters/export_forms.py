@@ -233,7 +233,7 @@ class _ScanGRULayer(nn.Module):
         gates_x = self.inp(x).reshape(-1, 1, 3 * hidden, 1, 1)
         init = torch.zeros(1, hidden, 1, 1, dtype=x.dtype) if h0 is None else h0.reshape(1, hidden, 1, 1)
         if x.shape[1] == 1 and not self.hidden_int8:
-            _, out = self._step(init, gates_x[0])
+            _, out = self._step(init, gates_x.reshape(1, 3 * hidden, 1, 1))  # a view; gates_x[0] is a copy
             return out.reshape(1, 1, hidden)
         _, outputs = scan(self._step, init, gates_x)  # (frames, 1, H)
         return outputs.reshape(1, -1, hidden)
@@ -424,9 +424,11 @@ class TCGRUStreamingHead(nn.Module):
         h1 = h_in + started * (h0 - h_in)  # the first call's step 0 is the zero padding's: discarded
         out_mid, h_out = self.gru(conv[:, 1:m], h1)
         out_new, _ = self.gru(conv[:, m:m + 1], h_out)  # the newest frame, provisional
-        pool_out = pool_in + started * out0[:, 0] + torch.sum(out_mid, dim=1)
+        # reshape, not out0[:, 0]: a select exports as a portable copy, a reshape as a free view.
+        hidden = out0.shape[2]
+        pool_out = pool_in + started * out0.reshape(1, hidden) + torch.sum(out_mid, dim=1)
         count_out = count_in + started + float(m - 1)
-        pooled = (pool_out + out_new[:, 0]) / (count_out + 1.0)
+        pooled = (pool_out + out_new.reshape(1, hidden)) / (count_out + 1.0)
         embedding = torch.relu(self.embedding(pooled))
         ctx_out = _frames(new, m - 2, 2)
         return (self.avd_head(embedding), self.class_head(embedding), embedding, h_out, ctx_out, pool_out,

@@ -127,6 +127,15 @@ class CachedWhisperFM(nn.Module):
         self.width = int(attention.embed_dim)
         self.n_heads, self.head_dim, self.scaling = int(attention.num_heads), int(attention.head_dim), attention.scaling
         self.register_buffer("slot", torch.arange(self.context_frames + self.hop_frames, dtype=torch.float32))
+        # The STFT's centre reflect padding as one gather with a constant index (the window's length
+        # is fixed): F.pad's reflect mode exports as arange/abs/sub/index, six portable ops a hop.
+        n, pad = FRONT_CONTEXT_SAMPLES + self.hop_samples, self.stft.n_fft // 2
+        if not self.stft.center or self.stft.pad_mode != "reflect" or n <= pad:
+            raise ValueError(f"Whisper STFT with center={self.stft.center}, pad_mode={self.stft.pad_mode!r}; "
+                             "expected centre reflect padding.")
+        index = np.abs(np.arange(-pad, n + pad))
+        index = np.where(index >= n, 2 * (n - 1) - index, index)
+        self.register_buffer("pad_index", torch.from_numpy(index.astype(np.int32)))
         self.register_buffer("frame_offsets", torch.arange(self.hop_frames, dtype=torch.float32))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -150,11 +159,19 @@ class CachedWhisperFM(nn.Module):
         m, c = self.hop_frames, self.context_frames
         frames_before = stats_in[:, 0:1]
         started = torch.clamp(frames_before, 0.0, 1.0)  # (1, 1): 0 on a segment's first hop
-        power_sum = stats_in[:, 1:2] + torch.sum(hop * hop, dim=1, keepdim=True)
-        samples = stats_in[:, 2:3] + float(self.hop_samples)
-        gain = self.level_target / torch.sqrt(power_sum / samples + self.level_floor_power)
+        # Written with ops XNNPACK takes (4-D mean, rsqrt): sum and division export as portable ops,
+        # each splitting the delegated graph.
+        n = self.hop_samples
+        hop_power = torch.mean((hop * hop).reshape(1, 1, 1, n), dim=(-1, -2), keepdim=True).reshape(1, 1) * float(n)
+        power_sum = stats_in[:, 1:2] + hop_power
+        samples = stats_in[:, 2:3] + float(n)
+        gain = self.level_target * torch.rsqrt(power_sum / samples + self.level_floor_power)
         window = torch.cat([audio_in, hop], dim=1)
-        power = self.stft(window * gain)[:, :, :-1]
+        padded = torch.index_select(window * gain, 1, self.pad_index)
+        spectrum = F.conv1d(padded.reshape(1, 1, padded.shape[1]), self.stft.basis, stride=self.stft.hop_length)
+        bins = self.stft.n_freqs
+        real, imag = spectrum[:, :bins, :-1], spectrum[:, bins:, :-1]
+        power = real * real + imag * imag  # ConvSTFT's power without its last frame
         log_mel = torch.log(torch.clamp(F.conv1d(power, self.mel_weight), min=1e-10)) * (1.0 / _LN10)
         window_max = torch.amax(log_mel, dim=(1, 2)).reshape(1, 1)
         running_max = window_max + started * (torch.maximum(stats_in[:, 3:4], window_max) - window_max)
@@ -163,15 +180,20 @@ class CachedWhisperFM(nn.Module):
         x = x[:, x.shape[1] - m:]
         # Clamped and cast last, to int32: Core ML's gather takes no other index type.
         index = torch.clamp(frames_before.reshape(1) + self.frame_offsets, max=float(self.max_frames - 1))
-        x = x + torch.index_select(self.positions, 0, index.to(torch.int32)).unsqueeze(0)
-        # Cache slot j holds frame frames_before - c + j: masked while that is before the segment start.
-        bias = torch.where(self.slot + frames_before.reshape(1) >= float(c), 0.0, _MASKED).reshape(1, 1, 1, c + m)
+        x = x + torch.index_select(self.positions, 0, index.to(torch.int32)).reshape(1, m, self.width)
+        # Cache slot j holds frame frames_before - c + j: masked while that is before the segment start,
+        # where slot + frames_before - c is a negative whole number, so the bias is <= _MASKED (a clamp
+        # and a product: where/ge export as portable ops).
+        bias = (torch.clamp(self.slot + frames_before.reshape(1) - float(c), max=0.0) * -_MASKED).reshape(1, 1, 1, c + m)
+        # The cache as (blocks * 2, C, D) rows, reshaped rather than indexed: select/unsqueeze/stack
+        # export as portable copies of the whole cache, a reshape as a free view.
+        slabs = kv_in.reshape(2 * self.n_blocks, c, self.width)
         caches = []
         for i, block in enumerate(self.body.layers):
-            x, kv = self._block(block, x, kv_in[i], bias)
+            x, kv = self._block(block, x, slabs.narrow(0, 2 * i, 2), bias)
             caches.append(kv)
         features = self.body.layer_norm(x)
-        kv_out = torch.stack(caches, dim=0) if len(caches) > 1 else caches[0].unsqueeze(0)
+        kv_out = (torch.cat(caches, dim=0) if len(caches) > 1 else caches[0]).reshape(self.n_blocks, 2, c, self.width)
         stats_out = torch.cat([frames_before + float(m), power_sum, samples, running_max], dim=1)
         return features, window[:, window.shape[1] - FRONT_CONTEXT_SAMPLES:], kv_out, stats_out
 
@@ -186,8 +208,9 @@ class CachedWhisperFM(nn.Module):
         values = torch.cat([kv[1:2], attention.v_proj(y)], dim=1)
         k = keys.reshape(-1, heads, dim).transpose(0, 1)  # (heads, C + M, d)
         v = values.reshape(-1, heads, dim).transpose(0, 1)
-        weights = torch.softmax(torch.matmul(q, k.transpose(1, 2)) + bias[0], dim=-1)  # (heads, M, C + M)
-        context = torch.matmul(weights, v).transpose(0, 1).reshape(1, m, heads * dim)
+        # bmm, not matmul: matmul exports with expand_copy of both operands (portable copies).
+        weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) + bias.reshape(1, 1, bias.shape[-1]), dim=-1)  # (heads, M, C + M)
+        context = torch.bmm(weights, v).transpose(0, 1).reshape(1, m, heads * dim)
         x = x + attention.out_proj(context)
         y = block.final_layer_norm(x)
         x = x + block.fc2(F.gelu(block.fc1(y)))

@@ -212,6 +212,20 @@ def artifact(request, fused, tmp_path_factory):
     return out, result
 
 
+def assert_hop_graph_has_no_portable_copies(manifest: dict) -> None:
+    """A cached ExecuTorch stream's per-hop graph has no portable copies of the key/value cache
+    (select/stack of kv_in), of the attention operands (matmul's expand_copy) or of the
+    reflect padding (arange/abs/sub/index): each was a copy outside XNNPACK that split the delegated
+    graph, a fixed cost of every hop (docs/streaming.md, "Cost per hop"). Other kinds: no check."""
+    if manifest["target"] != "executorch" or manifest["streaming"]["fm_mode"] != "cached":
+        return
+    portable = manifest["delegation"]["portable_ops"]
+    gone = {"aten_select_copy_int", "aten_expand_copy_default", "aten_arange_start_step", "aten_abs_default",
+            "aten_index_tensor", "aten_where_self", "aten_ge_scalar", "aten_reciprocal_default"}
+    assert not gone & set(portable), portable
+    assert manifest["delegation"]["delegated_share"] > 0.9, manifest["delegation"]
+
+
 def test_streaming_artifact_manifest_documents_the_state(artifact, fused):
     out, result = artifact
     from edge_ser.runtime.artifact import read_manifest
@@ -241,6 +255,7 @@ def test_streaming_artifact_manifest_documents_the_state(artifact, fused):
     parity = result.parity
     assert parity["ran"] and parity["passed"] and parity["n_utterances"] == 6, parity.get("failures")
     assert "in 3 streams, state carried" in parity["comparison"]
+    assert_hop_graph_has_no_portable_copies(manifest)
 
 
 def test_streamed_artifact_equals_offline_for_chunks_of_any_size(artifact, fused):
@@ -385,6 +400,7 @@ def test_int8_streaming_artifact_passes_the_int8_gate_against_the_offline_comput
     assert "in 3 streams, state carried" in parity["comparison"]
     assert parity["tolerance"]["min_top1_agreement"] == QUANTIZED_8BIT.min_top1_agreement
     assert manifest["precision"] == "int8" and manifest["quantization"]["scheme"] != "none"
+    assert_hop_graph_has_no_portable_copies(manifest)
     assert [s["input"] for s in manifest["streaming"]["state"]] == [i for i, _ in
                                                                      stream_states(manifest["streaming"]["fm_mode"])]
     # Really quantized: the streamed outputs are off the float reference by far more than fp32 rounding
