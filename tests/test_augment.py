@@ -112,3 +112,54 @@ def test_cli_augment_and_bad_options(corpus, tmp_path):
     bad = CliRunner().invoke(root, ["data", "augment", "--corpus-dir", str(corpus.root), "--out",
                                     str(tmp_path / "bad"), "--gain-db", "10", "-10"])
     assert bad.exit_code == 2 and "range" in bad.output
+
+
+def test_speed_perturbation_scales_duration_and_pitch():
+    from edge_ser.data.augment import speed_length, speed_perturb
+
+    t = np.arange(16000) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 200 * t)
+    for factor in (0.9, 1.1):
+        fast = speed_perturb(wave, factor)
+        assert len(fast) == speed_length(len(wave), factor) == pytest.approx(16000 / factor, abs=1)
+        spectrum = np.abs(np.fft.rfft(fast * np.hanning(len(fast))))
+        peak_hz = np.argmax(spectrum) * 16000 / len(fast)
+        assert peak_hz == pytest.approx(200 * factor, abs=2)
+    assert np.array_equal(speed_perturb(wave, 1.0), wave)
+    # In a chain the speed comes first; the noise must then have the new length.
+    noise = np.random.default_rng(0).standard_normal(speed_length(len(wave), 1.1))
+    mixed, _ = apply_chain(wave, {"noise": "white", "snr_db": 10.0, "telephone": False, "gain_db": 0.0,
+                                  "speed": 1.1}, noise=noise)
+    assert len(mixed) == len(noise)
+
+
+def test_speed_draws_leave_the_other_draws_and_old_recipes_unchanged():
+    plain, sped = AugmentRecipe(), AugmentRecipe(speed_probability=0.5, speed_factors=(0.9, 1.1))
+    a = [draw_chain(plain, np.random.default_rng(seed)) for seed in range(400)]
+    b = [draw_chain(sped, np.random.default_rng(seed)) for seed in range(400)]
+    drop = lambda c: {k: v for k, v in c.items() if k != "speed"}  # noqa: E731
+    assert [drop(c) for c in a] == [drop(c) for c in b]
+    assert {c["speed"] for c in a} == {1.0}
+    speeds = np.array([c["speed"] for c in b])
+    assert set(speeds) == {0.9, 1.0, 1.1} and abs(np.mean(speeds != 1.0) - 0.5) < 0.07
+    with pytest.raises(ValueError, match="speed_factors"):
+        AugmentRecipe(speed_factors=(3.0,))
+    with pytest.raises(ValueError, match="probability"):
+        AugmentRecipe(speed_probability=-0.1)
+
+
+def test_cli_augment_with_speed(corpus, tmp_path):
+    result = CliRunner().invoke(root, ["data", "augment", "--corpus-dir", str(corpus.root), "--out",
+                                       str(tmp_path / "speed"), "--speed-probability", "1", "--speed-factors", "0.8",
+                                       "--noise-probability", "0", "--telephone-probability", "0", "--gain-db", "0", "0",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output
+    copy = load_corpus(tmp_path / "speed")
+    assert copy.manifest["augment"]["recipe"]["speed_factors"] == [0.8]
+    originals, copies = _waves(corpus), _waves(copy)
+    for utt, wave in copies.items():
+        assert json.loads(copy.table.set_index("utt_id").loc[utt, "extras"])["augment"]["speed"] == 0.8
+        assert len(wave) == pytest.approx(len(originals[utt]) / 0.8, abs=1)
+    bad = CliRunner().invoke(root, ["data", "augment", "--corpus-dir", str(corpus.root), "--out",
+                                    str(tmp_path / "bad"), "--speed-factors", "fast"])
+    assert bad.exit_code == 2 and "0.9,1.1" in bad.output

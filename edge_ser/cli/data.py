@@ -154,18 +154,30 @@ def conditions(corpus_dir: Path, conditions: tuple[str, ...], out: Path, split: 
 @click.option("--telephone-probability", type=click.FloatRange(0, 1), default=0.6, show_default=True)
 @click.option("--gain-db", nargs=2, type=float, default=(-20.0, 20.0), show_default=True,
               help="Gain range (dB), applied last; samples beyond full scale are clipped as a real chain would.")
+@click.option("--speed-probability", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of utterances whose speed changes first (tempo and pitch together, by resampling); "
+                   "0 keeps the chains of earlier copies exactly.")
+@click.option("--speed-factors", default="0.9,1.1", show_default=True,
+              help="Comma-separated speed factors drawn from (each in 0.5..2.0; 1.1 = 10 % faster and higher).")
 @overwrite_option
 @progress_option
 @one_line_errors
 def augment(corpus_dir: Path, out: Path, split: str, seed: int, noise_probability: float,
             snr_db: tuple[float, float], telephone_probability: float, gain_db: tuple[float, float],
-            progress: bool, overwrite: bool) -> None:
-    """An augmented training copy of a corpus: random babble/white noise, telephone band and gain per utterance."""
+            speed_probability: float, speed_factors: str, progress: bool, overwrite: bool) -> None:
+    """An augmented training copy of a corpus: random babble/white noise, telephone band and gain per
+    utterance, optionally a speed change first."""
     from edge_ser.data.augment import AugmentRecipe, make_augmented_corpus
 
     try:
+        factors = tuple(float(f) for f in speed_factors.split(",") if f.strip())
+    except ValueError:
+        raise click.BadParameter(f"{speed_factors!r}; expected comma-separated numbers such as 0.9,1.1.",
+                                 param_hint="--speed-factors") from None
+    try:
         recipe = AugmentRecipe(noise_probability=noise_probability, snr_db=tuple(snr_db),
-                               telephone_probability=telephone_probability, gain_db=tuple(gain_db))
+                               telephone_probability=telephone_probability, gain_db=tuple(gain_db),
+                               speed_probability=speed_probability, speed_factors=factors)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     corpus = make_augmented_corpus(corpus_dir=corpus_dir, out=out, split=split, seed=seed, recipe=recipe,

@@ -1,8 +1,10 @@
 """Training-time augmentation as cached corpus copies: random level, channel and noise per utterance.
 
 ``make_augmented_corpus`` copies a prepared corpus with every utterance passed through a random
-chain drawn from :class:`AugmentRecipe`: babble (or white) noise at a random SNR, a telephone
-band (300-3400 Hz through 8 kHz), then a random gain with clipping as it happens. The chain of
+chain drawn from :class:`AugmentRecipe`: optionally a speed change first (off by default: tempo
+and pitch scaled together by resampling, as Kaldi's speed perturbation), babble (or white) noise
+at a random SNR, a telephone band (300-3400 Hz through 8 kHz), then a random gain with clipping
+as it happens. The chain of
 an utterance depends only on ``(seed, utt_id)``, so a seed gives the same copy on every run.
 Features are extracted from the copy like from any corpus, and ``edge-ser train --augment``
 adds them to training only: a copy trains where its original is in the train split of the
@@ -41,9 +43,11 @@ class AugmentRecipe:
     snr_db: tuple[float, float] = (0.0, 20.0)
     telephone_probability: float = 0.6
     gain_db: tuple[float, float] = (-20.0, 20.0)
+    speed_probability: float = 0.0
+    speed_factors: tuple[float, ...] = (0.9, 1.1)
 
     def __post_init__(self) -> None:
-        for name in ("noise_probability", "telephone_probability"):
+        for name in ("noise_probability", "telephone_probability", "speed_probability"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"AugmentRecipe {name}={value}; expected a probability in [0, 1].")
@@ -51,6 +55,10 @@ class AugmentRecipe:
             low, high = (float(v) for v in getattr(self, name))
             if not (math.isfinite(low) and math.isfinite(high) and low <= high):
                 raise ValueError(f"AugmentRecipe {name}={getattr(self, name)}; expected a finite (low, high) range.")
+        factors = tuple(float(f) for f in self.speed_factors)
+        if not factors or not all(math.isfinite(f) and 0.5 <= f <= 2.0 for f in factors):
+            raise ValueError(f"AugmentRecipe speed_factors={self.speed_factors}; expected one or more factors in "
+                             "[0.5, 2.0] (0.9 makes speech 10 % slower and lower, 1.1 faster and higher).")
         unknown = [k for k in self.noise_kinds if k not in ("babble", "white")]
         if unknown or not self.noise_kinds:
             raise ValueError(f"AugmentRecipe noise_kinds={self.noise_kinds}; expected a non-empty subset of "
@@ -61,7 +69,9 @@ class AugmentRecipe:
 
 
 def draw_chain(recipe: AugmentRecipe, rng: np.random.Generator) -> dict[str, Any]:
-    """One utterance's random chain: ``noise`` (kind or None), ``snr_db``, ``telephone``, ``gain_db``."""
+    """One utterance's random chain: ``noise`` (kind or None), ``snr_db``, ``telephone``, ``gain_db``,
+    ``speed`` (1.0: unchanged). The speed is drawn last and only when ``speed_probability > 0``, so a
+    recipe without it draws exactly the chains it drew before speed perturbation existed."""
     noise = None
     snr = None
     if rng.random() < recipe.noise_probability:
@@ -69,14 +79,44 @@ def draw_chain(recipe: AugmentRecipe, rng: np.random.Generator) -> dict[str, Any
         snr = float(rng.uniform(*recipe.snr_db))
     telephone = bool(rng.random() < recipe.telephone_probability)
     gain = float(rng.uniform(*recipe.gain_db))
-    return {"noise": noise, "snr_db": snr, "telephone": telephone, "gain_db": gain}
+    speed = 1.0
+    if recipe.speed_probability > 0 and rng.random() < recipe.speed_probability:
+        speed = float(recipe.speed_factors[int(rng.integers(len(recipe.speed_factors)))])
+    return {"noise": noise, "snr_db": snr, "telephone": telephone, "gain_db": gain, "speed": speed}
+
+
+def _speed_ratio(factor: float) -> tuple[int, int]:
+    """``(up, down)`` of a resampling that plays audio ``factor`` times faster (1.1 -> 10/11)."""
+    from fractions import Fraction
+
+    ratio = Fraction(float(factor)).limit_denominator(100)
+    return ratio.denominator, ratio.numerator
+
+
+def speed_length(n_samples: int, factor: float) -> int:
+    """Samples of a ``n_samples``-long signal after :func:`speed_perturb` by ``factor``."""
+    up, down = _speed_ratio(factor)
+    return -(-int(n_samples) * up // down)
+
+
+def speed_perturb(wave: np.ndarray, factor: float) -> np.ndarray:
+    """``wave`` played ``factor`` times faster at the same sample rate: duration / factor, every
+    frequency (pitch, formants) x factor, by polyphase resampling (Kaldi's speed perturbation).
+    ``factor`` 1.0 returns the input unchanged."""
+    if float(factor) == 1.0:
+        return np.asarray(wave)
+    from scipy.signal import resample_poly
+
+    up, down = _speed_ratio(factor)
+    return resample_poly(np.asarray(wave, dtype=np.float64), up, down)
 
 
 def apply_chain(wave: np.ndarray, chain: dict[str, Any], *, noise: np.ndarray | None) -> tuple[np.ndarray, float]:
-    """Apply a drawn chain (noise must be given when the chain has one); returns (waveform, clipped share)."""
+    """Apply a drawn chain (noise must be given when the chain has one, of the length after the speed
+    change: :func:`speed_length`); returns (waveform, clipped share)."""
     from edge_ser.data.noise import scale_noise_to_snr
 
-    y = np.asarray(wave, dtype=np.float64)
+    y = speed_perturb(np.asarray(wave, dtype=np.float64), chain.get("speed", 1.0))
     if chain["noise"] is not None:
         if noise is None:
             raise ValueError("the chain adds noise but no noise signal was given.")
@@ -126,15 +166,16 @@ def make_augmented_corpus(*, corpus_dir: str | os.PathLike, out: str | os.PathLi
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), _stable_int(utt_id)]))
         chain = draw_chain(recipe, rng)
         clean = load_audio(base.audio_path(row)).astype(np.float64)
+        n = speed_length(len(clean), chain["speed"])
         noise = None
         if chain["noise"] == "babble":
             pool = babble["pools"].get(row["fold"] if babble["by"] == "fold" else str(row["split"]))
             if pool is None:  # a fold of one speaker has no other talker: white noise instead
                 chain["noise"] = "white"
             else:
-                noise, _ = pool(len(clean), rng=rng, speaker=str(row["speaker"]))
+                noise, _ = pool(n, rng=rng, speaker=str(row["speaker"]))
         if chain["noise"] == "white":
-            noise = white_noise(len(clean), rng=rng)
+            noise = white_noise(n, rng=rng)
         wave, share = apply_chain(clean, chain, noise=noise)
         clipped.append(share)
         rel = _file_name(utt_id, used)
@@ -153,4 +194,4 @@ def make_augmented_corpus(*, corpus_dir: str | os.PathLike, out: str | os.PathLi
                        soft_target_rule=str(base.manifest.get("soft_target_rule", "")), extra={"augment": block})
 
 
-__all__ = ["AugmentRecipe", "apply_chain", "draw_chain", "make_augmented_corpus"]
+__all__ = ["AugmentRecipe", "apply_chain", "draw_chain", "make_augmented_corpus", "speed_length", "speed_perturb"]
