@@ -51,7 +51,10 @@ field: conv2's frame ``t`` reads mel frames ``2t - 2 .. 2t + 2``, a mel frame 20
 side of its centre); two 20 ms frames."""
 
 _LN10 = math.log(10.0)
-_MASKED = -1e9  # additive attention bias of a masked cache slot (finite: no NaN when a row is all masked)
+_MASKED = -3.0e4
+"""Additive attention bias of a masked cache slot: finite in float16 as well (max 65504), so the
+mask's product ``0 * -_MASKED`` stays 0 in a Core ML fp16 program (1e9 would be inf there, and
+0 * inf NaN), and far enough below any attention score that its softmax weight is exactly 0."""
 STATS_FIELDS: tuple[str, ...] = ("frames", "power_sum", "samples", "log_mel_max")
 """The ``stats`` state, in order: frames since the segment start, sum of squared samples and number of
 samples since the segment start (the running level), running maximum of the log-mel (log10 units)."""
@@ -182,9 +185,10 @@ class CachedWhisperFM(nn.Module):
         index = torch.clamp(frames_before.reshape(1) + self.frame_offsets, max=float(self.max_frames - 1))
         x = x + torch.index_select(self.positions, 0, index.to(torch.int32)).reshape(1, m, self.width)
         # Cache slot j holds frame frames_before - c + j: masked while that is before the segment start,
-        # where slot + frames_before - c is a negative whole number, so the bias is <= _MASKED (a clamp
-        # and a product: where/ge export as portable ops).
-        bias = (torch.clamp(self.slot + frames_before.reshape(1) - float(c), max=0.0) * -_MASKED).reshape(1, 1, 1, c + m)
+        # where slot + frames_before - c is a negative whole number: clamped to [-1, 0], times -_MASKED,
+        # the bias is _MASKED there and 0 elsewhere (a clamp and a product: where/ge are portable ops).
+        offset = torch.clamp(self.slot + frames_before.reshape(1) - float(c), min=-1.0, max=0.0)
+        bias = (offset * -_MASKED).reshape(1, 1, 1, c + m)
         # The cache as (blocks * 2, C, D) rows, reshaped rather than indexed: select/unsqueeze/stack
         # export as portable copies of the whole cache, a reshape as a free view.
         slabs = kv_in.reshape(2 * self.n_blocks, c, self.width)
