@@ -132,13 +132,7 @@ class CachedWhisperFM(nn.Module):
         self.register_buffer("slot", torch.arange(self.context_frames + self.hop_frames, dtype=torch.float32))
         # The STFT's centre reflect padding as one gather with a constant index (the window's length
         # is fixed): F.pad's reflect mode exports as arange/abs/sub/index, six portable ops a hop.
-        n, pad = FRONT_CONTEXT_SAMPLES + self.hop_samples, self.stft.n_fft // 2
-        if not self.stft.center or self.stft.pad_mode != "reflect" or n <= pad:
-            raise ValueError(f"Whisper STFT with center={self.stft.center}, pad_mode={self.stft.pad_mode!r}; "
-                             "expected centre reflect padding.")
-        index = np.abs(np.arange(-pad, n + pad))
-        index = np.where(index >= n, 2 * (n - 1) - index, index)
-        self.register_buffer("pad_index", torch.from_numpy(index.astype(np.int32)))
+        self.register_buffer("pad_index", self.stft.reflect_index(FRONT_CONTEXT_SAMPLES + self.hop_samples))
         self.register_buffer("frame_offsets", torch.arange(self.hop_frames, dtype=torch.float32))
 
     def state_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -171,10 +165,7 @@ class CachedWhisperFM(nn.Module):
         gain = self.level_target * torch.rsqrt(power_sum / samples + self.level_floor_power)
         window = torch.cat([audio_in, hop], dim=1)
         padded = torch.index_select(window * gain, 1, self.pad_index)
-        spectrum = F.conv1d(padded.reshape(1, 1, padded.shape[1]), self.stft.basis, stride=self.stft.hop_length)
-        bins = self.stft.n_freqs
-        real, imag = spectrum[:, :bins, :-1], spectrum[:, bins:, :-1]
-        power = real * real + imag * imag  # ConvSTFT's power without its last frame
+        power = self.stft.power_of_padded(padded.reshape(1, 1, padded.shape[1]))[:, :, :-1]
         log_mel = torch.log(torch.clamp(F.conv1d(power, self.mel_weight), min=1e-10)) * (1.0 / _LN10)
         window_max = torch.amax(log_mel, dim=(1, 2)).reshape(1, 1)
         running_max = window_max + started * (torch.maximum(stats_in[:, 3:4], window_max) - window_max)

@@ -241,11 +241,28 @@ class ConvSTFT(nn.Module):
         if self.center:
             pad = self.n_fft // 2
             signal = F.pad(signal, (pad, pad), mode=self.pad_mode)
+        return self.power_of_padded(signal)
+
+    def power_of_padded(self, signal: torch.Tensor) -> torch.Tensor:
+        """Power ``(batch, n_fft // 2 + 1, frames)`` of a signal ``(batch, 1, samples)`` already
+        padded (what :meth:`forward` runs after its centre padding; no input checks)."""
         spec = F.conv1d(signal, self.basis, stride=self.hop_length)
         # Slices, not chunk/split: those lower to portable split_with_sizes_copy in ExecuTorch.
         real = spec[:, : self.n_freqs]
         imag = spec[:, self.n_freqs :]
         return real * real + imag * imag
+
+    def reflect_index(self, n_samples: int) -> torch.Tensor:
+        """The centre reflect padding of a ``n_samples``-long input as a gather index (int32,
+        ``n_samples + n_fft`` entries): ``signal[..., index]`` equals ``F.pad(signal, (n_fft // 2,) * 2,
+        mode="reflect")``. For graphs of a fixed input length, where ``F.pad``'s reflect mode exports
+        as several index computations per call and a gather with a constant index is one op."""
+        pad, n = self.n_fft // 2, int(n_samples)
+        if not self.center or self.pad_mode != "reflect" or n <= pad:
+            raise ValueError(f"reflect_index of a ConvSTFT with center={self.center}, pad_mode={self.pad_mode!r} "
+                             f"for {n} samples; expected centre reflect padding of more than {pad} samples.")
+        index = torch.arange(-pad, n + pad).abs()
+        return torch.where(index >= n, 2 * (n - 1) - index, index).to(torch.int32)
 
 
 # --------------------------------------------------------------------------- Whisper log-mel

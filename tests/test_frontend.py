@@ -310,3 +310,19 @@ def test_mfbf0_onnx_export_runs_in_onnxruntime(tmp_path):
     _, error = _eager_and_error(model, x, out)
     print(f"MFBF0 ONNX Runtime vs eager: max abs error {error:.2e}")
     assert error < 5e-4
+
+
+def test_conv_stft_reflect_index_is_fpad_reflect_and_power_of_padded_is_forward():
+    import torch.nn.functional as F
+
+    stft = ConvSTFT(n_fft=400, hop_length=160)
+    for n in (201, 1000, 16640):
+        x = torch.randn(2, 1, n, generator=torch.Generator().manual_seed(n))
+        padded = F.pad(x, (200, 200), mode="reflect")
+        assert torch.equal(x[..., stft.reflect_index(n).long()], padded)
+        assert stft.reflect_index(n).dtype == torch.int32
+        torch.testing.assert_close(stft.power_of_padded(padded), stft(x[:, 0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="reflect padding"):
+        stft.reflect_index(200)
+    with pytest.raises(ValueError, match="reflect padding"):
+        ConvSTFT(n_fft=400, hop_length=160, center=False).reflect_index(1000)
