@@ -127,7 +127,8 @@ def write_model_card(out: str | os.PathLike, steps: Mapping[str, Mapping[str, An
 
 
 _RECIPE_OPTIONS = (("loss", "--loss"), ("balance", "--balance"), ("feature_mask", "--feature-mask"),
-                   ("dropout", "--dropout"), ("select_on", "--select-on"), ("max_epochs", "--epochs"),
+                   ("dropout", "--dropout"), ("ema_decay", "--ema-decay"), ("select_on", "--select-on"),
+                   ("max_epochs", "--epochs"),
                    ("patience", "--patience"), ("lr", "--lr"), ("batch_size", "--batch-size"),
                    ("precision", "--precision"))
 

@@ -115,7 +115,7 @@ def test_artifact_refused_at_conversion_is_listed_in_the_card_and_the_exit_statu
     # The recipe section reads the main run's run.json: the paper vocabulary in output order, the options.
     assert ("- Label vocabulary: **paper** (the paper's 9 categories, soft grader-vote targets): "
             "neutral, happy, sad, angry, surprise, fear, disgust, contempt, other.") in card
-    assert "`--loss ccc12`" in card and "`--no-balance`" in card
+    assert "`--loss ccc12`" in card and "`--no-balance`" in card and "`--ema-decay 0.0`" in card
     assert "- Augmented training copies (train split only): 1 (`edge-ser data augment`" in card
     assert "- Trained on the windows the artifact runs (window corpus `synthetic-windows3s`" in card
     # The headline is the device number: the passing artifact on the test windows, from verify.json.

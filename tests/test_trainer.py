@@ -400,3 +400,69 @@ def test_training_options_balance_and_feature_mask_train_and_are_checked(source,
         TrainConfig(feature_mask=0.9)
     with pytest.raises(ValueError, match="dropout"):
         TrainConfig(dropout=1.0)
+
+
+def test_weight_average_follows_the_decay_with_warm_up():
+    from edge_ser.train.trainer import _WeightAverage
+    from edge_ser.train.model import TCGRU
+
+    model = TCGRU(WIDTH, conv_channels=8, gru_hidden=8, embed_dim=8)
+    averaged = _WeightAverage(model, decay=0.5, steps=0)
+    start = [p.detach().clone() for p in model.parameters()]
+    expected = [p.clone() for p in start]
+    for step in range(4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        averaged.update(model)
+        d = min(0.5, (1 + step) / (10 + step))  # warm-up: 0.1, 0.18, 0.25, then the decay 0.5 would cap
+        expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+    assert averaged.steps == 4
+    for e, a in zip(expected, averaged.model.parameters()):
+        assert torch.allclose(a, e, atol=1e-6)
+    assert not any(p.requires_grad for p in averaged.model.parameters())
+
+
+def test_ema_runs_select_and_save_the_average_without_changing_training(source, tmp_path):
+    config = dataclasses.replace(TINY, max_epochs=1)
+    plain = train_run(source=source, out=tmp_path / "plain", config=config, progress=False)
+    ema = train_run(source=source, out=tmp_path / "ema", config=dataclasses.replace(config, ema_decay=0.9),
+                    progress=False)
+    # The average watches training; it must not change it (same trained weights, same RNG use).
+    last_plain = load_file(str(tmp_path / "plain" / "last.safetensors"))
+    last_ema = load_file(str(tmp_path / "ema" / "last.safetensors"))
+    assert all(torch.equal(last_plain[k], last_ema[k]) for k in last_plain)
+    # One epoch: the best weights are the average after it, not the trained weights.
+    best = load_file(str(tmp_path / "ema" / "model.safetensors"))
+    average = load_file(str(tmp_path / "ema" / "last_average.safetensors"))
+    assert all(torch.equal(best[k], average[k]) for k in best)
+    assert not torch.equal(best["conv.weight"], last_ema["conv.weight"])
+    assert torch.equal(best["feat_mean"], last_ema["feat_mean"])  # buffers are the model's
+    # What was validated (and recorded) is the average.
+    assert ema.best_valid_loss != plain.best_valid_loss
+    model, info = load_run(tmp_path / "ema")
+    assert info["config"]["ema_decay"] == 0.9
+    state = json.loads((tmp_path / "ema" / "trainer_state.json").read_text())
+    assert state["optimizer_steps"] == 5  # 72 train rows in batches of 16
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
+
+
+def test_resume_with_ema_gives_the_same_average_as_straight_training(source, tmp_path):
+    config = dataclasses.replace(TINY, ema_decay=0.8, patience=10, max_epochs=3)
+    train_run(source=source, out=tmp_path / "straight", config=config, progress=False)
+    train_run(source=source, out=tmp_path / "split", config=dataclasses.replace(config, max_epochs=1), progress=False)
+    train_run(source=source, out=tmp_path / "split", config=config, resume=True, progress=False)
+    for name in ("last.safetensors", "last_average.safetensors", "model.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(tmp_path / "split" / name))
+        assert all(torch.equal(a[key], b[key]) for key in a), name
+
+
+def test_cli_has_a_checked_ema_decay_option(tmp_path):
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, ["train", "--help"])
+    assert result.exit_code == 0 and "--ema-decay" in result.output
+    result = CliRunner().invoke(root, ["train", "--features", str(tmp_path), "--out", str(tmp_path / "r"),
+                                       "--ema-decay", "1.5"])
+    assert result.exit_code != 0 and "1.5" in result.output

@@ -77,6 +77,9 @@ def chosen_layer_from_saliency(path: Path) -> int:
                    "each up to this fraction (default 0 = off).")
 @click.option("--dropout", type=FiniteFloatRange(min=0, max=1, max_open=True), default=None,
               help="Dropout after the conv layer (default 0).")
+@click.option("--ema-decay", type=FiniteFloatRange(min=0, max=1, max_open=True), default=None,
+              help="Keep an exponential moving average of the weights with this decay per optimizer step (e.g. "
+                   "0.99) and validate, select and save the average (default 0 = off).")
 @click.option("--select-on", type=click.Choice(list(SELECTION_METRICS)), default=None,
               help="What early stopping and model selection watch (default valid_loss).")
 @resume_option("Continue an interrupted run in --out from last.safetensors (only --epochs and --patience may "
@@ -88,7 +91,8 @@ def chosen_layer_from_saliency(path: Path) -> int:
 def train(features: Path, out: Path, layer: int | None, saliency: Path | None, folds: str | None, seeds: str,
           epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
           precision: str, labels: str, augment: tuple[Path, ...], windows: bool, balance: bool, feature_mask: float | None,
-          dropout: float | None, select_on: str | None, resume: bool, workers: int, progress: bool) -> None:
+          dropout: float | None, ema_decay: float | None, select_on: str | None, resume: bool, workers: int,
+          progress: bool) -> None:
     """Train the TC-GRU multitask head on one layer of a feature cache."""
     from edge_ser.errors import EdgeSerError
 
@@ -96,7 +100,7 @@ def train(features: Path, out: Path, layer: int | None, saliency: Path | None, f
         _train(features=features, out=out, layer=layer, saliency=saliency, folds=folds, seeds=seeds, epochs=epochs,
                patience=patience, batch_size=batch_size, lr=lr, loss=loss, precision=precision, resume=resume,
                workers=workers, progress=progress, labels=labels, augment=augment, windows=windows, balance=balance,
-               feature_mask=feature_mask, dropout=dropout, select_on=select_on)
+               feature_mask=feature_mask, dropout=dropout, ema_decay=ema_decay, select_on=select_on)
     except EdgeSerError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -105,7 +109,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
            epochs: int | None, patience: int | None, batch_size: int | None, lr: float | None, loss: str,
            resume: bool, progress: bool, workers: int = 1, precision: str = "auto", labels: str = "paper",
            augment: tuple[Path, ...] = (), windows: bool = False, balance: bool = False, feature_mask: float | None = None,
-           dropout: float | None = None, select_on: str | None = None) -> None:
+           dropout: float | None = None, ema_decay: float | None = None, select_on: str | None = None) -> None:
     from edge_ser.features.cache import FeatureCache
     from edge_ser.train.dataset import open_training_source
     from edge_ser.train import runs
@@ -125,7 +129,7 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
         raise click.BadParameter("--seeds is empty; give at least one seed, e.g. 0.")
     overrides = {k: v for k, v in (("max_epochs", epochs), ("patience", patience), ("batch_size", batch_size),
                                    ("lr", lr), ("feature_mask", feature_mask), ("dropout", dropout),
-                                   ("select_on", select_on)) if v is not None}
+                                   ("ema_decay", ema_decay), ("select_on", select_on)) if v is not None}
     if balance:
         overrides["balance"] = True
     config = dataclasses.replace(TrainConfig(loss=loss, precision=precision), **overrides)

@@ -38,9 +38,9 @@ from edge_ser.labels import Vocabulary
 from edge_ser.train.model import TCGRU
 
 __all__ = [
-    "RUN_FORMAT", "RUN_FORMAT_VERSION", "CONFIG_FILE", "BEST_WEIGHTS", "LAST_WEIGHTS", "OPTIMIZER_FILE",
-    "STATE_FILE", "HISTORY_FILE", "RUN_FILE", "CURVES_FILE", "save_weights", "load_weights", "save_optimizer",
-    "load_optimizer", "load_run", "plot_history", "RunInfo", "read_run_info",
+    "RUN_FORMAT", "RUN_FORMAT_VERSION", "CONFIG_FILE", "BEST_WEIGHTS", "LAST_WEIGHTS", "LAST_AVERAGE_WEIGHTS",
+    "OPTIMIZER_FILE", "STATE_FILE", "HISTORY_FILE", "RUN_FILE", "CURVES_FILE", "save_weights", "load_weights",
+    "save_optimizer", "load_optimizer", "load_run", "plot_history", "RunInfo", "read_run_info",
 ]
 
 RUN_FORMAT = "edge-ser-run"
@@ -48,6 +48,9 @@ RUN_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 BEST_WEIGHTS = "model.safetensors"
 LAST_WEIGHTS = "last.safetensors"
+LAST_AVERAGE_WEIGHTS = "last_average.safetensors"
+"""The weight average (``TrainConfig.ema_decay``) after the last epoch, for resuming; model.safetensors
+holds the best epoch's average."""
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 HISTORY_FILE = "history.json"

@@ -15,6 +15,7 @@ A run resumed from ``last.safetensors`` ends with bit-identical weights to an un
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -101,6 +102,12 @@ class TrainConfig:
     """SpecAugment-style masking of the input features during training: per utterance two time
     spans and two channel bands, each up to this fraction of the frames / channels, set to the
     train-split mean (0 after z-scoring). 0 = off; at most 0.5."""
+    ema_decay: float = 0.0
+    """Exponential moving average of the weights: after every optimizer step the averaged copy
+    moves ``1 - d_t`` of the way to the trained weights, ``d_t = min(ema_decay, (1 + t) / (10 + t))``
+    at step t (the warm-up keeps the random initial weights from lingering). Validation, selection,
+    the saved weights and so everything downstream (evaluation, conversion) use the averaged copy.
+    0 = off; typical 0.99-0.999 (about 1 / (1 - d) steps of memory)."""
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -114,6 +121,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig {name}={getattr(self, name)!r}; expected a positive integer.")
         if not 0.0 <= float(self.feature_mask) <= 0.5:
             raise ValueError(f"TrainConfig feature_mask={self.feature_mask!r}; expected a fraction in 0..0.5 (0 = off).")
+        if not 0.0 <= float(self.ema_decay) < 1.0:
+            raise ValueError(f"TrainConfig ema_decay={self.ema_decay!r}; expected a decay in [0, 1) such as 0.99 "
+                             "(0 = off).")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"TrainConfig dropout={self.dropout!r}; expected a probability in [0, 1).")
         if not self.lr > 0:
@@ -332,8 +342,10 @@ def train_run(
         else:
             start = _start_training(out, model, source=source, train_rows=train_rows, config=config,
                                     model_config=model_config, progress=progress)
+        averaged = _weight_average(out, model, config=config, start=start)
         end = _run_epochs(out, model, optimizer, source=source, train_rows=train_rows, valid_rows=valid_rows,
-                          config=config, corpus_classes=corpus_classes, start=start, progress=progress)
+                          config=config, corpus_classes=corpus_classes, start=start, progress=progress,
+                          averaged=averaged)
         if not end.history:
             raise ManifestError(f"{out} has no finished epoch; max_epochs={config.max_epochs} allows none after resume.")
         runs.load_weights(model, out / runs.BEST_WEIGHTS)
@@ -390,6 +402,7 @@ class _TrainingState:
     bad_epochs: int
     wall_time_s: float
     stopped_early: bool
+    optimizer_steps: int = 0
 
 
 def _start_training(out: Path, model: TCGRU, *, source: FeatureSource, train_rows: np.ndarray, config: TrainConfig,
@@ -415,14 +428,45 @@ def _restore_training(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer,
         next_epoch=int(state["epoch"]) + 1, history=state["history"],
         best={"score": float(state["best_score"]), "epoch": int(state["best_epoch"])},
         bad_epochs=int(state["bad_epochs"]), wall_time_s=float(state["wall_time_s"]),
-        stopped_early=bool(state["stopped_early"]),
+        stopped_early=bool(state["stopped_early"]), optimizer_steps=int(state.get("optimizer_steps", 0)),
     )
+
+
+class _WeightAverage:
+    """The exponential moving average of a model's parameters (:attr:`TrainConfig.ema_decay`), kept
+    in a copy of the model; buffers (the feature statistics) are the model's, fixed before training."""
+
+    def __init__(self, model: TCGRU, *, decay: float, steps: int) -> None:
+        self.model = copy.deepcopy(model)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay = float(decay)
+        self.steps = int(steps)
+
+    @torch.no_grad()
+    def update(self, model: TCGRU) -> None:
+        d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
+        for avg, p in zip(self.model.parameters(), model.parameters()):
+            avg.lerp_(p.detach(), 1.0 - d)
+        self.steps += 1
+
+
+def _weight_average(out: Path, model: TCGRU, *, config: TrainConfig, start: _TrainingState) -> _WeightAverage | None:
+    """The weight average to train with (None when ``ema_decay`` is 0); on resume, restored from the run folder."""
+    if config.ema_decay <= 0:
+        return None
+    averaged = _WeightAverage(model, decay=config.ema_decay, steps=start.optimizer_steps)
+    if start.history:  # resuming: the average saved with the last epoch
+        runs.load_weights(averaged.model, out / runs.LAST_AVERAGE_WEIGHTS, epoch=start.next_epoch - 1)
+    return averaged
 
 
 def _run_epochs(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, source: FeatureSource,
                 train_rows: np.ndarray, valid_rows: np.ndarray, config: TrainConfig, corpus_classes: np.ndarray,
-                start: _TrainingState, progress: bool) -> _TrainingState:
-    """The state after training from ``start`` until max_epochs or early stop, saved after every epoch."""
+                start: _TrainingState, progress: bool, averaged: _WeightAverage | None = None) -> _TrainingState:
+    """The state after training from ``start`` until max_epochs or early stop, saved after every epoch.
+
+    With ``averaged`` (a weight average), validation, selection and the best weights use the average."""
     history, best, bad_epochs = start.history, start.best, start.bad_epochs
     wall_before, stopped_early = start.wall_time_s, start.stopped_early
     started = time.perf_counter()
@@ -434,21 +478,23 @@ def _run_epochs(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, so
             break
         stopped_early = False
         train_loss, seen, seconds = _train_epoch(model, optimizer, source, train_rows, config=config, epoch=epoch,
-                                                 progress=progress, lengths=lengths)
-        valid_loss, metrics = _evaluate(model, source, valid_rows, config=config, corpus_classes=corpus_classes)
+                                                 progress=progress, lengths=lengths, averaged=averaged)
+        selected = model if averaged is None else averaged.model
+        valid_loss, metrics = _evaluate(selected, source, valid_rows, config=config, corpus_classes=corpus_classes)
         score = _selection_score(config, valid_loss, metrics)
         improved = score < best["score"]
         if improved:
             best = {"score": score, "epoch": epoch}
             bad_epochs = 0
-            runs.save_weights(model, out / runs.BEST_WEIGHTS)
+            runs.save_weights(selected, out / runs.BEST_WEIGHTS)
         else:
             bad_epochs += 1
         history.append({"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss, "valid": metrics,
                         "train_seconds": seconds, "train_utterances": seen, "improved": improved})
         stopped_early = bad_epochs >= config.patience
         _save_state(out, model, optimizer, epoch=epoch, best=best, bad_epochs=bad_epochs, history=history,
-                    wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
+                    wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early,
+                    averaged=averaged)
         epochs.set_postfix(train=f"{train_loss:.4f}", valid=f"{valid_loss:.4f}",
                            uar6=_fmt(metrics["uar6"]), ccc=_fmt(metrics["ccc_mean"]), best=best["epoch"])
         if stopped_early:
@@ -456,7 +502,8 @@ def _run_epochs(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, so
     epochs.close()
     next_epoch = history[-1]["epoch"] + 1 if history else start.next_epoch
     return _TrainingState(next_epoch=next_epoch, history=history, best=best, bad_epochs=bad_epochs,
-                          wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
+                          wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early,
+                          optimizer_steps=start.optimizer_steps if averaged is None else averaged.steps)
 
 
 def _write_run_record(out: Path, model: TCGRU, *, source: FeatureSource, config: TrainConfig,
@@ -483,8 +530,8 @@ def _fmt(value: float | None) -> str:
 
 
 def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: FeatureSource, rows: np.ndarray, *,
-                 config: TrainConfig, epoch: int, progress: bool,
-                 lengths: np.ndarray | None = None) -> tuple[float, int, float]:
+                 config: TrainConfig, epoch: int, progress: bool, lengths: np.ndarray | None = None,
+                 averaged: _WeightAverage | None = None) -> tuple[float, int, float]:
     """One pass over the train rows; returns (mean batch loss weighted by batch size, utterances, seconds)."""
     model.train()
     total, seen = 0.0, 0
@@ -510,6 +557,8 @@ def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: Feature
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if averaged is not None:
+            averaged.update(model)
         n = int(batch.x.shape[0])
         total += float(loss.detach()) * n
         seen += n
@@ -518,14 +567,18 @@ def _train_epoch(model: TCGRU, optimizer: torch.optim.Optimizer, source: Feature
 
 
 def _save_state(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, epoch: int, best: dict[str, Any],
-                bad_epochs: int, history: list[dict[str, Any]], wall_time_s: float, stopped_early: bool) -> None:
+                bad_epochs: int, history: list[dict[str, Any]], wall_time_s: float, stopped_early: bool,
+                averaged: _WeightAverage | None = None) -> None:
     # The state JSON is written last and names its epoch; both tensor files carry the epoch in their
     # metadata so a crash between the writes is detected on resume instead of mixing epochs.
     runs.save_weights(model, out / runs.LAST_WEIGHTS, epoch=epoch)
     groups = runs.save_optimizer(optimizer, out / runs.OPTIMIZER_FILE, rng_state=torch.get_rng_state(), epoch=epoch)
+    if averaged is not None:
+        runs.save_weights(averaged.model, out / runs.LAST_AVERAGE_WEIGHTS, epoch=epoch)
     write_json_atomic(out / runs.STATE_FILE, {
         "epoch": epoch, "best_epoch": best["epoch"], "best_score": best["score"], "bad_epochs": bad_epochs,
         "stopped_early": stopped_early, "wall_time_s": wall_time_s, "param_groups": groups, "history": history,
+        **({} if averaged is None else {"optimizer_steps": averaged.steps}),
     })
     write_json_atomic(out / runs.HISTORY_FILE, history)
 
