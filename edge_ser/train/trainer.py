@@ -403,6 +403,7 @@ class _TrainingState:
     wall_time_s: float
     stopped_early: bool
     optimizer_steps: int = 0
+    """Steps of the weight average so far (``ema_decay`` > 0); read on resume only."""
 
 
 def _start_training(out: Path, model: TCGRU, *, source: FeatureSource, train_rows: np.ndarray, config: TrainConfig,
@@ -502,8 +503,7 @@ def _run_epochs(out: Path, model: TCGRU, optimizer: torch.optim.Optimizer, *, so
     epochs.close()
     next_epoch = history[-1]["epoch"] + 1 if history else start.next_epoch
     return _TrainingState(next_epoch=next_epoch, history=history, best=best, bad_epochs=bad_epochs,
-                          wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early,
-                          optimizer_steps=start.optimizer_steps if averaged is None else averaged.steps)
+                          wall_time_s=wall_before + time.perf_counter() - started, stopped_early=stopped_early)
 
 
 def _write_run_record(out: Path, model: TCGRU, *, source: FeatureSource, config: TrainConfig,
