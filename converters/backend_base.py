@@ -55,6 +55,10 @@ class Backend:
     """How the fused model's GRU is written for this target: ``"native"`` (``nn.GRU``),
     ``"unrolled"`` (per frame) or ``"scan"`` (one ``torch.scan`` per layer); see
     :mod:`edge_ser.converters.export_forms`."""
+    whisper_front_form: str = "transformers"
+    """How a windowed graph's Whisper front is written: ``"transformers"`` (the truncated
+    ``WhisperEncoder`` as loaded) or ``"bmm"`` (:class:`~edge_ser.converters.whisper_export.WindowedWhisperFM`:
+    the same features in ops a delegate takes, no attention-mask ops). Other families ignore it."""
 
     @property
     def name(self) -> str:

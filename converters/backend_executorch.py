@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 class ExecuTorchBackend(Backend):
     target = target_executorch.TARGET
     gru_form = "scan"  # one lowered GRU step run in a loop; the per-frame graph takes minutes to lower
+    whisper_front_form = "bmm"  # transformers' attention exports ~20 portable ops between delegate calls
 
     def versions(self) -> dict[str, str]:
         import executorch.version

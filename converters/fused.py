@@ -85,6 +85,24 @@ class FusedSER(nn.Module):
         fused.labels = self.labels
         return fused
 
+    def with_front_form(self, whisper_front_form: str) -> "FusedSER":
+        """This model with a Whisper front written as ``whisper_front_form``: ``"transformers"``
+        (as it is) or ``"bmm"`` (:class:`~edge_ser.converters.whisper_export.WindowedWhisperFM`,
+        the same features in delegate-friendly ops). Other fronts are kept. Shares the weights."""
+        from edge_ser.converters.whisper_export import WHISPER_FRONT_FORMS, export_front
+
+        if whisper_front_form not in WHISPER_FRONT_FORMS:
+            raise ValueError(f"whisper_front_form={whisper_front_form!r}; expected one of {', '.join(WHISPER_FRONT_FORMS)}.")
+        if whisper_front_form == "transformers":
+            return self
+        front = export_front(self.front, window_samples=self.window_samples)
+        if front is self.front:
+            return self
+        fused = FusedSER(front, self.head, window_samples=self.window_samples).eval()
+        fused.source = self.source
+        fused.labels = self.labels
+        return fused
+
     def example_input(self) -> torch.Tensor:
         """A deterministic ``(1, window_samples)`` float32 input for tracing (not for calibration)."""
         generator = torch.Generator().manual_seed(0)

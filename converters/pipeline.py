@@ -199,7 +199,8 @@ def _export_for_target(fused: FusedSER, backend: Backend, spec: PrecisionSpec, *
     # compares the artifact with `fused` as given, so a form change is part of the measured error.
     streaming = (build_streaming_model(fused, hop_s=hop_s, gru_form=backend.gru_form, fm_mode=fm_mode)
                  if hop_s is not None else None)
-    lowered_model = fused.with_gru_form(backend.gru_form) if streaming is None else streaming
+    lowered_model = (fused.with_gru_form(backend.gru_form).with_front_form(backend.whisper_front_form)
+                     if streaming is None else streaming)
     examples = (fused.example_input(),) if streaming is None else tuple(streaming.example_inputs())
     io_names = DEFAULT_IO_NAMES if streaming is None else stream_io_names(streaming.fm_mode)
     start = time.perf_counter()

@@ -130,9 +130,31 @@ class Conv1dAsLinear(nn.Module):
         if p:
             x = torch.nn.functional.pad(x, (p, p))
         frames = (x.shape[-1] - d * (k - 1) - 1) // s + 1
+        if s > 1 and d == 1:
+            return self.linear(self._strided_taps(x, frames)).transpose(1, 2)
         taps = [x[:, :, j * d: j * d + s * (frames - 1) + 1: s] for j in range(k)]
         stacked = torch.cat(taps, dim=1) if k > 1 else taps[0]
         return self.linear(stacked.transpose(1, 2)).transpose(1, 2)
+
+    def _strided_taps(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The stacked taps ``(B, frames, C * k)`` of a strided conv from unit-stride slices.
+
+        A strided slice exports as a portable ``slice_copy`` (XNNPACK's slice takes unit steps
+        only): three copies of the window between delegate calls for Whisper's conv2. Here the
+        time axis is folded into rows of ``s`` frames, ``(B, rows, s * C)``, so tap ``j = q * s + r``
+        is rows ``q .. q + frames - 1`` and channel block ``r``: unit-stride slices. Same values in
+        the same column order as the strided taps, so the same outputs."""
+        (k,), (s,) = self.kernel_size, self.stride
+        channels = x.shape[1]
+        rows = frames + (k - 1) // s
+        x = x.transpose(1, 2)  # (B, T, C)
+        if x.shape[1] < rows * s:
+            x = torch.nn.functional.pad(x, (0, 0, 0, rows * s - x.shape[1]))
+        elif x.shape[1] > rows * s:  # a slice of the whole exports as a copy: only when it drops frames
+            x = x[:, : rows * s]
+        folded = x.reshape(x.shape[0], rows, s * channels)
+        taps = [folded[:, j // s: j // s + frames, (j % s) * channels: (j % s + 1) * channels] for j in range(k)]
+        return torch.cat(taps, dim=2) if k > 1 else taps[0]
 
 
 def conv1d_as_conv2d(module: nn.Module, *, skip: Sequence[str] = (),

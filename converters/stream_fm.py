@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edge_ser.converters.whisper_export import bmm_block, layer_norm
 from edge_ser.runtime.artifact import STREAM_FM_CHOICES, STREAM_FM_MODES
 
 FM_MODES: tuple[str, ...] = STREAM_FM_MODES
@@ -187,30 +188,19 @@ class CachedWhisperFM(nn.Module):
         for i, block in enumerate(self.body.layers):
             x, kv = self._block(block, x, slabs.narrow(0, 2 * i, 2), bias)
             caches.append(kv)
-        features = self.body.layer_norm(x)
+        features = layer_norm(self.body.layer_norm, x)
         kv_out = (torch.cat(caches, dim=0) if len(caches) > 1 else caches[0]).reshape(self.n_blocks, 2, c, self.width)
         stats_out = torch.cat([frames_before + float(m), power_sum, samples, running_max], dim=1)
         return features, window[:, window.shape[1] - FRONT_CONTEXT_SAMPLES:], kv_out, stats_out
 
     def _block(self, block: nn.Module, x: torch.Tensor, kv: torch.Tensor,
                bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Whisper encoder block on the hop's frames ``(1, M, D)`` with its cache ``(2, C, D)``."""
-        m, heads, dim = self.hop_frames, self.n_heads, self.head_dim
-        attention = block.self_attn
-        y = block.self_attn_layer_norm(x)
-        q = (attention.q_proj(y) * self.scaling).reshape(m, heads, dim).transpose(0, 1)  # (heads, M, d)
-        keys = torch.cat([kv[0:1], attention.k_proj(y)], dim=1)  # (1, C + M, D)
-        values = torch.cat([kv[1:2], attention.v_proj(y)], dim=1)
-        k = keys.reshape(-1, heads, dim).transpose(0, 1)  # (heads, C + M, d)
-        v = values.reshape(-1, heads, dim).transpose(0, 1)
-        # bmm, not matmul: matmul exports with expand_copy of both operands (portable copies).
-        weights = torch.softmax(torch.bmm(q, k.transpose(1, 2)) + bias.reshape(1, 1, bias.shape[-1]), dim=-1)  # (heads, M, C + M)
-        context = torch.bmm(weights, v).transpose(0, 1).reshape(1, m, heads * dim)
-        x = x + attention.out_proj(context)
-        y = block.final_layer_norm(x)
-        x = x + block.fc2(F.gelu(block.fc1(y)))
-        kv_next = torch.cat([keys[:, m:], values[:, m:]], dim=0)  # (2, C, D): the newest C frames
-        return x, kv_next
+        """One Whisper encoder block on the hop's frames ``(1, M, D)`` with its cache ``(2, C, D)``;
+        returns the frames and the next cache, the newest ``C`` frames' keys and values."""
+        x, keys, values = bmm_block(block, x, heads=self.n_heads, head_dim=self.head_dim, scaling=self.scaling,
+                                    prefix=kv, bias=bias.reshape(1, 1, bias.shape[-1]))
+        m = self.hop_frames
+        return x, torch.cat([keys[:, m:], values[:, m:]], dim=0)
 
 
 @torch.no_grad()

@@ -166,6 +166,7 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
                        for op in d["portable_ops"]), d
         if precision == "int8":
             assert d["delegated_ops"].get("quantized_decomposed_choose_qparams_tensor", 0) >= 1, d
+        assert_window_graph_has_no_portable_front_ops(manifest)
     if target == "onnx" and precision == "int8":
         import onnx
 
@@ -440,6 +441,67 @@ def test_executorch_loop_constants_inlined_or_lowered_as_inputs(op, tmp_path):
     with torch.no_grad():
         want = module(x)
     assert torch.allclose(got, want, atol=1e-5), float((got - want).abs().max())
+
+
+def assert_window_graph_has_no_portable_front_ops(manifest: dict) -> None:
+    """An ExecuTorch windowed Whisper graph runs its front (level, centre padding, positions,
+    attention, the strided stem conv) inside XNNPACK: none of the portable ops that transformers'
+    encoder and the strided taps export with (docs/architecture.md, "The Whisper front as exported")."""
+    portable = manifest["delegation"]["portable_ops"]
+    gone = {"aten_where_self", "aten_eq_scalar", "aten_any_dim", "aten_logical_not_default", "aten_full_like_default",
+            "aten_expand_copy_default", "aten_arange_start_step", "aten_abs_default", "aten_index_tensor",
+            "aten_embedding_default", "aten_reciprocal_default", "aten_slice_copy_tensor", "aten_mean_dim"}
+    assert not gone & set(portable), portable
+
+
+def test_whisper_window_front_form_equals_the_truncated_encoder(tiny_fm):
+    """The delegate-friendly Whisper front computes the truncated transformers encoder's features,
+    also for a window whose log-mel frame count is odd (one floor frame appended) and at every cut."""
+    from edge_ser.converters.whisper_export import WindowedWhisperFM
+
+    generator = torch.Generator().manual_seed(0)
+    for layer in (1, 3):
+        for samples in (WINDOW, 16160, 3200):  # 50, 101 (odd) and 20 mel frames
+            front = tiny_fm.truncated(layer).for_window(samples)
+            form = WindowedWhisperFM(front, window_samples=samples).eval()
+            wave = 0.1 * torch.randn(1, samples, generator=generator)
+            with torch.no_grad():
+                want, got, louder = front(wave), form(wave), form(3.0 * wave)
+            assert got.shape == want.shape
+            assert float((got - want).abs().max()) < 1e-5 * float(want.abs().max())
+            assert float((louder - got).abs().max()) < 1e-4  # level-normalised as the original
+
+
+def test_whisper_front_form_is_chosen_per_target(fused):
+    from edge_ser.converters.whisper_export import WindowedWhisperFM
+
+    assert fused.with_front_form("transformers") is fused
+    bmm = fused.with_front_form("bmm")
+    assert isinstance(bmm.front, WindowedWhisperFM) and bmm.head is fused.head and bmm.labels == fused.labels
+    assert get_backend("executorch").whisper_front_form == "bmm"
+    with pytest.raises(ValueError, match="expected one of transformers, bmm"):
+        fused.with_front_form("sdpa")
+    wave = fused.example_input()
+    with torch.no_grad():
+        for want, got in zip(fused(wave), bmm(wave)):
+            assert torch.allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [100, 101])
+def test_strided_conv_taps_are_unit_stride_slices(frames):
+    """Whisper's conv2 as a Linear: its strided taps are built from unit-stride slices (XNNPACK
+    takes those; a strided slice is a portable copy) and give exactly the conv's outputs."""
+    from edge_ser.converters.quantize_xnnpack import Conv1dAsLinear
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(16, 8, 3, stride=2, padding=1).eval()
+    rewritten = Conv1dAsLinear(conv).eval()
+    x = torch.randn(1, 16, frames)
+    with torch.no_grad():
+        assert torch.allclose(rewritten(x), conv(x), atol=1e-5)
+    graph = torch.export.export(rewritten, (x,)).graph
+    steps = [n.args[4] if len(n.args) > 4 else 1 for n in graph.nodes if n.target == torch.ops.aten.slice.Tensor]
+    assert steps and all(step == 1 for step in steps), steps
 
 
 @pytest.mark.parametrize(("cin", "cout", "k", "stride", "padding", "dilation", "bias"), [
