@@ -446,7 +446,7 @@ def test_executorch_loop_constants_inlined_or_lowered_as_inputs(op, tmp_path):
 def assert_window_graph_has_no_portable_front_ops(manifest: dict) -> None:
     """An ExecuTorch windowed Whisper graph runs its front (level, centre padding, positions,
     attention, the strided stem conv) inside XNNPACK: none of the portable ops that transformers'
-    encoder and the strided taps export with (docs/architecture.md, "The Whisper front as exported")."""
+    encoder and the strided taps export with (docs/targets.md, "The Whisper front as exported")."""
     portable = manifest["delegation"]["portable_ops"]
     gone = {"aten_where_self", "aten_eq_scalar", "aten_any_dim", "aten_logical_not_default", "aten_full_like_default",
             "aten_expand_copy_default", "aten_arange_start_step", "aten_abs_default", "aten_index_tensor",
