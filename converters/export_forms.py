@@ -21,6 +21,8 @@ applies it to a fused model.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -37,8 +39,30 @@ def export_head(model: TCGRU, *, frames: int, gru_form: str = "unrolled") -> "TC
     """An export-ready copy of ``model`` for a fixed, unpadded window of ``frames`` frames (eval mode, no dropout).
 
     gru_form: ``"unrolled"`` (any batch; Core ML) or ``"scan"`` (batch 1; ExecuTorch), see the module docstring.
+    An ensemble (:class:`~edge_ser.train.ensemble.EnsembleTCGRU`) gets its wide head in that form and
+    the same averaging of the members.
     """
+    from edge_ser.train.ensemble import EnsembleTCGRU
+
+    if isinstance(model, EnsembleTCGRU):
+        return EnsembleExport(model, frames=frames, gru_form=gru_form)  # type: ignore[return-value]
     return TCGRUExport(model, frames=frames, gru_form=gru_form)
+
+
+class EnsembleExport(nn.Module):
+    """The export form of an ensemble head: the wide TC-GRU's export form, then the members' average
+    (:func:`edge_ser.train.ensemble.combine_members`)."""
+
+    def __init__(self, model: Any, *, frames: int, gru_form: str) -> None:
+        super().__init__()
+        self.wide = TCGRUExport(model.wide, frames=frames, gru_form=gru_form)
+        self.n_members, self.n_dims, self.n_classes = model.n_members, model.n_dims, model.n_classes
+        self.input_dim = model.input_dim
+
+    def forward(self, x: torch.Tensor) -> TCGRUOutput:
+        from edge_ser.train.ensemble import combine_members
+
+        return combine_members(self.wide(x), n_members=self.n_members, n_dims=self.n_dims, n_classes=self.n_classes)
 
 
 class _UnrolledGRULayer(nn.Module):

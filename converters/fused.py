@@ -73,10 +73,11 @@ class FusedSER(nn.Module):
         :class:`~edge_ser.train.model.TCGRU` (already an export form, or another module) is kept as it
         is. Shares the front's weights."""
         from edge_ser.converters.export_forms import export_head
+        from edge_ser.train.ensemble import EnsembleTCGRU
         from edge_ser.train.model import TCGRU
 
         _check_gru_form(gru_form)
-        if gru_form == "native" or not isinstance(self.head, TCGRU):
+        if gru_form == "native" or not isinstance(self.head, (TCGRU, EnsembleTCGRU)):
             return self
         head = export_head(self.head, frames=frames_for_window(self.front, self.window_samples),
                            gru_form=gru_form).eval()

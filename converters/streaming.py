@@ -212,8 +212,14 @@ def build_streaming_model(fused: FusedSER, *, hop_s: float, gru_form: str = "nat
     ``"cached"`` runs it on the hop's frames with the previous ``window - hop`` as cached keys and
     values, positions counted since the segment start (Whisper; :mod:`edge_ser.converters.stream_fm`);
     ``"auto"``: cached for Whisper, window for the others."""
+    from edge_ser.train.ensemble import EnsembleTCGRU
     from edge_ser.train.model import TCGRU
 
+    if isinstance(fused.head, EnsembleTCGRU):
+        raise ValueError(
+            f"the run is an ensemble of {fused.head.n_members} heads; streaming artifacts are built for one head "
+            "(its carried states are one GRU's). Convert the ensemble without --stream-hop (windowed), or stream "
+            "one of its member runs.")
     if not isinstance(fused.head, TCGRU):
         raise ValueError(
             f"the fused model's head is {type(fused.head).__name__}; expected the training TC-GRU (build the fused "

@@ -29,7 +29,7 @@ quiet_third_party_bars()
 COMMAND_MODULES: dict[str, dict[str, str | None]] = {
     "edge_ser.cli.data": {"data": "train"},
     "edge_ser.cli.features": {"features": "train", "saliency": "train"},
-    "edge_ser.cli.train": {"train": "train"},
+    "edge_ser.cli.train": {"train": "train", "ensemble": "train"},
     "edge_ser.cli.evaluate": {"evaluate": "train"},
     "edge_ser.cli.convert": {"convert": "convert"},
     # predict and bench need only the artifact's backend runtime ([onnx] or [executorch]);

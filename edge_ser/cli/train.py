@@ -16,6 +16,7 @@ from edge_ser.train.trainer import SELECTION_METRICS, TRAIN_PRECISIONS
 
 def register(root: click.Group) -> None:
     root.add_command(train)
+    root.add_command(ensemble)
 
 
 def _int_list(value: str, *, what: str) -> list[int]:
@@ -158,3 +159,49 @@ def _train(*, features: Path, out: Path, layer: int | None, saliency: Path | Non
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+@click.command("ensemble")
+@click.option("--run", "runs", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A finished run folder, or a k-fold folder (edge-ser train --folds); give it once per seed. "
+                   "All run folders: one ensemble. All k-fold folders: one ensemble per fold.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write: a run folder, or fold<f>_seed<s> run folders for k-fold input.")
+@click.option("--features", "features", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The runs' feature cache, if it moved since training (for the ensemble's validation and test "
+                   "metrics; without it they are left out).")
+@one_line_errors
+def ensemble(runs: tuple[Path, ...], out: Path, features: Path | None) -> None:
+    """Average seed runs of one recipe into one head (one artifact, one foundation-model pass).
+
+    The runs must share features, layer, fold, labels and architecture and differ in --seeds; the
+    ensemble is written as a run folder that evaluate, convert, verify and the runtime take as they
+    take one run (docs/accuracy.md, "Seed ensembles as one artifact").
+    """
+    from edge_ser.errors import EdgeSerError
+    from edge_ser.train.ensemble import make_ensemble_run, make_fold_ensembles
+
+    single = [(r / "run.json").is_file() for r in runs]
+    try:
+        if all(single):
+            info = make_ensemble_run(runs, out, features_dir=features)
+            _echo_ensemble(out, info)
+        elif not any(single):
+            for fold, info in make_fold_ensembles(runs, out, features_dir=features).items():
+                _echo_ensemble(Path(info["run_dir"]), info)
+        else:
+            raise click.UsageError("--run mixes run folders and k-fold folders; give only run folders (one ensemble) "
+                                   "or only k-fold folders (one ensemble per fold).")
+    except EdgeSerError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _echo_ensemble(out: Path, info: dict) -> None:
+    members = info["ensemble"]["members"]
+    test = info.get("test_metrics") or {}
+    uar = test.get("uar_corpus", test.get("uar6"))
+    each = ", ".join(_fmt((m.get("test_metrics") or {}).get("uar_corpus", (m.get("test_metrics") or {}).get("uar6")))
+                     for m in members)
+    click.echo(f"{out}: {len(members)} heads, {info['n_parameters']:,} parameters; test UAR {_fmt(uar)} "
+               f"(members {each})" if uar is not None else f"{out}: {len(members)} heads; {info['ensemble']['metrics']}")

@@ -157,7 +157,13 @@ def write_run_config(run_dir: str | os.PathLike, *, train: dict[str, Any], model
 
 
 def build_model(model_config: dict[str, Any]) -> TCGRU:
+    """The head a run's config.json ``model`` describes: a TC-GRU, or an ensemble of them
+    (:class:`~edge_ser.train.ensemble.EnsembleTCGRU`, ``edge-ser ensemble``) with the same interface."""
     params = dict(model_config)
+    from edge_ser.train.ensemble import ENSEMBLE_KEY, EnsembleTCGRU
+
+    if ENSEMBLE_KEY in params:
+        return EnsembleTCGRU(**params)  # type: ignore[return-value]
     input_dim = int(params.pop("input_dim"))
     return TCGRU(input_dim, **params)
 
