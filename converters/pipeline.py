@@ -287,6 +287,9 @@ def _write_artifact_manifest(artifact_dir: Path, *, backend: Backend, spec: Prec
         labels=fused.labels or (),
     )
     manifest["backend"]["lowering"] = {k: v for k, v in lowered.info.items() if k != "delegation"}
+    # How the graph was written before lowering (same outputs either way; parity measured the form).
+    manifest["backend"]["graph_forms"] = {"gru": backend.gru_form, "whisper_front": (
+        backend.whisper_front_form if graph.streaming is None else f"streaming-{graph.streaming.fm_mode}")}
     manifest["converted_on"] = cpu_features().to_dict()
     if graph.streaming is not None:
         manifest["streaming"] = streaming_manifest_block(graph.streaming)

@@ -167,6 +167,7 @@ def test_convert_every_target_and_precision(fused, calibration, validation, tmp_
         if precision == "int8":
             assert d["delegated_ops"].get("quantized_decomposed_choose_qparams_tensor", 0) >= 1, d
         assert_window_graph_has_no_portable_front_ops(manifest)
+    assert manifest["backend"]["graph_forms"] == {"gru": backend.gru_form, "whisper_front": backend.whisper_front_form}
     if target == "onnx" and precision == "int8":
         import onnx
 
