@@ -168,8 +168,15 @@ def test_ensembles_of_runs_that_saw_other_data_are_refused(pipeline, tmp_path):
         make_ensemble_run([folds / "fold0_seed0"], tmp_path / "c")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="holds \\['x'\\]"):
         make_ensemble_run([folds / "fold0_seed0", folds / "fold0_seed1"], tmp_path / "full")
+    # A finished ensemble of the same runs is kept (a rerun); of other runs, refused.
+    done = pipeline / "ens" / "fold0_seed0"
+    before = (done / "run.json").read_bytes()
+    assert make_ensemble_run([folds / "fold0_seed0", folds / "fold0_seed1"], done)["ensemble"]
+    assert (done / "run.json").read_bytes() == before
+    with pytest.raises(FileExistsError, match="not the ensemble of these runs"):
+        make_ensemble_run([folds / "fold0_seed1", folds / "fold0_seed0"], done)
     # Seeds from two k-fold folders join by fold; a fold with one run only is refused by name.
     runner = CliRunner()
     result = runner.invoke(cli_root, ["ensemble", "--run", str(pipeline / "seed2"), "--out", str(tmp_path / "d")])

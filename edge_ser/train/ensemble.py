@@ -154,17 +154,27 @@ def make_ensemble_run(runs: Sequence[str | os.PathLike], out: str | os.PathLike,
     """Write the ensemble of finished ``runs`` (same features, fold and architecture; other seeds) as a
     run folder at ``out``; returns its run.json. Validation and test metrics are recomputed on the
     runs' feature cache (``features_dir`` when it moved) and left out, with the reason, when the
-    cache is not found."""
+    cache is not found. run.json is written last: a folder without it (an interrupted call) is
+    written again; one that holds this ensemble already is returned as it is."""
     from edge_ser import __version__
-    from edge_ser.io import write_json_atomic
+    from edge_ser.io import read_json, write_json_atomic
     from edge_ser.train import runs as run_files
 
     out = Path(out)
     if len(runs) < 2:
         raise ValueError(f"got {len(runs)} run(s); an ensemble needs at least 2 (--run A --run B).")
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty; pass a new folder for the ensemble run.")
     infos = [run_files.read_run_info(r) for r in runs]
+    if (out / run_files.RUN_FILE).is_file():
+        finished = read_json(out / run_files.RUN_FILE)
+        recorded = [m.get("model_sha256") for m in (finished.get("ensemble") or {}).get("members", [])]
+        if recorded == [i.weights_sha256 for i in infos]:
+            return finished  # the same ensemble, already written (a rerun after an interruption)
+        raise FileExistsError(f"{out} already holds a finished run that is not the ensemble of these runs; pass a new "
+                              "folder for the ensemble run.")
+    leftovers = {p.name for p in out.iterdir()} - {run_files.CONFIG_FILE, run_files.BEST_WEIGHTS} if out.exists() else set()
+    if leftovers:
+        raise FileExistsError(f"{out} exists and holds {sorted(leftovers)[:3]}; pass a new (or empty) folder for the "
+                              "ensemble run.")
     if len({os.path.realpath(i.run_dir) for i in infos}) < len(infos):
         raise ValueError(f"runs {[str(r) for r in runs]} name one run more than once; an ensemble of a head with itself "
                          "is that head.")
