@@ -21,13 +21,10 @@ as trained, so any difference is part of the measured error.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-_LN10 = math.log(10.0)
 WHISPER_FRONT_FORMS: tuple[str, ...] = ("transformers", "bmm")
 """How a windowed graph's Whisper front is written (:attr:`~edge_ser.converters.backend_base.Backend.whisper_front_form`)."""
 
@@ -112,19 +109,16 @@ class WindowedWhisperFM(nn.Module):
         self.layer = getattr(front, "layer", None)
         self.window_samples = int(window_samples)
         self.level_target, self.level_floor_power = level.target, level.floor_power
-        self.stft = log_mel.stft
-        self.register_buffer("mel_weight", log_mel.mel_weight.detach().clone())
+        self.log_mel = log_mel
         # The centre reflect padding: two gathers of the n_fft / 2 edge samples with constant indices
         # (F.pad's reflect mode exports as arange/abs/sub/index over the whole window, and one gather
         # of the whole window would store its 4-byte index per sample in the program).
-        index = self.stft.reflect_index(self.window_samples)
+        index = log_mel.stft.reflect_index(self.window_samples)
         edge = (index.shape[0] - self.window_samples) // 2
         self.register_buffer("pad_left", index[:edge].clone())
         self.register_buffer("pad_right", index[index.shape[0] - edge:].clone())
         self.body = front.body
-        mel_frames = self.window_samples // 160
-        self.odd_mel = mel_frames % 2 == 1  # transformers needs an even count: one floor frame appended
-        frames = (mel_frames + 1) // 2
+        frames = (self.window_samples // 160 + 1) // 2  # whisper_even_mel pads an odd mel count by one frame
         table = self.body.embed_positions.weight.detach()
         if table.shape[0] < frames:
             raise ValueError(f"the encoder has {table.shape[0]} positional rows; a {self.window_samples}-sample window "
@@ -134,17 +128,13 @@ class WindowedWhisperFM(nn.Module):
         self.heads, self.head_dim, self.scaling = int(attention.num_heads), int(attention.head_dim), attention.scaling
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        from edge_ser.fm.model import whisper_even_mel
+
         gain = level_gain(waveform, target=self.level_target, floor_power=self.level_floor_power)
         scaled = waveform * gain
         padded = torch.cat([torch.index_select(scaled, 1, self.pad_left), scaled,
                             torch.index_select(scaled, 1, self.pad_right)], dim=1)
-        power = self.stft.power_of_padded(padded.reshape(1, 1, padded.shape[1]))[:, :, :-1]
-        log_mel = torch.log(torch.clamp(F.conv1d(power, self.mel_weight), min=1e-10)) * (1.0 / _LN10)
-        peak = torch.amax(log_mel, dim=(1, 2), keepdim=True)
-        log_mel = (torch.maximum(log_mel, peak - 8.0) + 4.0) * 0.25
-        if self.odd_mel:  # whisper_even_mel: the floor frame, (peak - 8 + 4) / 4 in normalised units
-            floor = ((peak - 8.0 + 4.0) * 0.25).expand(-1, log_mel.shape[1], 1)
-            log_mel = torch.cat([log_mel, floor], dim=2)
+        log_mel = whisper_even_mel(self.log_mel.of_power(self.log_mel.stft.power_of_padded(padded.reshape(1, 1, -1))))
         x = F.gelu(self.body.conv1(log_mel))
         x = F.gelu(self.body.conv2(x)).permute(0, 2, 1) + self.positions
         for block in self.body.layers:

@@ -292,7 +292,12 @@ class WhisperLogMel(nn.Module):
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, samples)`` -> ``(batch, n_mels, samples // 160)`` normalised log-mel."""
         _check_waveform(waveform, min_samples=self.stft.min_samples, who="WhisperLogMel")
-        power = self.stft(waveform)[:, :, :-1]
+        return self.of_power(self.stft(waveform))
+
+    def of_power(self, power: torch.Tensor) -> torch.Tensor:
+        """The normalised log-mel of a centred STFT power ``(batch, n_freqs, frames + 1)`` (what
+        :meth:`forward` computes after the STFT; a graph that pads the signal its own way starts here)."""
+        power = power[:, :, :-1]
         mel = F.conv1d(power, self.mel_weight)
         log_mel = torch.log(torch.clamp(mel, min=1e-10)) * (1.0 / _LN10)
         peak = torch.amax(log_mel, dim=(1, 2), keepdim=True)

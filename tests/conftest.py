@@ -113,3 +113,27 @@ def ravdess_whisper_features(ravdess_root, whisper_base_ct2_dir, real_work_dir) 
     return RavdessFeatures(corpus_dir=corpus_dir, features_dir=feats, saliency_dir=sal_dir)
 
 
+
+
+@pytest.fixture(scope="session")
+def tiny_fold_corpus():
+    """A function ``(root, layer) -> (corpus folder, feature cache)``: a 6-speaker synthetic corpus in
+    3 speaker folds (fold 0's split as train/valid/test) and its tiny-whisper (random init) features
+    of ``layer``, written under ``root``. The k-fold tests' shared start."""
+    def make(root: Path, layer: int) -> tuple[Path, Path]:
+        from edge_ser.data.splits import fold_assignment, speaker_folds
+        from edge_ser.data.synthetic import synthesize_corpus
+        from edge_ser.data.table import save_corpus
+        from edge_ser.features.extract import extract_features
+        from edge_ser.labels import CATEGORIES
+
+        synth = synthesize_corpus(out=root / "synth", n_speakers=6, utterances_per_speaker=3, seed=0)
+        table = fold_assignment(speaker_folds(synth.table, k=3, seed=0), fold=0)
+        corpus = save_corpus(table, root / "corpus", corpus="synthetic",
+                             audio_root=(root / "synth" / "audio").resolve(),
+                             label_mapping={c: c for c in CATEGORIES}, soft_target_rule="copied")
+        extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[layer],
+                         random_init=True, show_progress=False)
+        return Path(corpus.root), root / "feats"
+
+    return make

@@ -82,19 +82,9 @@ def test_heads_of_another_architecture_or_normalisation_are_refused():
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    from edge_ser.data.splits import fold_assignment, speaker_folds
-    from edge_ser.data.synthetic import synthesize_corpus
-    from edge_ser.data.table import save_corpus
-    from edge_ser.features.extract import extract_features
-
+def pipeline(tmp_path_factory, tiny_fold_corpus):
     root = tmp_path_factory.mktemp("ensemble")
-    synth = synthesize_corpus(out=root / "synth", n_speakers=6, utterances_per_speaker=3, seed=0)
-    table = fold_assignment(speaker_folds(synth.table, k=3, seed=0), fold=0)
-    corpus = save_corpus(table, root / "corpus", corpus="synthetic", audio_root=(root / "synth" / "audio").resolve(),
-                         label_mapping={c: c for c in CATEGORIES}, soft_target_rule="copied")
-    extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[LAYER],
-                     random_init=True, show_progress=False)
+    tiny_fold_corpus(root, LAYER)
     train_folds(cache_dir=root / "feats", layer=LAYER, out=root / "folds", seeds=(0, 1), config=TINY, progress=False)
     train_folds(cache_dir=root / "feats", layer=LAYER, out=root / "seed2", seeds=(2,), folds=[0], config=TINY,
                 progress=False)

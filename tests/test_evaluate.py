@@ -19,8 +19,6 @@ from click.testing import CliRunner
 
 from edge_ser.data.conditions import make_condition_corpus
 from edge_ser.data.noise import make_noisy_corpus
-from edge_ser.data.splits import fold_assignment, speaker_folds
-from edge_ser.data.synthetic import synthesize_corpus
 from edge_ser.data.table import load_corpus, save_corpus
 from edge_ser.errors import CorpusError, ManifestError
 from edge_ser.evaluation.predict import predict_corpus, predict_folds
@@ -46,19 +44,14 @@ CACHE_VS_AUDIO_ATOL = 5e-4
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, tiny_fold_corpus):
     root = tmp_path_factory.mktemp("evalpipe")
-    synth = synthesize_corpus(out=root / "synth", n_speakers=6, utterances_per_speaker=3, seed=0)
-    table = fold_assignment(speaker_folds(synth.table, k=3, seed=0), fold=0)
-    corpus = save_corpus(table, root / "corpus", corpus="synthetic", audio_root=(root / "synth" / "audio").resolve(),
-                         label_mapping={c: c for c in CATEGORIES}, soft_target_rule="copied")
-    extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[LAYER],
-                     random_init=True, show_progress=False)
+    corpus_root, _ = tiny_fold_corpus(root, LAYER)
     train_run(source=CacheFeatureSource(root / "feats", layer=LAYER), out=root / "run", config=TINY, progress=False)
     train_folds(cache_dir=root / "feats", layer=LAYER, out=root / "folds", config=TINY, progress=False)
-    make_noisy_corpus(corpus_dir=corpus.root, snr_db=5.0, out=root / "noisy5", noise="white", split="all", seed=0)
-    make_condition_corpus(corpus_dir=corpus.root, condition="gain+20dB", out=root / "loud", split="all")
-    extract_features(corpus_dir=corpus.root, model="mfbf0", out=root / "mfbf0", show_progress=False)
+    make_noisy_corpus(corpus_dir=corpus_root, snr_db=5.0, out=root / "noisy5", noise="white", split="all", seed=0)
+    make_condition_corpus(corpus_dir=corpus_root, condition="gain+20dB", out=root / "loud", split="all")
+    extract_features(corpus_dir=corpus_root, model="mfbf0", out=root / "mfbf0", show_progress=False)
     train_run(source=CacheFeatureSource(root / "mfbf0", layer=0), out=root / "mfbf0_run", config=TINY, progress=False)
     return root
 

@@ -177,7 +177,7 @@ def ensemble(runs: tuple[Path, ...], out: Path, features: Path | None) -> None:
 
     The runs must share features, layer, fold, labels and architecture and differ in --seeds; the
     ensemble is written as a run folder that evaluate, convert, verify and the runtime take as they
-    take one run (docs/accuracy.md, "Seed ensembles as one artifact").
+    take one run (docs/accuracy.md, session 12).
     """
     from edge_ser.errors import EdgeSerError
     from edge_ser.train.ensemble import make_ensemble_run, make_fold_ensembles
@@ -197,11 +197,15 @@ def ensemble(runs: tuple[Path, ...], out: Path, features: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _test_uar(record: dict) -> float | None:
+    """A run record's test UAR: over the corpus vocabulary, else over the paper's scored classes."""
+    test = record.get("test_metrics") or {}
+    return test.get("uar_corpus", test.get("uar6"))
+
+
 def _echo_ensemble(out: Path, info: dict) -> None:
     members = info["ensemble"]["members"]
-    test = info.get("test_metrics") or {}
-    uar = test.get("uar_corpus", test.get("uar6"))
-    each = ", ".join(_fmt((m.get("test_metrics") or {}).get("uar_corpus", (m.get("test_metrics") or {}).get("uar6")))
-                     for m in members)
+    uar = _test_uar(info)
+    each = ", ".join(_fmt(_test_uar(m)) for m in members)
     click.echo(f"{out}: {len(members)} heads, {info['n_parameters']:,} parameters; test UAR {_fmt(uar)} "
                f"(members {each})" if uar is not None else f"{out}: {len(members)} heads; {info['ensemble']['metrics']}")
