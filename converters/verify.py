@@ -20,6 +20,17 @@ declares them for its precision, :mod:`edge_ser.runtime.targets`):
   ``"artifact vs fp32 artifact"`` (quantization error, the artifact's tolerance) and
   ``"fp32 artifact vs PyTorch reference"`` (conversion error, the fp32 tolerance of the
   baseline's target).
+
+A **streaming** artifact (``edge-ser convert --stream-hop``) is verified the way an app runs it:
+each clip is pushed through :meth:`edge_ser.runtime.EmotionModel.stream` from the initial state
+and flushed (the last partial hop zero-padded), at most one segment of it (the first
+``max_segment_hops`` hops: no segment reset inside a clip). The reference is what the stream
+must return over the same samples, computed without streaming
+(:func:`edge_ser.converters.streaming.offline_stream_reference`: the run's foundation model and
+its training head over every frame so far). The first report compares each utterance's final
+estimate (the one that pools the whole clip, and the one scored against the labels); a second,
+:data:`STREAM_HOPS_COMPARISON`, compares every hop's estimate, the timeline an app shows. Both
+decide the verdict.
 """
 
 from __future__ import annotations
@@ -40,12 +51,13 @@ from edge_ser.runtime.parity import ParityReport, compare
 from edge_ser.train.runs import RunInfo, read_run_info
 
 __all__ = ["VerifyResult", "verify_artifact", "verify_robustness", "robustness_table", "REFERENCE_COMPARISON",
-           "QUANTIZATION_COMPARISON", "CONVERSION_COMPARISON"]
+           "QUANTIZATION_COMPARISON", "CONVERSION_COMPARISON", "STREAM_HOPS_COMPARISON"]
 
 REFERENCE_COMPARISON = "artifact vs PyTorch reference"
 QUANTIZATION_COMPARISON = "artifact vs fp32 artifact"
 CONVERSION_COMPARISON = "fp32 artifact vs PyTorch reference"
 KERNEL_PATH_COMPARISON_PREFIX = "artifact with "
+STREAM_HOPS_COMPARISON = "streamed artifact vs offline computation, every hop"
 
 
 def kernel_path_comparison(path: str) -> str:
@@ -60,7 +72,8 @@ class VerifyResult:
 
     ``reports[0]`` is the artifact-vs-reference report (the verdict); with a baseline,
     ``reports[1]`` is the quantization and ``reports[2]`` the conversion comparison.
-    ``n_windows``: model windows run per candidate (>= ``n_utterances``; long clips span several).
+    ``n_windows``: model calls per candidate: windows (>= ``n_utterances``; long clips span several),
+    or hops for a streaming artifact (``hop_s`` set).
     """
 
     artifact: str
@@ -76,6 +89,8 @@ class VerifyResult:
     """:func:`edge_ser.cpu_features.cpu_features` of the machine that verified."""
     fold: int | None = None
     """The run's held-out fold when it is a k-fold run: ``split`` is then that fold's assignment."""
+    hop_s: float | None = None
+    """A streaming artifact's hop (each clip streamed hop by hop); None for a windowed artifact."""
 
     @property
     def verdict(self) -> ParityReport:
@@ -84,7 +99,7 @@ class VerifyResult:
 
     def _deciding(self) -> list[ParityReport]:
         return [r for r in self.reports if r.comparison.split(" [")[0] == REFERENCE_COMPARISON
-                or r.comparison.startswith(KERNEL_PATH_COMPARISON_PREFIX)]
+                or r.comparison.startswith((STREAM_HOPS_COMPARISON, KERNEL_PATH_COMPARISON_PREFIX))]
 
     @property
     def passed(self) -> bool:
@@ -94,7 +109,7 @@ class VerifyResult:
         return {
             "artifact": self.artifact, "baseline": self.baseline, "run": self.run, "corpus": self.corpus,
             "split": self.split, "fold": self.fold, "n_utterances": self.n_utterances, "n_windows": self.n_windows,
-            "passed": self.passed, "wall_s": self.wall_s, "cpu": dict(self.cpu),
+            "hop_s": self.hop_s, "passed": self.passed, "wall_s": self.wall_s, "cpu": dict(self.cpu),
             "reports": [r.to_dict() for r in self.reports],
         }
 
@@ -199,14 +214,27 @@ def verify_artifact(
     run.check_artifact(source, artifact=model.manifest.root, role="artifact")
     base_model = None if baseline is None else _load_baseline(Path(baseline), model, run, threads=threads)
 
-    reference = _torch_runner(_reference_model(run_dir=run_dir, source=source,
-                                               window_samples=model.window_samples))
-    candidates = _candidates(model, reference, base_model, kernel_paths=kernel_paths, threads=threads)
+    fused = _reference_model(run_dir=run_dir, source=source, window_samples=model.window_samples)
     transform = _condition_transform(condition)
     corpus = load_corpus(corpus_dir)
     rows, used_split = _select_rows(corpus, split=split, max_utterances=int(max_utterances), seed=seed, run=run)
-    outputs, n_windows = _run_candidates(model, candidates, corpus, rows, transform=transform, progress=progress)
-    reports = _parity_reports(model, base_model, outputs, _task_inputs(rows, model.manifest.labels))
+    task_inputs = _task_inputs(rows, model.manifest.labels)
+    if model.manifest.streaming is None:
+        candidates = _candidates(model, _torch_runner(fused), base_model, kernel_paths=kernel_paths, threads=threads)
+        outputs, n_windows = _run_candidates(model, candidates, corpus, rows, transform=transform, progress=progress)
+        reports = _parity_reports(model, base_model, outputs, task_inputs)
+    else:
+        streams = _stream_candidates(model, fused, base_model, kernel_paths=kernel_paths, threads=threads)
+        hops = _run_stream_candidates(model, streams, corpus, rows, transform=transform, progress=progress)
+        finals = {name: {o: np.stack([clip[-1][o] for clip in clips]) for o in OUTPUT_NAMES}
+                  for name, clips in hops.items()}
+        reports = _parity_reports(model, base_model, finals, task_inputs)
+        every = {name: {o: np.concatenate([np.stack([h[o] for h in clip]) for clip in clips]) for o in OUTPUT_NAMES}
+                 for name, clips in hops.items()}
+        n_windows = len(every["artifact"]["probs"])
+        reports.insert(1, compare(every["reference"], every["artifact"], target=model.manifest.target,
+                                  precision=model.manifest.precision,
+                                  comparison=f"{STREAM_HOPS_COMPARISON} ({n_windows} hops in {len(rows)} streams)"))
     if condition is not None:
         reports = [dataclasses.replace(r, comparison=f"{r.comparison} [{condition}]") for r in reports]
     return VerifyResult(
@@ -214,6 +242,7 @@ def verify_artifact(
         n_utterances=len(rows), n_windows=n_windows, reports=tuple(reports),
         baseline=None if baseline is None else str(baseline), wall_s=round(time.perf_counter() - start, 3),
         cpu=cpu_features().to_dict(), fold=run.fold,
+        hop_s=None if model.manifest.streaming is None else model.manifest.hop_samples / model.sample_rate,
     )
 
 
@@ -229,6 +258,15 @@ def _load_baseline(baseline: Path, model: Any, run: RunInfo, *, threads: int | N
             f"baseline {bm.root} has precision {bm.precision!r}; expected an fp32 artifact (quantization error is "
             "measured against float). Convert the run with --precision fp32 and pass that folder."
         )
+    stream, base_stream = model.manifest.streaming, bm.streaming
+    if (stream is None) != (base_stream is None) or (stream is not None and (
+            stream["hop_samples"] != base_stream["hop_samples"] or stream.get("fm_mode") != base_stream.get("fm_mode"))):
+        def kind(block: Any) -> str:
+            return "windowed" if block is None else f"streaming (hop {block['hop_samples']} samples, fm_mode " \
+                                                     f"{block.get('fm_mode', 'window')!r})"
+        raise ValueError(
+            f"baseline {bm.root} is {kind(base_stream)}, the artifact {kind(stream)}; expected the same kind. Convert "
+            "the baseline with the artifact's --stream-hop and --stream-fm (or neither).")
     if bm.window_samples != model.window_samples or bm.sample_rate != model.sample_rate:
         raise ValueError(
             f"baseline {bm.root} takes {bm.window_samples} samples at {bm.sample_rate} Hz, the artifact "
@@ -256,6 +294,81 @@ def _candidates(model: Any, reference: Callable[[np.ndarray], Outputs], base_mod
         for path, runner in emulated.items():
             candidates[path] = lambda w, run=runner.run: run(np.asarray(w, dtype=np.float32).reshape(1, -1))
     return candidates
+
+
+StreamRunner = Callable[[np.ndarray], list[Outputs]]
+"""A streaming candidate: one clip (mono, the artifact's rate, whole hops) -> each hop's outputs."""
+
+
+def _stream_candidates(model: Any, fused: Any, base_model: Any, *, kernel_paths: bool,
+                       threads: int | None) -> dict[str, StreamRunner]:
+    """Name -> clip streamer for a streaming artifact: ``reference`` (the offline computation over
+    the same samples), ``artifact`` and ``baseline`` through :meth:`EmotionModel.stream` (the app's
+    state loop), then one per emulated int8 kernel path (its runner in the same loop)."""
+    from edge_ser.converters.streaming import offline_stream_reference, stream_outputs
+
+    block = model.manifest.streaming
+    hop, fm_mode = int(block["hop_samples"]), block.get("fm_mode", "window")
+
+    def reference(clip: np.ndarray) -> list[Outputs]:
+        return [dict(zip(OUTPUT_NAMES, out)) for out in
+                offline_stream_reference(fused, clip, hop_samples=hop, fm_mode=fm_mode)]
+
+    candidates: dict[str, StreamRunner] = {"reference": reference, "artifact": lambda clip: _app_stream(model, clip)}
+    if base_model is not None:
+        candidates["baseline"] = lambda clip: _app_stream(base_model, clip)
+    if kernel_paths:
+        from edge_ser.converters.backends import get_backend
+
+        backend = get_backend(model.manifest.target)
+        emulated = backend.kernel_path_runners(model.manifest.root,
+                                               precision=backend.precision(model.manifest.precision),
+                                               num_threads=threads or 1)
+        initial = [np.zeros(state["shape"], np.float32) for state in block["state"]]
+        for path, runner in emulated.items():
+            candidates[path] = lambda clip, run_all=runner.run_all: [
+                dict(zip(OUTPUT_NAMES, out)) for out in stream_outputs(run_all, clip, initial_state=initial,
+                                                                       hop_samples=hop)]
+    return candidates
+
+
+def _app_stream(model: Any, clip: np.ndarray) -> list[Outputs]:
+    """``clip`` pushed through ``model.stream()`` and flushed: each hop's outputs as arrays."""
+    stream = model.stream()
+    points = stream.push(clip) + stream.flush()
+    return [{"probs": np.array([p.prediction.probabilities[name] for name in model.manifest.labels], np.float32),
+             "avd": np.array([p.prediction.arousal, p.prediction.valence, p.prediction.dominance], np.float32),
+             "embedding": p.prediction.embedding} for p in points]
+
+
+def _run_stream_candidates(model: Any, candidates: Mapping[str, StreamRunner], corpus: Any, rows: Any, *,
+                           transform: Callable[[np.ndarray], np.ndarray] | None,
+                           progress: bool) -> dict[str, list[list[Outputs]]]:
+    """Every row's clip through the runtime's input handling, cut to one segment and zero-padded to
+    whole hops (what :meth:`EmotionStream.flush` runs), then streamed by every candidate.
+    Returns ``{candidate: [each clip's hop outputs]}``."""
+    from edge_ser.audio import load_audio
+
+    block = model.manifest.streaming
+    hop = int(block["hop_samples"])
+    max_hops = block.get("max_segment_hops")
+    collected: dict[str, list[list[Outputs]]] = {name: [] for name in candidates}
+    for _, row in progress_bar(rows.iterrows(), total=len(rows), desc="streaming", unit="utt", enabled=progress,
+                               leave=False):
+        wave = load_audio(corpus.audio_path(row.to_dict()))
+        clip = model.prepare(wave if transform is None else transform(wave), model.sample_rate)
+        if max_hops is not None:
+            clip = clip[: int(max_hops) * hop]
+        n_hops = max(1, -(-len(clip) // hop))
+        clip = np.concatenate([clip, np.zeros(n_hops * hop - len(clip), np.float32)])
+        for name, run in candidates.items():
+            hops = run(clip)
+            if len(hops) != n_hops:
+                raise RuntimeError(f"candidate {name!r} returned {len(hops)} hops for a clip of {n_hops}; expected "
+                                   "one output per hop.")
+            collected[name].append([{o: np.asarray(h[o], dtype=np.float64).reshape(-1) for o in OUTPUT_NAMES}
+                                    for h in hops])
+    return collected
 
 
 def _condition_transform(condition: str | None) -> Callable[[np.ndarray], np.ndarray] | None:

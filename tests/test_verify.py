@@ -206,3 +206,79 @@ def test_robustness_sweep_for_onnx_and_executorch_artifacts(pipeline, tmp_path):
     assert cli.exit_code == 0, cli.output
     assert "| condition | n | UAR reference |" in cli.output and "| telephone |" in cli.output
     assert set(json.loads(out.read_text())) == {"clean", *STANDARD_CONDITIONS}
+
+
+STREAM_HOP_S = 0.1  # 5 Whisper frames; the run's window (0.3 s) is the stream's context
+
+
+@pytest.fixture(scope="module")
+def stream_artifact(pipeline):
+    """An ONNX fp32 streaming artifact of the tiny run (tiny-whisper: fm_mode auto = cached)."""
+    from edge_ser.converters.pipeline import convert_run
+
+    out = pipeline / "stream-fp32"
+    convert_run(run_dir=pipeline / "run", target="onnx", precision="fp32", out=out, window_s=WINDOW_S,
+                validation_utterances=2, hop_s=STREAM_HOP_S)
+    return out
+
+
+def test_streaming_artifact_is_verified_as_an_app_streams_it(pipeline, stream_artifact):
+    """Each test clip streamed through model.stream() from the initial state: the final estimate per
+    utterance (scored against the labels) and every hop compared with the offline computation."""
+    from edge_ser.audio import load_audio
+    from edge_ser.converters.verify import REFERENCE_COMPARISON, STREAM_HOPS_COMPARISON, verify_artifact
+    from edge_ser.data.table import load_corpus
+
+    result = verify_artifact(artifact=stream_artifact, run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                             progress=False)
+    corpus = load_corpus(pipeline / "corpus")
+    test_rows = corpus.table[corpus.table["split"] == "test"]
+    hop = int(round(STREAM_HOP_S * 16000))
+    expected_hops = sum(-(-len(load_audio(corpus.audio_path(r.to_dict()))) // hop) for _, r in test_rows.iterrows())
+    assert result.hop_s == pytest.approx(STREAM_HOP_S) and result.n_utterances == len(test_rows) == 4
+    assert result.n_windows == expected_hops > 4 * 10  # ~3 s clips in 0.1 s hops
+    final, every = result.reports
+    assert final.comparison == REFERENCE_COMPARISON and final.n_utterances == 4
+    assert every.comparison.startswith(STREAM_HOPS_COMPARISON) and every.n_utterances == expected_hops
+    assert final.task.uar_reference is not None and final.task.uar_candidate is not None
+    assert result.passed, "\n".join(r.to_text() for r in result.reports)
+    assert max(o.max_rel_of_scale for r in result.reports for o in r.outputs) <= 1e-4
+    assert result.to_dict()["hop_s"] == pytest.approx(STREAM_HOP_S)
+
+
+def test_streaming_verify_fails_when_the_state_is_not_carried(pipeline, stream_artifact, monkeypatch):
+    """The check can fail: a runtime that restarts the state every hop (the estimate then pools one
+    hop) breaches parity on the hop-by-hop comparison."""
+    from edge_ser.converters.verify import verify_artifact
+    from edge_ser.runtime.stream import EmotionStream
+
+    original = EmotionStream._run_hop
+
+    def forgetful(self, hop, *, real_samples):
+        self.reset()
+        return original(self, hop, real_samples=real_samples)
+
+    monkeypatch.setattr(EmotionStream, "_run_hop", forgetful)
+    result = verify_artifact(artifact=stream_artifact, run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                             max_utterances=2, progress=False)
+    assert not result.passed
+    assert any("of scale >" in f for r in result.reports for f in r.failures)
+
+
+def test_streaming_verify_refuses_a_baseline_of_another_kind(pipeline, stream_artifact):
+    from edge_ser.converters.verify import verify_artifact
+
+    with pytest.raises(ValueError, match=r"baseline .* is windowed, the artifact streaming \(hop 1600 samples"):
+        verify_artifact(artifact=stream_artifact, run_dir=pipeline / "run", corpus_dir=pipeline / "corpus",
+                        baseline=pipeline / "fp32", progress=False)
+
+
+def test_cli_verifies_a_streaming_artifact(pipeline, stream_artifact):
+    from edge_ser.cli import root
+
+    result = CliRunner().invoke(root, ["verify", "--artifact", str(stream_artifact), "--run", str(pipeline / "run"),
+                                       "--corpus-dir", str(pipeline / "corpus"), "--max-utterances", "2"])
+    assert result.exit_code == 0, result.output
+    assert "streamed from the initial state" in result.output
+    assert "onnx/fp32: artifact vs PyTorch reference, 2 utterances -> PASS" in result.output
+    assert "streamed artifact vs offline computation, every hop" in result.output

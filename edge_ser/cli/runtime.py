@@ -124,6 +124,9 @@ def verify(artifact: Path, run_dir: Path, test_dir: Path, baseline: Path | None,
     result = verify_artifact(artifact=artifact, run_dir=run_dir, corpus_dir=test_dir, baseline=baseline,
                              max_utterances=max_utterances, kernel_paths=kernel_paths, condition=condition,
                              progress=progress)
+    if result.hop_s is not None:
+        click.echo(f"streaming artifact: each clip streamed from the initial state in {result.hop_s:g} s hops "
+                   f"(model.stream(), then flush); the final estimate per utterance and every hop compared")
     for report in result.reports:
         click.echo(report.to_text())
     if out:
