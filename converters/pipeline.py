@@ -561,6 +561,7 @@ def convert_run(
     _refuse_existing(Path(out), overwrite=overwrite)
     fused = build_fused_model(run_dir=run_dir, window_s=window_s)
     provenance = fused.source["provenance"]
+    check_stream_features(provenance.get("stream"), run_dir=run_dir, hop_s=hop_s, window_s=window_s, fm_mode=fm_mode)
     corpus_dir = Path(provenance["corpus_dir"] or "")
     if not provenance["corpus_dir"] or not corpus_dir.is_dir():
         raise CorpusError(
@@ -580,6 +581,34 @@ def convert_run(
     return convert(fused=fused, target=target, precision=precision, out=out, calibration_waveforms=calibration,
                    validation_waveforms=validation, source_info=source, overwrite=overwrite, hop_s=hop_s,
                    fm_mode=fm_mode)
+
+
+def check_stream_features(stream: Mapping[str, Any] | None, *, run_dir: Path, hop_s: float | None, window_s: float,
+                          fm_mode: str) -> None:
+    """A run trained on stream features (``features extract --stream-hop``) converts only to the
+    streaming artifact those features came from: same hop, same context (``window_s``), ``cached``
+    foundation model; raises ValueError saying which options to pass. A run trained on whole-clip or
+    window features converts to either kind, with a warning for a streaming one."""
+    if stream is None:
+        if hop_s is not None:
+            log.warning("run %s was trained on whole-clip or window features; a streaming artifact feeds its head frames "
+                        "computed hop by hop (attention to the past only, running level), which it never saw: expect "
+                        "lower accuracy than its windowed artifact, more the deeper the cut (docs/streaming.md). For a "
+                        "stream-faithful head, train on `edge-ser features extract --stream-hop %g` features.",
+                        run_dir, hop_s)
+        return
+    want_hop, want_context = float(stream["hop_s"]), float(stream["context_s"])
+    options = f"--stream-hop {want_hop:g} --window-s {want_context:g}"
+    if hop_s is None:
+        raise ValueError(
+            f"run {run_dir} was trained on stream features ({want_hop:g} s hops, {want_context:g} s context: what a "
+            f"streaming artifact computes); a windowed artifact would feed its head whole-window features it never saw. "
+            f"Convert it with {options}, or train on features extracted without --stream-hop for a windowed artifact.")
+    if abs(float(hop_s) - want_hop) > 1e-9 or abs(float(window_s) - want_context) > 1e-9 or fm_mode == "window":
+        raise ValueError(
+            f"run {run_dir} was trained on the features of a cached stream with {want_hop:g} s hops and {want_context:g} s "
+            f"context; got --stream-hop {float(hop_s):g} --window-s {float(window_s):g} --stream-fm {fm_mode}. Convert "
+            f"with {options} (--stream-fm auto or cached), or extract and train on stream features of this geometry.")
 
 
 def run_waveforms(

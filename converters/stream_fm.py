@@ -208,6 +208,19 @@ def cached_reference_frames(front: nn.Module, waveform: np.ndarray, *, hop_sampl
                             context_frames: int) -> torch.Tensor:
     """What :class:`CachedWhisperFM` feeds the head over a stream of ``waveform`` (mono, one segment,
     preceded by zeros), computed without streaming: ``(1, K * M, D)`` for the ``K`` whole hops.
+    The last of :func:`cached_reference_states`."""
+    return cached_reference_states(front, waveform, hop_samples=hop_samples, context_frames=context_frames)[-1]
+
+
+@torch.no_grad()
+def cached_reference_states(front: nn.Module, waveform: np.ndarray, *, hop_samples: int,
+                            context_frames: int) -> list[torch.Tensor]:
+    """Every hidden state of ``front`` (a Whisper :class:`~edge_ser.fm.model.TruncatedFoundationModel`)
+    as a cached stream computes it over ``waveform`` (mono, one segment, preceded by zeros): index 0
+    the stem's frames plus positions, ``k`` the output of block ``k``, the last one through the
+    encoder's final layer norm where the front keeps it (as transformers' last hidden state); each
+    ``(1, K * M, D)`` for the ``K`` whole hops. What ``edge-ser features extract --stream-hop``
+    stores; the last state is what :class:`CachedWhisperFM` feeds the head.
 
     Independent of the streaming code where it can be: the level and the log-mel maximum from
     cumulative sums in float64, the STFT by ``torch.stft``, and the blocks are the truncated
@@ -217,7 +230,7 @@ def cached_reference_frames(front: nn.Module, waveform: np.ndarray, *, hop_sampl
 
     level, log_mel_module = list(front.front_end)
     if not isinstance(log_mel_module, WhisperLogMel):
-        raise ValueError("cached_reference_frames needs a Whisper front (WhisperLogMel front end).")
+        raise ValueError("cached_reference_states needs a Whisper front (WhisperLogMel front end).")
     body, table = front.body, front.position_table
     m, c = hop_samples // 320, int(context_frames)
     wave = np.asarray(waveform, dtype=np.float64).reshape(-1)
@@ -249,7 +262,9 @@ def cached_reference_frames(front: nn.Module, waveform: np.ndarray, *, hop_sampl
     hop_of = t // m
     visible = (t[None, :] >= hop_of[:, None] * m - c) & (t[None, :] < (hop_of[:, None] + 1) * m)
     mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min).reshape(1, 1, len(t), len(t))
+    states = [x]
     for block in body.layers:
         x = block(x, mask)
-        x = x[0] if isinstance(x, tuple) else x
-    return body.layer_norm(x)
+        states.append(x[0] if isinstance(x, tuple) else x)
+    states[-1] = body.layer_norm(states[-1])
+    return states

@@ -46,6 +46,11 @@ def features() -> None:
               help="Utterances per shard file.")
 @click.option("--batch-seconds", type=FiniteFloatRange(min=0, min_open=True), default=60.0, show_default=True,
               help="Most audio per batch of equal-length utterances.")
+@click.option("--stream-hop", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="Store the hidden states a streaming artifact with this hop (seconds, e.g. 1.0) computes, not the "
+                   "whole clip's: train a head on them for `edge-ser convert --stream-hop` (Whisper; docs/streaming.md).")
+@click.option("--stream-context", type=FiniteFloatRange(min=0, min_open=True), default=None,
+              help="With --stream-hop: the stream's context in seconds, the artifact's --window-s.  [default: 3.0]")
 @resume_option("Continue an interrupted extraction with the same settings (its finished shards are kept), or start "
                "it over. A finished cache with the same settings is kept as is; one with other settings needs "
                "--overwrite.")
@@ -55,13 +60,27 @@ def features() -> None:
 @progress_option
 @one_line_errors
 def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights: Path | None, random_init: bool,
-            seed: int, shard_utterances: int, batch_seconds: float, resume: bool, overwrite: bool, engine: str,
-            address: str | None, workers: int | None, device: str | None, progress: bool) -> None:
+            seed: int, shard_utterances: int, batch_seconds: float, stream_hop: float | None,
+            stream_context: float | None, resume: bool, overwrite: bool, engine: str, address: str | None,
+            workers: int | None, device: str | None, progress: bool) -> None:
     """Extract hidden states of every utterance into a feature cache folder."""
     common = dict(corpus_dir=corpus_dir, model=model, out=out, layers=_parse_layers(layers), weights=weights,
                   random_init=random_init, seed=seed, batch_seconds=batch_seconds,
                   shard_utterances=shard_utterances, resume=resume, overwrite=overwrite,
                   show_progress=progress)
+    if stream_context is not None and stream_hop is None:
+        raise click.UsageError("--stream-context only applies with --stream-hop; add --stream-hop (e.g. 1.0) or drop it.")
+    if stream_hop is not None:
+        if engine == "ray":
+            raise click.UsageError("--stream-hop runs on the local engine only (stream features are not built for Ray "
+                                   "workers; the local engine computes them at about 100x real time on one thread). "
+                                   "Drop --engine ray.")
+        from edge_ser.features.extract import StreamFeatures
+
+        try:
+            common["stream"] = StreamFeatures(hop_s=stream_hop, context_s=3.0 if stream_context is None else stream_context)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--stream-hop/--stream-context") from None
     if engine == "ray":
         from edge_ser.features.ray_engine import DEFAULT_RAY_WORKERS, extract_features_ray
 
@@ -78,6 +97,10 @@ def extract(corpus_dir: Path, model: str, out: Path, layers: str | None, weights
     speed = cache.manifest["throughput"]
     click.echo(f"{cache.root}: {len(cache)} utterances, {cache.model}, {cache.n_layers + 1} pooled layers of "
                f"width {cache.hidden_size}, frame-level layers {list(cache.layers_stored)}")
+    stream = cache.manifest.get("stream")
+    if stream:
+        click.echo(f"stream features: as a cached stream computes them, {stream['hop_s']:g} s hops, "
+                   f"{stream['context_s']:g} s context")
     if speed.get("wall_s"):
         click.echo(f"throughput: {speed['utterances_per_s']:.2f} utterances/s, "
                    f"{speed['realtime_factor']:.1f}x real time ({speed['threads']} threads)")

@@ -180,6 +180,12 @@ class _AudioFrames:
         self.min_samples = min_samples(loaded.spec)
         self.max_samples = max_samples(loaded.spec)
         self.expected_frames = loaded.frames_for_samples
+        # A cache of stream features (features extract --stream-hop): the frames a cached stream computes.
+        self.stream = manifest.get("stream")
+        if self.stream:
+            hop, per_hop = int(self.stream["hop_samples"]), int(self.stream["hop_frames"])
+            self.max_samples = (int(self.module.position_table.shape[0]) // per_hop) * hop
+            self.expected_frames = lambda n: max(1, -(-int(n) // hop)) * per_hop
 
     def __call__(self, utt_id: str, audio_path: Path) -> np.ndarray:
         from edge_ser.audio import load_audio
@@ -191,14 +197,29 @@ class _AudioFrames:
                 f"utterance {utt_id!r} ({audio_path}) has {wave.shape[0]} samples; {self.name} needs "
                 f"{self.min_samples}..{self.max_samples or 'any'} samples at 16 kHz. Drop it from the corpus."
             )
-        with torch.inference_mode():
-            out = self.module(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.device))
-        frames = out[0].float().cpu().numpy()
+        if getattr(self, "stream", None):
+            frames = self._stream_frames(wave)
+        else:
+            with torch.inference_mode():
+                out = self.module(torch.from_numpy(np.ascontiguousarray(wave))[None].to(self.device))
+            frames = out[0].float().cpu().numpy()
         expected = int(self.expected_frames(wave.shape[0]))
         if frames.shape[0] != expected:  # the cache stores exactly this many frames per utterance
             raise RuntimeError(f"{self.name} gave {frames.shape[0]} frames for {wave.shape[0]} samples; "
                                f"expected {expected}.")
         return frames
+
+    def _stream_frames(self, wave: np.ndarray) -> np.ndarray:
+        """The run layer's frames as the cached stream of the cache's ``stream`` block computes them over
+        ``wave`` zero-padded to whole hops (as extraction stored them)."""
+        from edge_ser.converters.stream_fm import cached_reference_frames
+
+        hop = int(self.stream["hop_samples"])
+        n_hops = max(1, -(-wave.shape[0] // hop))
+        padded = np.concatenate([wave, np.zeros(n_hops * hop - wave.shape[0], np.float32)])
+        frames = cached_reference_frames(self.module.cpu(), padded, hop_samples=hop,
+                                         context_frames=int(self.stream["context_frames"]))
+        return frames[0].float().numpy()
 
 
 def _audio_frames(choice: SourceChoice, run: RunInfo, *, memo: dict[tuple, _AudioFrames], engine: Any = None,

@@ -15,6 +15,16 @@ Whisper-base at 15.0 s as one batch vs 79.3 s one by one (5.3x, 2 threads, on a
 heavily shared 2-core machine, load average ~10; per-op thread-sync overhead dominates
 there, so expect a smaller gain on an idle machine). Real corpora rarely have equal
 lengths, so most utterances still run alone; exactness is not traded for that speed.
+
+**Stream features** (``stream=StreamFeatures(hop_s, context_s)``, ``edge-ser features extract
+--stream-hop``): each clip's hidden states as a cached streaming artifact computes them
+(:func:`edge_ser.converters.stream_fm.cached_reference_states`, docs/streaming.md): the clip
+zero-padded to whole hops (as ``EmotionStream.flush`` pads the last one), the foundation model
+run hop by hop from silence with a running level and log-mel maximum, positions since the start,
+and each hop's frames attending to themselves and to the ``context_s - hop_s`` seconds before.
+A head trained on them learns what a stream gives it; one trained on ordinary (whole-clip or
+window) features meets different frames in a stream. Whisper only (the cached mode), at most
+one stream segment (30 s) per clip.
 """
 
 from __future__ import annotations
@@ -58,6 +68,33 @@ def available_models() -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamFeatures:
+    """Extract features as a cached streaming artifact computes them (module docstring).
+
+    ``hop_s``: seconds per hop (``edge-ser convert --stream-hop``); ``context_s``: the stream's
+    context, the converted artifact's window (``--window-s``), 3 s by default."""
+
+    hop_s: float
+    context_s: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("hop_s", "context_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name}={value!r}; expected a positive number of seconds such as 1.0 (hop) or "
+                                 "3.0 (context).")
+        if self.hop_s >= self.context_s:
+            raise ValueError(f"hop_s={self.hop_s!r} is not shorter than context_s={self.context_s!r}; expected a hop "
+                             "inside the context window, e.g. hop 1.0 with context 3.0.")
+
+    def to_dict(self, geometry: Any) -> dict[str, Any]:
+        """The manifest block: the options and the stream geometry they give the model."""
+        return {"fm_mode": "cached", "hop_s": float(self.hop_s), "context_s": float(self.context_s),
+                "hop_samples": int(geometry.hop_samples), "window_samples": int(geometry.window_samples),
+                "hop_frames": int(geometry.hop_frames), "context_frames": int(geometry.context_frames)}
+
+
+@dataclasses.dataclass(frozen=True)
 class ExtractionThroughput:
     """Speed of the shards computed in this run (resumed shards excluded)."""
 
@@ -74,8 +111,10 @@ class ExtractionThroughput:
 class _Extractor:
     """Uniform view of an FM or MFBF0: waveforms -> list of (B, T, N) states + valid frames."""
 
-    def __init__(self, model: str, *, weights: str | os.PathLike | None, random_init: bool, seed: int) -> None:
+    def __init__(self, model: str, *, weights: str | os.PathLike | None, random_init: bool, seed: int,
+                 stream: StreamFeatures | None = None) -> None:
         self.name = model
+        self.stream: dict[str, Any] | None = None
         if model == MFBF0_MODEL:
             from edge_ser.frontend import MFBF0, MFBF0_DIM, MFBF0_FRAME_RATE, MFBF0Config
 
@@ -108,13 +147,62 @@ class _Extractor:
             self.spec["input_level"] = loaded.input_level
             source = loaded.weights_source
             self.weights_source = source.to_dict() if hasattr(source, "to_dict") else dataclasses.asdict(source)
+            if stream is not None:
+                self._init_stream(stream)
+        if stream is not None and self.stream is None:
+            raise ValueError(f"stream features of {model!r}: they are computed the way a cached stream computes them, "
+                             "which is built for Whisper only; choose a Whisper model or extract without --stream-hop.")
+
+    def _init_stream(self, stream: StreamFeatures) -> None:
+        from edge_ser.converters.stream_fm import check_fm_mode
+        from edge_ser.converters.streaming import stream_geometry
+
+        check_fm_mode("cached", feature_model=self.name, family=self.family)  # Whisper only, says why
+        front = self._loaded.truncated(self.n_layers).eval()  # every block: all hidden states
+        hop = int(round(stream.hop_s * SAMPLE_RATE))
+        if abs(hop - stream.hop_s * SAMPLE_RATE) > 1e-6 or hop % 320:
+            raise ValueError(f"hop_s={stream.hop_s!r} ({stream.hop_s * SAMPLE_RATE:g} samples); expected a whole number "
+                             "of Whisper's 20 ms frames (320 samples), at least two: a multiple of the model's frame "
+                             "step, e.g. 0.5 or 1.0.")
+        geometry = stream_geometry(front, window_samples=int(round(stream.context_s * SAMPLE_RATE)), hop_samples=hop)
+        self._stream_front, self._geometry = front, geometry
+        self.stream = stream.to_dict(geometry)
 
     def __call__(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
         if self._loaded is None:
             feats = self._module(waves)
             return [feats], torch.full((waves.shape[0],), feats.shape[1], dtype=torch.long)
+        if self.stream is not None:
+            return self._stream_states(waves, lengths)
         states, frame_lengths = self._loaded.hidden_states(waves, lengths)
         return states, torch.as_tensor(frame_lengths, dtype=torch.long)
+
+    def _stream_states(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
+        """Each clip's hidden states as the cached stream computes them (module docstring), one clip at a time."""
+        from edge_ser.converters.stream_fm import cached_reference_states
+
+        hop, frames_per_hop = self._geometry.hop_samples, self._geometry.hop_frames
+        max_hops = int(self._stream_front.position_table.shape[0]) // frames_per_hop
+        per_clip = []
+        for b in range(waves.shape[0]):
+            wave = waves[b, :int(lengths[b])].detach().cpu().numpy().astype(np.float32)
+            n_hops = max(1, -(-len(wave) // hop))
+            if n_hops > max_hops:
+                raise ValueError(
+                    f"a clip of {len(wave) / SAMPLE_RATE:.1f} s is longer than one stream segment ({max_hops} hops of "
+                    f"{hop / SAMPLE_RATE:g} s: Whisper's positions since the segment start); stream features cover one "
+                    "segment per clip. Cut long clips first (edge-ser data windows) or extract without --stream-hop.")
+            padded = np.concatenate([wave, np.zeros(n_hops * hop - len(wave), np.float32)])
+            per_clip.append(cached_reference_states(self._stream_front, padded, hop_samples=hop,
+                                                    context_frames=self._geometry.context_frames))
+        longest = max(states[0].shape[1] for states in per_clip)
+        stacked = []
+        for k in range(self.n_layers + 1):
+            layer = torch.zeros(len(per_clip), longest, self.hidden_size)
+            for b, states in enumerate(per_clip):
+                layer[b, :states[k].shape[1]] = states[k][0]
+            stacked.append(layer)
+        return stacked, torch.tensor([states[0].shape[1] for states in per_clip], dtype=torch.long)
 
 
 def _resolve_layers(layers: str | Sequence[int] | None, *, n_layers: int, model: str) -> tuple[int, ...]:
@@ -165,6 +253,7 @@ def extract_features(
     on_shard: Callable[[int, int], None] | None = None,
     show_progress: bool = True,
     overwrite: bool = False,
+    stream: StreamFeatures | None = None,
 ) -> FeatureCache:
     """Extract hidden states of every utterance of a prepared corpus into a cache folder.
 
@@ -187,6 +276,8 @@ def extract_features(
         show_progress: a progress bar (on a terminal) and a throughput line on stderr.
         overwrite: replace a finished cache of other settings (or, without `resume`, of the
             same ones) already in `out`; without it that raises OutputExistsError before any work.
+        stream: store the hidden states a cached streaming artifact computes instead (module
+            docstring; Whisper only); the manifest records them under ``stream``.
 
     Returns:
         The opened :class:`FeatureCache`; its manifest records throughput
@@ -195,7 +286,7 @@ def extract_features(
     from edge_ser.features.sharding import cache_manifest, plan_extraction
 
     _check_extraction_options(shard_utterances=shard_utterances, batch_seconds=batch_seconds)
-    extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed)
+    extractor = _Extractor(model, weights=weights, random_init=random_init, seed=seed, stream=stream)
     plan = plan_extraction(corpus_dir=corpus_dir, extractor=extractor, layers=layers, random_init=random_init,
                            seed=seed, shard_utterances=shard_utterances)
     out = Path(out)
@@ -293,4 +384,4 @@ def _store_utterance_states(states: Sequence[torch.Tensor], b: int, t: int, *, r
     return clipped
 
 
-__all__ = ["MFBF0_MODEL", "ExtractionThroughput", "available_models", "extract_features"]
+__all__ = ["MFBF0_MODEL", "ExtractionThroughput", "StreamFeatures", "available_models", "extract_features"]

@@ -125,6 +125,8 @@ def plan_extraction(*, corpus_dir: str | os.PathLike, extractor: _Extractor, lay
         "shard_utterances": int(shard_utterances),
         "order_sha256": hashlib.sha256("\n".join(utt_ids[i] for i in order).encode()).hexdigest(),
     }
+    if getattr(extractor, "stream", None) is not None:  # absent otherwise: earlier caches keep their plan
+        plan["stream"] = extractor.stream
     return ExtractionPlan(
         corpus_root=Path(corpus.root), corpus_name=corpus.name,
         corpus_table_sha256=corpus.manifest.get("table_sha256"), table=table, utt_ids=utt_ids,
@@ -200,7 +202,7 @@ def cache_manifest(plan: ExtractionPlan, *, random_init: bool, batch_seconds: fl
     }
     if engine is not None:
         extraction["engine"] = engine
-    return {
+    manifest = {
         "model": info["model"], "family": info["family"], "spec": info["spec"],
         "weights_source": info["weights_source"], "random_init": bool(random_init),
         "n_layers": info["n_layers"], "hidden_size": info["hidden_size"], "frame_rate": info["frame_rate"],
@@ -210,6 +212,9 @@ def cache_manifest(plan: ExtractionPlan, *, random_init: bool, batch_seconds: fl
         "extraction": extraction,
         "throughput": throughput,
     }
+    if plan.plan.get("stream") is not None:
+        manifest["stream"] = plan.plan["stream"]
+    return manifest
 
 
 __all__ = ["ExtractionPlan", "ShardResult", "cache_manifest", "compute_shard", "model_info", "plan_extraction"]

@@ -683,6 +683,29 @@ def frame_counts(source: FeatureSource) -> np.ndarray:
     return np.asarray([np.shape(source.frames(i))[0] for i in range(len(source.utt_ids))], dtype=np.int64)
 
 
+def _stream_block(source: Any) -> dict[str, Any] | None:
+    return source._cache.manifest.get("stream")
+
+
+def _check_stream_kind(cache_dir: Any, base: Any, copies: Sequence[tuple[Any, Any]], *, windows: bool) -> None:
+    """Stream features (``features extract --stream-hop``) train alone: every copy of the same stream
+    geometry, whole clips (a stream pools its whole segment, not a window)."""
+    stream = _stream_block(base)
+    for path, copy in copies:
+        if _stream_block(copy) != stream:
+            def kind(block: Any) -> str:
+                return "whole-clip features" if block is None else \
+                    f"stream features ({block['hop_s']:g} s hops, {block['context_s']:g} s context)"
+            raise CorpusError(
+                f"--augment {path} holds {kind(_stream_block(copy))}, --features {cache_dir} {kind(stream)}; expected "
+                "copies extracted the same way (the same --stream-hop and --stream-context, or neither).")
+    if stream is not None and windows:
+        raise CorpusError(
+            f"--features {cache_dir} holds stream features, which train on whole clips (a stream's estimate pools "
+            "everything since its start); --windows trains on the windows of a windowed artifact. Drop --windows, or "
+            "extract the window corpus without --stream-hop.")
+
+
 def open_training_source(cache_dir: str | os.PathLike, *, layer: int, labels: str = "paper",
                          augment: Sequence[str | os.PathLike] = (), windows: bool = False) -> FeatureSource:
     """The training source of `edge-ser train`: one feature cache, plus augmented copies (train split
@@ -691,6 +714,7 @@ def open_training_source(cache_dir: str | os.PathLike, *, layer: int, labels: st
     base = CacheFeatureSource(cache_dir, layer=layer, labels=labels)
     copies = [CacheFeatureSource(path, layer=layer, labels=labels, vocabulary=base.vocabulary if labels == "corpus" else None)
               for path in augment]
+    _check_stream_kind(cache_dir, base, list(zip(augment, copies)), windows=windows)
     if windows:
         return WindowedFeatureSource(base, copies)
     if not augment:

@@ -325,6 +325,7 @@ class RunInfo:
             "weights_source": manifest.get("weights_source"), "fold": self.fold,
             "corpus_dir": corpus.get("dir"), "corpus": corpus.get("name"),
             "input_level": (manifest.get("spec") or {}).get("input_level"),
+            "stream": manifest.get("stream"),
         }
 
     # ------------------------------------------------------------------ foundation-model weights
