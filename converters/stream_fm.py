@@ -39,17 +39,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge_ser.converters.whisper_export import bmm_block, layer_norm
+from edge_ser.fm.stream import (  # noqa: F401  the offline reference, re-exported for the converters
+    FRONT_CONTEXT_SAMPLES,
+    cached_reference_frames,
+    cached_reference_states,
+    check_cached_family,
+)
 from edge_ser.runtime.artifact import STREAM_FM_CHOICES, STREAM_FM_MODES
 
 FM_MODES: tuple[str, ...] = STREAM_FM_MODES
 """How a streaming artifact runs the foundation model per hop: ``window`` (the whole context window
 every hop, any family) or ``cached`` (only the hop's frames, with cached keys/values; Whisper).
 Declared once, in the runtime (:data:`edge_ser.runtime.artifact.STREAM_FM_MODES`)."""
-
-FRONT_CONTEXT_SAMPLES = 640
-"""Samples before the hop that Whisper's stem needs for the hop's first frame (its left receptive
-field: conv2's frame ``t`` reads mel frames ``2t - 2 .. 2t + 2``, a mel frame 200 samples either
-side of its centre); two 20 ms frames."""
 
 _LN10 = math.log(10.0)
 _MASKED = -3.0e4
@@ -76,13 +77,8 @@ def check_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str
     """``fm_mode`` if known (and, for ``cached``, built for ``family``); raises listing the choices."""
     if fm_mode not in FM_MODES:
         raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODES)}.")
-    if fm_mode == "cached" and family != "whisper":
-        raise ValueError(
-            f"fm_mode='cached' is built for Whisper only; got {feature_model or family!r}. WavLM and HuBERT add "
-            "positions with a convolution over 128 frames centred on each frame (64 frames, 1.28 s, of look-ahead) "
-            "and WavLM a relative-position bias, so their blocks cannot run on a hop's frames alone with a cache. "
-            "Use fm_mode='window' (--stream-fm window) for them."
-        )
+    if fm_mode == "cached":
+        check_cached_family(feature_model=feature_model, family=family)
     return fm_mode
 
 
@@ -201,70 +197,3 @@ class CachedWhisperFM(nn.Module):
                                     prefix=kv, bias=bias.reshape(1, 1, bias.shape[-1]))
         m = self.hop_frames
         return x, torch.cat([keys[:, m:], values[:, m:]], dim=0)
-
-
-@torch.no_grad()
-def cached_reference_frames(front: nn.Module, waveform: np.ndarray, *, hop_samples: int,
-                            context_frames: int) -> torch.Tensor:
-    """What :class:`CachedWhisperFM` feeds the head over a stream of ``waveform`` (mono, one segment,
-    preceded by zeros), computed without streaming: ``(1, K * M, D)`` for the ``K`` whole hops.
-    The last of :func:`cached_reference_states`."""
-    return cached_reference_states(front, waveform, hop_samples=hop_samples, context_frames=context_frames)[-1]
-
-
-@torch.no_grad()
-def cached_reference_states(front: nn.Module, waveform: np.ndarray, *, hop_samples: int,
-                            context_frames: int) -> list[torch.Tensor]:
-    """Every hidden state of ``front`` (a Whisper :class:`~edge_ser.fm.model.TruncatedFoundationModel`)
-    as a cached stream computes it over ``waveform`` (mono, one segment, preceded by zeros): index 0
-    the stem's frames plus positions, ``k`` the output of block ``k``, the last one through the
-    encoder's final layer norm where the front keeps it (as transformers' last hidden state); each
-    ``(1, K * M, D)`` for the ``K`` whole hops. What ``edge-ser features extract --stream-hop``
-    stores; the last state is what :class:`CachedWhisperFM` feeds the head.
-
-    Independent of the streaming code where it can be: the level and the log-mel maximum from
-    cumulative sums in float64, the STFT by ``torch.stft``, and the blocks are the truncated
-    encoder's transformers layers run once over all frames with positions ``0..T-1`` and a block
-    attention mask."""
-    from edge_ser.frontend import WhisperLogMel
-
-    level, log_mel_module = list(front.front_end)
-    if not isinstance(log_mel_module, WhisperLogMel):
-        raise ValueError("cached_reference_states needs a Whisper front (WhisperLogMel front end).")
-    body, table = front.body, front.position_table
-    m, c = hop_samples // 320, int(context_frames)
-    wave = np.asarray(waveform, dtype=np.float64).reshape(-1)
-    n_hops = len(wave) // hop_samples
-    if n_hops * m > table.shape[0]:
-        raise ValueError(f"{n_hops} hops of {m} frames exceed the {table.shape[0]} positions of one segment; "
-                         "pass at most one segment of audio.")
-    padded = np.concatenate([np.zeros(FRONT_CONTEXT_SAMPLES), wave])
-    cumulative_power = np.cumsum(wave[: n_hops * hop_samples] ** 2)
-    window = torch.hann_window(400, periodic=True, dtype=torch.float64)
-    mel_weight = log_mel_module.mel_weight[:, :, 0].to(torch.float64)
-    running_max = -np.inf
-    stems = []
-    for k in range(n_hops):
-        end = (k + 1) * hop_samples
-        gain = level.target / math.sqrt(cumulative_power[end - 1] / end + level.floor_power)
-        samples = torch.from_numpy(padded[k * hop_samples: end + FRONT_CONTEXT_SAMPLES] * gain)
-        spectrum = torch.stft(samples, n_fft=400, hop_length=160, window=window, center=True, pad_mode="reflect",
-                              return_complex=True)
-        power = spectrum.abs() ** 2
-        log_mel = torch.log10(torch.clamp(mel_weight @ power[:, :-1], min=1e-10))
-        running_max = max(running_max, float(log_mel.max()))
-        normalised = ((torch.maximum(log_mel, torch.tensor(running_max - 8.0, dtype=torch.float64)) + 4.0) / 4.0)
-        x = F.gelu(body.conv1(normalised.to(torch.float32)[None]))
-        x = F.gelu(body.conv2(x)).permute(0, 2, 1)
-        stems.append(x[:, x.shape[1] - m:])
-    x = torch.cat(stems, dim=1) + table[: n_hops * m].unsqueeze(0)
-    t = torch.arange(n_hops * m)
-    hop_of = t // m
-    visible = (t[None, :] >= hop_of[:, None] * m - c) & (t[None, :] < (hop_of[:, None] + 1) * m)
-    mask = torch.where(visible, 0.0, torch.finfo(torch.float32).min).reshape(1, 1, len(t), len(t))
-    states = [x]
-    for block in body.layers:
-        x = block(x, mask)
-        states.append(x[0] if isinstance(x, tuple) else x)
-    states[-1] = body.layer_norm(states[-1])
-    return states

@@ -46,6 +46,9 @@ TINY_CHAIN: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("convert", ("--target", "executorch"), ("--target", "onnx")),
     ("convert", ("--out",), ("--window-s", "1", "--calibration-utterances", "2", "--validation-utterances", "2",
                              "--out")),
+    # a stream that fits the tiny chain's 1 s window (--window-s 1 above): 0.2 s hops, 1 s context
+    ("features extract", ("--stream-hop", "1.0"), ("--stream-hop", "0.2", "--stream-context", "1")),
+    ("convert", ("--stream-hop", "1.0"), ("--stream-hop", "0.2")),
     ("verify", ("--artifact",), ("--max-utterances", "2", "--artifact")),
     ("bench", ("--artifact",), ("--runs", "2", "--warmup", "0", "--threads", "1", "--artifact")),
 ]

@@ -84,6 +84,14 @@ def test_a_stream_trained_run_converts_to_its_stream_and_verifies(chain):
                 validation_utterances=2, hop_s=HOP_S)
     result = verify_artifact(artifact=out, run_dir=chain / "run", corpus_dir=chain / "corpus", progress=False)
     assert result.passed and result.hop_s == pytest.approx(HOP_S), "\n".join(r.to_text() for r in result.reports)
+    # the stream the features describe is the stream the artifact runs
+    from edge_ser.features.cache import FeatureCache
+    from edge_ser.runtime.artifact import read_manifest
+
+    features, artifact = FeatureCache.open(chain / "stream").manifest["stream"], read_manifest(out).streaming
+    assert {k: artifact[k] for k in ("fm_mode", "hop_samples", "window_samples", "hop_frames")} == {
+        k: features[k] for k in ("fm_mode", "hop_samples", "window_samples", "hop_frames")}
+    assert artifact["window_frames"] - artifact["hop_frames"] == features["context_frames"]
 
 
 @pytest.mark.parametrize(("hop_s", "window_s", "message"), [

@@ -212,7 +212,7 @@ class _AudioFrames:
     def _stream_frames(self, wave: np.ndarray) -> np.ndarray:
         """The run layer's frames as the cached stream of the cache's ``stream`` block computes them over
         ``wave`` zero-padded to whole hops (as extraction stored them)."""
-        from edge_ser.converters.stream_fm import cached_reference_frames
+        from edge_ser.fm.stream import cached_reference_frames
 
         hop = int(self.stream["hop_samples"])
         n_hops = max(1, -(-wave.shape[0] // hop))

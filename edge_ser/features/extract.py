@@ -18,7 +18,7 @@ lengths, so most utterances still run alone; exactness is not traded for that sp
 
 **Stream features** (``stream=StreamFeatures(hop_s, context_s)``, ``edge-ser features extract
 --stream-hop``): each clip's hidden states as a cached streaming artifact computes them
-(:func:`edge_ser.converters.stream_fm.cached_reference_states`, docs/streaming.md): the clip
+(:func:`edge_ser.fm.stream.cached_reference_states`, docs/streaming.md): the clip
 zero-padded to whole hops (as ``EmotionStream.flush`` pads the last one), the foundation model
 run hop by hop from silence with a running level and log-mel maximum, positions since the start,
 and each hop's frames attending to themselves and to the ``context_s - hop_s`` seconds before.
@@ -87,11 +87,19 @@ class StreamFeatures:
             raise ValueError(f"hop_s={self.hop_s!r} is not shorter than context_s={self.context_s!r}; expected a hop "
                              "inside the context window, e.g. hop 1.0 with context 3.0.")
 
-    def to_dict(self, geometry: Any) -> dict[str, Any]:
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_s * SAMPLE_RATE))
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.context_s * SAMPLE_RATE))
+
+    def to_dict(self, *, hop_frames: int, context_frames: int) -> dict[str, Any]:
         """The manifest block: the options and the stream geometry they give the model."""
         return {"fm_mode": "cached", "hop_s": float(self.hop_s), "context_s": float(self.context_s),
-                "hop_samples": int(geometry.hop_samples), "window_samples": int(geometry.window_samples),
-                "hop_frames": int(geometry.hop_frames), "context_frames": int(geometry.context_frames)}
+                "hop_samples": self.hop_samples, "window_samples": self.window_samples,
+                "hop_frames": int(hop_frames), "context_frames": int(context_frames)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,19 +162,17 @@ class _Extractor:
                              "which is built for Whisper only; choose a Whisper model or extract without --stream-hop.")
 
     def _init_stream(self, stream: StreamFeatures) -> None:
-        from edge_ser.converters.stream_fm import check_fm_mode
-        from edge_ser.converters.streaming import stream_geometry
+        from edge_ser.fm.stream import check_cached_family, stream_frames
 
-        check_fm_mode("cached", feature_model=self.name, family=self.family)  # Whisper only, says why
-        front = self._loaded.truncated(self.n_layers).eval()  # every block: all hidden states
-        hop = int(round(stream.hop_s * SAMPLE_RATE))
-        if abs(hop - stream.hop_s * SAMPLE_RATE) > 1e-6 or hop % 320:
-            raise ValueError(f"hop_s={stream.hop_s!r} ({stream.hop_s * SAMPLE_RATE:g} samples); expected a whole number "
-                             "of Whisper's 20 ms frames (320 samples), at least two: a multiple of the model's frame "
-                             "step, e.g. 0.5 or 1.0.")
-        geometry = stream_geometry(front, window_samples=int(round(stream.context_s * SAMPLE_RATE)), hop_samples=hop)
-        self._stream_front, self._geometry = front, geometry
-        self.stream = stream.to_dict(geometry)
+        check_cached_family(feature_model=self.name, family=self.family)  # Whisper only, says why
+        if abs(stream.hop_samples - stream.hop_s * SAMPLE_RATE) > 1e-6:
+            raise ValueError(f"hop_s={stream.hop_s!r} is not a whole number of samples at {SAMPLE_RATE} Hz; expected "
+                             "a multiple of the model's frame step (0.02 s), e.g. 0.5 or 1.0.")
+        hop_frames, context_frames = stream_frames(self._loaded.spec, window_samples=stream.window_samples,
+                                                   hop_samples=stream.hop_samples)
+        self._stream_front = self._loaded.truncated(self.n_layers).eval()  # every block: all hidden states
+        self._hop_frames, self._context_frames = hop_frames, context_frames
+        self.stream = stream.to_dict(hop_frames=hop_frames, context_frames=context_frames)
 
     def __call__(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
         if self._loaded is None:
@@ -179,9 +185,9 @@ class _Extractor:
 
     def _stream_states(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
         """Each clip's hidden states as the cached stream computes them (module docstring), one clip at a time."""
-        from edge_ser.converters.stream_fm import cached_reference_states
+        from edge_ser.fm.stream import cached_reference_states
 
-        hop, frames_per_hop = self._geometry.hop_samples, self._geometry.hop_frames
+        hop, frames_per_hop = int(self.stream["hop_samples"]), self._hop_frames
         max_hops = int(self._stream_front.position_table.shape[0]) // frames_per_hop
         per_clip = []
         for b in range(waves.shape[0]):
@@ -194,7 +200,7 @@ class _Extractor:
                     "segment per clip. Cut long clips first (edge-ser data windows) or extract without --stream-hop.")
             padded = np.concatenate([wave, np.zeros(n_hops * hop - len(wave), np.float32)])
             per_clip.append(cached_reference_states(self._stream_front, padded, hop_samples=hop,
-                                                    context_frames=self._geometry.context_frames))
+                                                    context_frames=self._context_frames))
         longest = max(states[0].shape[1] for states in per_clip)
         stacked = []
         for k in range(self.n_layers + 1):
