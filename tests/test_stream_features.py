@@ -136,7 +136,8 @@ def test_stream_feature_options_are_checked(chain, tmp_path):
     from edge_ser.cli import root
     from edge_ser.features.extract import StreamFeatures, extract_features
 
-    with pytest.raises(ValueError, match="built for Whisper only"):
+    with pytest.raises(ValueError, match="stream features of 'tiny-wavlm': they are the frames of a cached stream, "
+                                         "which is built for Whisper only"):
         extract_features(corpus_dir=chain / "corpus", model="tiny-wavlm", out=tmp_path / "w", random_init=True,
                          show_progress=False, stream=StreamFeatures(hop_s=HOP_S, context_s=CONTEXT_S))
     with pytest.raises(ValueError, match="hop_s=1.0 is not shorter than context_s=1.0"):

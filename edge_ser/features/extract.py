@@ -158,13 +158,17 @@ class _Extractor:
             if stream is not None:
                 self._init_stream(stream)
         if stream is not None and self.stream is None:
-            raise ValueError(f"stream features of {model!r}: they are computed the way a cached stream computes them, "
-                             "which is built for Whisper only; choose a Whisper model or extract without --stream-hop.")
+            raise ValueError(f"stream features of {model!r}: they are the frames of a cached stream, which is built "
+                             "for Whisper only. Choose a Whisper model, or extract without --stream-hop.")
 
     def _init_stream(self, stream: StreamFeatures) -> None:
-        from edge_ser.fm.stream import check_cached_family, stream_frames
+        from edge_ser.fm.stream import stream_frames
 
-        check_cached_family(feature_model=self.name, family=self.family)  # Whisper only, says why
+        if self.family != "whisper":
+            raise ValueError(
+                f"stream features of {self.name!r}: they are the frames of a cached stream, which is built for "
+                "Whisper only (WavLM and HuBERT look 1.28 s ahead in their positional convolution, so a hop cannot "
+                "run on its own frames with a cache). Choose a Whisper model, or extract without --stream-hop.")
         if abs(stream.hop_samples - stream.hop_s * SAMPLE_RATE) > 1e-6:
             raise ValueError(f"hop_s={stream.hop_s!r} is not a whole number of samples at {SAMPLE_RATE} Hz; expected "
                              "a multiple of the model's frame step (0.02 s), e.g. 0.5 or 1.0.")
