@@ -43,7 +43,6 @@ from edge_ser.fm.stream import (  # noqa: F401  the offline reference, re-export
     FRONT_CONTEXT_SAMPLES,
     cached_reference_frames,
     cached_reference_states,
-    check_cached_family,
 )
 from edge_ser.runtime.artifact import STREAM_FM_CHOICES, STREAM_FM_MODES
 
@@ -77,8 +76,13 @@ def check_fm_mode(fm_mode: str, *, feature_model: str | None = None, family: str
     """``fm_mode`` if known (and, for ``cached``, built for ``family``); raises listing the choices."""
     if fm_mode not in FM_MODES:
         raise ValueError(f"fm_mode={fm_mode!r}; expected one of {', '.join(FM_MODES)}.")
-    if fm_mode == "cached":
-        check_cached_family(feature_model=feature_model, family=family)
+    if fm_mode == "cached" and family != "whisper":
+        raise ValueError(
+            f"fm_mode='cached' is built for Whisper only; got {feature_model or family!r}. WavLM and HuBERT add "
+            "positions with a convolution over 128 frames centred on each frame (64 frames, 1.28 s, of look-ahead) "
+            "and WavLM a relative-position bias, so their blocks cannot run on a hop's frames alone with a cache. "
+            "Use fm_mode='window' (--stream-fm window) for them."
+        )
     return fm_mode
 
 

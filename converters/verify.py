@@ -258,15 +258,11 @@ def _load_baseline(baseline: Path, model: Any, run: RunInfo, *, threads: int | N
             f"baseline {bm.root} has precision {bm.precision!r}; expected an fp32 artifact (quantization error is "
             "measured against float). Convert the run with --precision fp32 and pass that folder."
         )
-    stream, base_stream = model.manifest.streaming, bm.streaming
-    if (stream is None) != (base_stream is None) or (stream is not None and (
-            stream["hop_samples"] != base_stream["hop_samples"] or stream.get("fm_mode") != base_stream.get("fm_mode"))):
-        def kind(block: Any) -> str:
-            return "windowed" if block is None else f"streaming (hop {block['hop_samples']} samples, fm_mode " \
-                                                     f"{block.get('fm_mode', 'window')!r})"
+    kind, base_kind = _artifact_kind(model.manifest), _artifact_kind(bm)
+    if kind != base_kind:
         raise ValueError(
-            f"baseline {bm.root} is {kind(base_stream)}, the artifact {kind(stream)}; expected the same kind. Convert "
-            "the baseline with the artifact's --stream-hop and --stream-fm (or neither).")
+            f"baseline {bm.root} is {base_kind}, the artifact {kind}; expected the same kind. Convert the baseline "
+            "with the artifact's --stream-hop and --stream-fm (or neither).")
     if bm.window_samples != model.window_samples or bm.sample_rate != model.sample_rate:
         raise ValueError(
             f"baseline {bm.root} takes {bm.window_samples} samples at {bm.sample_rate} Hz, the artifact "
@@ -275,6 +271,14 @@ def _load_baseline(baseline: Path, model: Any, run: RunInfo, *, threads: int | N
         )
     run.check_artifact(dict(bm.raw.get("source") or {}), artifact=bm.root, role="baseline")
     return base_model
+
+
+def _artifact_kind(manifest: Any) -> str:
+    """``windowed``, or ``streaming (hop H samples, fm_mode M)``: what a baseline must match."""
+    block = manifest.streaming
+    if block is None:
+        return "windowed"
+    return f"streaming (hop {block['hop_samples']} samples, fm_mode {block.get('fm_mode', 'window')!r})"
 
 
 def _candidates(model: Any, reference: Callable[[np.ndarray], Outputs], base_model: Any, *, kernel_paths: bool,
@@ -348,6 +352,7 @@ def _run_stream_candidates(model: Any, candidates: Mapping[str, StreamRunner], c
     whole hops (what :meth:`EmotionStream.flush` runs), then streamed by every candidate.
     Returns ``{candidate: [each clip's hop outputs]}``."""
     from edge_ser.audio import load_audio
+    from edge_ser.fm.stream import pad_to_whole_hops
 
     block = model.manifest.streaming
     hop = int(block["hop_samples"])
@@ -359,8 +364,8 @@ def _run_stream_candidates(model: Any, candidates: Mapping[str, StreamRunner], c
         clip = model.prepare(wave if transform is None else transform(wave), model.sample_rate)
         if max_hops is not None:
             clip = clip[: int(max_hops) * hop]
-        n_hops = max(1, -(-len(clip) // hop))
-        clip = np.concatenate([clip, np.zeros(n_hops * hop - len(clip), np.float32)])
+        clip = pad_to_whole_hops(clip, hop)
+        n_hops = len(clip) // hop
         for name, run in candidates.items():
             hops = run(clip)
             if len(hops) != n_hops:

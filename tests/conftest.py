@@ -116,6 +116,16 @@ def ravdess_whisper_features(ravdess_root, whisper_base_ct2_dir, real_work_dir) 
 
 
 @pytest.fixture(scope="session")
+def tiny_head_config():
+    """The small TC-GRU (one GRU layer, 32 wide) and 2 epochs that the tiny trained runs of the
+    verify, vocabulary and stream-feature tests train with."""
+    from edge_ser.train.trainer import TrainConfig
+
+    return TrainConfig(batch_size=4, lr=3e-3, conv_channels=32, gru_hidden=32, gru_layers=1, embed_dim=32,
+                       max_epochs=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_fold_corpus():
     """A function ``(root, layer) -> (corpus folder, feature cache)``: a 6-speaker synthetic corpus in
     3 speaker folds (fold 0's split as train/valid/test) and its tiny-whisper (random init) features

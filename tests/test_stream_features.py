@@ -20,11 +20,11 @@ HOP = int(HOP_S * 16000)
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, tiny_head_config):
     from edge_ser.data.synthetic import synthesize_corpus
     from edge_ser.features.extract import StreamFeatures, extract_features
     from edge_ser.train.dataset import CacheFeatureSource
-    from edge_ser.train.trainer import TrainConfig, train_run
+    from edge_ser.train.trainer import train_run
 
     root = tmp_path_factory.mktemp("streamfeat")
     corpus = synthesize_corpus(out=root / "corpus", n_speakers=3, utterances_per_speaker=4, seed=0)
@@ -33,8 +33,7 @@ def chain(tmp_path_factory):
                      random_init=True, show_progress=False, stream=stream)
     extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "whole", layers=[LAYER],
                      random_init=True, show_progress=False)
-    config = TrainConfig(batch_size=4, lr=3e-3, conv_channels=32, gru_hidden=32, gru_layers=1, embed_dim=32,
-                         max_epochs=2)
+    config = tiny_head_config
     train_run(source=CacheFeatureSource(root / "stream", layer=LAYER), out=root / "run", config=config,
               progress=False)
     return root

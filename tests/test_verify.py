@@ -43,19 +43,18 @@ def _int8_from_fp32(fp32_dir, out):
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, tiny_head_config):
     from edge_ser.converters.pipeline import convert_run
     from edge_ser.data.synthetic import synthesize_corpus
     from edge_ser.features.extract import extract_features
     from edge_ser.train.dataset import CacheFeatureSource
-    from edge_ser.train.trainer import TrainConfig, train_run
+    from edge_ser.train.trainer import train_run
 
     root = tmp_path_factory.mktemp("verify")
     corpus = synthesize_corpus(out=root / "corpus", n_speakers=3, utterances_per_speaker=4, seed=0)
     extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[LAYER],
                      random_init=True, show_progress=False)
-    config = TrainConfig(batch_size=4, lr=3e-3, conv_channels=32, gru_hidden=32, gru_layers=1, embed_dim=32,
-                         max_epochs=2)
+    config = tiny_head_config
     train_run(source=CacheFeatureSource(root / "feats", layer=LAYER), out=root / "run", config=config,
               progress=False)
     convert_run(run_dir=root / "run", target="onnx", precision="fp32", out=root / "fp32", window_s=WINDOW_S,

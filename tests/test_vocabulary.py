@@ -27,10 +27,10 @@ RENAME = {"neutral": "calm", "happy": "joyful", "sad": "low", "angry": "furious"
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
+def chain(tmp_path_factory, tiny_head_config):
     from edge_ser.features.extract import extract_features
     from edge_ser.train.dataset import open_training_source
-    from edge_ser.train.trainer import TrainConfig, train_run
+    from edge_ser.train.trainer import train_run
 
     root = tmp_path_factory.mktemp("vocab")
     synth = synthesize_corpus(out=root / "synth", n_speakers=4, utterances_per_speaker=4, seed=0)
@@ -41,8 +41,7 @@ def chain(tmp_path_factory):
                          soft_target_rule="copied")
     extract_features(corpus_dir=corpus.root, model="tiny-whisper", out=root / "feats", layers=[LAYER],
                      random_init=True, show_progress=False)
-    config = TrainConfig(batch_size=4, lr=3e-3, conv_channels=32, gru_hidden=32, gru_layers=1, embed_dim=32,
-                         max_epochs=2)
+    config = tiny_head_config
     source = open_training_source(root / "feats", layer=LAYER, labels="corpus")
     train_run(source=source, out=root / "run", config=config, progress=False)
     return {"root": root, "corpus": corpus, "source": source,

@@ -183,9 +183,12 @@ class _AudioFrames:
         # A cache of stream features (features extract --stream-hop): the frames a cached stream computes.
         self.stream = manifest.get("stream")
         if self.stream:
+            from edge_ser.fm.stream import whole_hops
+
             hop, per_hop = int(self.stream["hop_samples"]), int(self.stream["hop_frames"])
+            self.module = self.module.cpu()  # the offline stream computation runs on the CPU
             self.max_samples = (int(self.module.position_table.shape[0]) // per_hop) * hop
-            self.expected_frames = lambda n: max(1, -(-int(n) // hop)) * per_hop
+            self.expected_frames = lambda n: whole_hops(n, hop) * per_hop
 
     def __call__(self, utt_id: str, audio_path: Path) -> np.ndarray:
         from edge_ser.audio import load_audio
@@ -212,12 +215,10 @@ class _AudioFrames:
     def _stream_frames(self, wave: np.ndarray) -> np.ndarray:
         """The run layer's frames as the cached stream of the cache's ``stream`` block computes them over
         ``wave`` zero-padded to whole hops (as extraction stored them)."""
-        from edge_ser.fm.stream import cached_reference_frames
+        from edge_ser.fm.stream import cached_reference_frames, pad_to_whole_hops
 
         hop = int(self.stream["hop_samples"])
-        n_hops = max(1, -(-wave.shape[0] // hop))
-        padded = np.concatenate([wave, np.zeros(n_hops * hop - wave.shape[0], np.float32)])
-        frames = cached_reference_frames(self.module.cpu(), padded, hop_samples=hop,
+        frames = cached_reference_frames(self.module, pad_to_whole_hops(wave, hop), hop_samples=hop,
                                          context_frames=int(self.stream["context_frames"]))
         return frames[0].float().numpy()
 

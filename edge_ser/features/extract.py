@@ -189,21 +189,19 @@ class _Extractor:
 
     def _stream_states(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[Sequence[torch.Tensor], torch.Tensor]:
         """Each clip's hidden states as the cached stream computes them (module docstring), one clip at a time."""
-        from edge_ser.fm.stream import cached_reference_states
+        from edge_ser.fm.stream import cached_reference_states, pad_to_whole_hops, whole_hops
 
         hop, frames_per_hop = int(self.stream["hop_samples"]), self._hop_frames
         max_hops = int(self._stream_front.position_table.shape[0]) // frames_per_hop
         per_clip = []
         for b in range(waves.shape[0]):
             wave = waves[b, :int(lengths[b])].detach().cpu().numpy().astype(np.float32)
-            n_hops = max(1, -(-len(wave) // hop))
-            if n_hops > max_hops:
+            if whole_hops(len(wave), hop) > max_hops:
                 raise ValueError(
                     f"a clip of {len(wave) / SAMPLE_RATE:.1f} s is longer than one stream segment ({max_hops} hops of "
                     f"{hop / SAMPLE_RATE:g} s: Whisper's positions since the segment start); stream features cover one "
                     "segment per clip. Cut long clips first (edge-ser data windows) or extract without --stream-hop.")
-            padded = np.concatenate([wave, np.zeros(n_hops * hop - len(wave), np.float32)])
-            per_clip.append(cached_reference_states(self._stream_front, padded, hop_samples=hop,
+            per_clip.append(cached_reference_states(self._stream_front, pad_to_whole_hops(wave, hop), hop_samples=hop,
                                                     context_frames=self._context_frames))
         longest = max(states[0].shape[1] for states in per_clip)
         stacked = []

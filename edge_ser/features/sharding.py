@@ -125,7 +125,7 @@ def plan_extraction(*, corpus_dir: str | os.PathLike, extractor: _Extractor, lay
         "shard_utterances": int(shard_utterances),
         "order_sha256": hashlib.sha256("\n".join(utt_ids[i] for i in order).encode()).hexdigest(),
     }
-    if getattr(extractor, "stream", None) is not None:  # absent otherwise: earlier caches keep their plan
+    if extractor.stream is not None:  # no key otherwise: earlier caches keep their plan
         plan["stream"] = extractor.stream
     return ExtractionPlan(
         corpus_root=Path(corpus.root), corpus_name=corpus.name,

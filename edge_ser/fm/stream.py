@@ -28,15 +28,18 @@ WHISPER_FRAME_SAMPLES = 320
 """Samples per Whisper encoder frame (20 ms): a hop is a whole number of them."""
 
 
-def check_cached_family(*, feature_model: str | None, family: str | None) -> None:
-    """Raise unless the model is a Whisper encoder, the one family a cached stream is built for."""
-    if family != "whisper":
-        raise ValueError(
-            f"fm_mode='cached' is built for Whisper only; got {feature_model or family!r}. WavLM and HuBERT add "
-            "positions with a convolution over 128 frames centred on each frame (64 frames, 1.28 s, of look-ahead) "
-            "and WavLM a relative-position bias, so their blocks cannot run on a hop's frames alone with a cache. "
-            "Use fm_mode='window' (--stream-fm window) for them."
-        )
+def whole_hops(n_samples: int, hop_samples: int) -> int:
+    """Hops a stream runs for ``n_samples`` pushed and then flushed: the last partial hop counts (it is
+    zero-padded), and an empty or short clip still makes one."""
+    return max(1, -(-int(n_samples) // int(hop_samples)))
+
+
+def pad_to_whole_hops(waveform: np.ndarray, hop_samples: int) -> np.ndarray:
+    """Mono ``waveform`` zero-padded at the end to :func:`whole_hops` hops (float32): the samples a
+    stream runs when the clip is pushed and flushed (``EmotionStream.flush`` pads the last hop)."""
+    wave = np.asarray(waveform, dtype=np.float32).reshape(-1)
+    return np.concatenate([wave, np.zeros(whole_hops(len(wave), hop_samples) * int(hop_samples) - len(wave),
+                                          np.float32)])
 
 
 def stream_frames(spec: object, *, window_samples: int, hop_samples: int) -> tuple[int, int]:
@@ -86,7 +89,7 @@ def cached_reference_states(front: nn.Module, waveform: np.ndarray, *, hop_sampl
     if not isinstance(log_mel_module, WhisperLogMel):
         raise ValueError("cached_reference_states needs a Whisper front (WhisperLogMel front end).")
     body, table = front.body, front.position_table
-    m, c = hop_samples // 320, int(context_frames)
+    m, c = hop_samples // WHISPER_FRAME_SAMPLES, int(context_frames)
     wave = np.asarray(waveform, dtype=np.float64).reshape(-1)
     n_hops = len(wave) // hop_samples
     if n_hops * m > table.shape[0]:
@@ -124,5 +127,5 @@ def cached_reference_states(front: nn.Module, waveform: np.ndarray, *, hop_sampl
     return states
 
 
-__all__ = ["FRONT_CONTEXT_SAMPLES", "cached_reference_frames", "cached_reference_states", "check_cached_family",
-           "stream_frames"]
+__all__ = ["FRONT_CONTEXT_SAMPLES", "cached_reference_frames", "cached_reference_states", "pad_to_whole_hops",
+           "stream_frames", "whole_hops"]
